@@ -1,0 +1,211 @@
+"""The backend contract: every op a layer may call, with its math, shapes and dtypes.
+
+A backend is an object with the methods below. Layers call only these; no layer holds
+arithmetic or asks which device it is on. `nbcnn/cpu/` (numba.njit) and `nbcnn/cuda/`
+(numba.cuda) implement the contract file for file.
+
+Conventions shared by every op:
+- Layout NCHW; conv weight (out, in, kh, kw); linear weight (out, in), as in PyTorch.
+- Float arrays are float32 (training) or float64 (gradient checks), C-contiguous, and all
+  arrays passed to one call share one dtype. Labels and argmax indices are int64/int32.
+- Output arrays are allocated by the caller and passed in; an op writes them in full.
+  Arguments named `dw`, `db` are parameter gradients and are *accumulated* (+=), like
+  PyTorch's `.grad`; every other output is overwritten.
+- `ws` is a `Workspace`: per-layer scratch buffers (the im2col matrix, ...) that the
+  backend takes by name; they are allocated once per shape and reused on later calls.
+- Shapes are validated by the layers before a call; backends may assume them.
+"""
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Backend:
+    """The contract. Subclasses implement every method; see the module docstring."""
+
+    name = "abstract"
+
+    # -- arrays ------------------------------------------------------------------------
+    def is_array(self, a):
+        """True when `a` is an array of this backend (a numpy array on cpu, a device array on cuda)."""
+        raise NotImplementedError
+
+    def empty(self, shape, dtype):
+        """An uninitialised C-contiguous array."""
+        raise NotImplementedError
+
+    def zeros(self, shape, dtype):
+        """A C-contiguous array of zeros."""
+        raise NotImplementedError
+
+    def from_numpy(self, a):
+        """Copy a C-contiguous host numpy array into a new array of this backend."""
+        raise NotImplementedError
+
+    def to_numpy(self, a):
+        """Copy an array of this backend into a new host numpy array."""
+        raise NotImplementedError
+
+    def fill(self, a, value):
+        """a[...] = value."""
+        raise NotImplementedError
+
+    def copy(self, src, dst):
+        """dst[...] = src (same shape and dtype)."""
+        raise NotImplementedError
+
+    def contiguous(self, a):
+        """`a` itself when C-contiguous, else a C-contiguous copy."""
+        raise NotImplementedError
+
+    def reshape(self, a, shape):
+        """A view of contiguous `a` with a new shape (no copy)."""
+        raise NotImplementedError
+
+    def add(self, src, dst):
+        """dst += src, element-wise: gradient accumulation."""
+        raise NotImplementedError
+
+    # -- convolution -------------------------------------------------------------------
+    def conv2d_forward(self, x, w, b, stride, pad, y, ws):
+        """y[n,o,i,j] = b[o] + sum_{c,p,q} w[o,c,p,q] * xpad[n,c,i*stride+p,j*stride+q].
+
+        x (N,C,H,W), w (O,C,KH,KW), b (O,), y (N,O,OH,OW) with OH = (H+2*pad-KH)//stride+1.
+        Zero padding; computed as im2col followed by a GEMM with the (O, C*KH*KW) weight.
+        """
+        raise NotImplementedError
+
+    def conv2d_backward(self, x, w, dy, stride, pad, dx, dw, db, ws):
+        """dx = col2im(W^T @ dy); dw += dy @ im2col(x)^T; db += sum_{n,i,j} dy.
+
+        Shapes as in conv2d_forward; dx (N,C,H,W) is overwritten, dw and db accumulate.
+        `dx` may be None (no input gradient wanted).
+        """
+        raise NotImplementedError
+
+    # -- pooling -----------------------------------------------------------------------
+    def maxpool2d_forward(self, x, k, stride, y, argmax):
+        """y[n,c,i,j] = max_{p,q<k} x[n,c,i*stride+p,j*stride+q]; no padding, floor mode.
+
+        argmax (N,C,OH,OW) int32 holds the flat index (h*W + w) of the maximum within its
+        (H,W) plane; ties go to the first maximum in row-major order, as in PyTorch.
+        """
+        raise NotImplementedError
+
+    def maxpool2d_backward(self, dy, argmax, dx):
+        """dx = 0, then dx[n,c].flat[argmax[n,c,i,j]] += dy[n,c,i,j] (overlapping windows add)."""
+        raise NotImplementedError
+
+    # -- element-wise ------------------------------------------------------------------
+    def relu_forward(self, x, y):
+        """y = max(x, 0), any shape."""
+        raise NotImplementedError
+
+    def relu_backward(self, y, dy, dx):
+        """dx = dy where y > 0 else 0 (uses the forward output y)."""
+        raise NotImplementedError
+
+    def dropout_forward(self, x, p, key, y):
+        """y = x * keep / (1 - p), keep = dropout_keep(key, i, p) for the flat index i.
+
+        `key` is a 32-bit stream key (nbcnn.random.dropout_key); the mask is a pure
+        function of (key, i), identical bit for bit on every backend.
+        """
+        raise NotImplementedError
+
+    def dropout_backward(self, dy, p, key, dx):
+        """dx = dy * keep / (1 - p), the mask recomputed from the same key."""
+        raise NotImplementedError
+
+    # -- local response normalisation --------------------------------------------------
+    def lrn_forward(self, x, size, alpha, beta, k, y, scale):
+        """scale[n,c] = k + alpha/size * sum_{c'=c-size//2}^{c+(size-1)//2} x[n,c']^2; y = x * scale^-beta.
+
+        x, y, scale (N,C,H,W); channels outside [0, C) count as zero (PyTorch's convention).
+        """
+        raise NotImplementedError
+
+    def lrn_backward(self, x, y, scale, dy, size, alpha, beta, k, dx):
+        """dx[c] = dy[c]*scale[c]^-beta - 2*alpha*beta/size * x[c] * sum_{c' whose window holds c} dy[c']*y[c']/scale[c']."""
+        raise NotImplementedError
+
+    # -- fully connected ---------------------------------------------------------------
+    def linear_forward(self, x, w, b, y):
+        """y = x @ w^T + b; x (N,I), w (O,I), b (O,), y (N,O)."""
+        raise NotImplementedError
+
+    def linear_backward(self, x, w, dy, dx, dw, db, ws):
+        """dx = dy @ w; dw += dy^T @ x; db += sum_n dy. `dx` may be None."""
+        raise NotImplementedError
+
+    # -- loss --------------------------------------------------------------------------
+    def softmax_cross_entropy(self, logits, labels, dlogits):
+        """Mean over the batch of -log softmax(logits)[n, labels[n]], computed stably.
+
+        logits (N,K) float, labels (N,) integer. Writes dlogits = (softmax - onehot) / N
+        and returns (loss, bad) as Python numbers: `bad` counts labels outside [0, K) and
+        rows with a non-finite logit, which the caller turns into an error.
+        """
+        raise NotImplementedError
+
+    # -- optimiser ---------------------------------------------------------------------
+    def sgd_step(self, w, g, v, lr, momentum, weight_decay):
+        """One fused update, torch.optim.SGD's rule: g' = g + wd*w; v = momentum*v + g'; w -= lr*v."""
+        raise NotImplementedError
+
+
+_BACKENDS = {}
+
+
+def get_backend(device):
+    """The backend object for a device name: "cpu" or "cuda"."""
+    if isinstance(device, Backend):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(device).__name__}")
+    name = device.lower()
+    if name not in _BACKENDS:
+        if name == "cpu":
+            from .cpu import CPUBackend
+            _BACKENDS[name] = CPUBackend()
+        elif name == "cuda":
+            from .cuda import CUDABackend
+            _BACKENDS[name] = CUDABackend()
+        else:
+            raise ValueError(f"unknown device {device!r}; nbcnn has 'cpu' and 'cuda'")
+    return _BACKENDS[name]
+
+
+def backend_of(a):
+    """The backend whose array `a` is, or a TypeError naming what `a` is."""
+    for name in ("cpu", "cuda"):
+        if name == "cuda" and name not in _BACKENDS:
+            continue  # no CUDA array can exist before the CUDA backend was created
+        b = get_backend(name)
+        if b.is_array(a):
+            return b
+    raise TypeError(
+        f"expected an nbcnn array (made with nbcnn.asarray), got {type(a).__name__}")
+
+
+class Workspace:
+    """Named scratch buffers of one layer, allocated once per (shape, dtype) and reused.
+
+    `empty` is the allocating backend's `empty`: a layer moved to another backend gets
+    fresh buffers there.
+    """
+
+    def __init__(self):
+        self._buffers = {}
+
+    def get(self, name, shape, dtype, empty):
+        key = (tuple(int(s) for s in shape), np.dtype(dtype), empty)
+        buf = self._buffers.get(name)
+        if buf is None or buf[0] != key:
+            buf = (key, empty(key[0], key[1]))
+            self._buffers[name] = buf
+        return buf[1]
+
+    def clear(self):
+        self._buffers.clear()

@@ -1,0 +1,222 @@
+"""The layers: parameters, forward, backward. All arithmetic is in the backend kernels.
+
+Each forward keeps what its backward needs (the input, the output, an argmax, a scale);
+backward takes dL/dy and returns dL/dx, accumulating parameter gradients into `.grad`.
+"""
+
+import math
+
+import numpy as np
+
+from .module import Module
+from .random import default_generator
+
+
+def _pair(v, name):
+    """An int or a pair of equal ints (square kernels and strides only)."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2 or v[0] != v[1]:
+            raise ValueError(f"{name} must be an int or a pair of equal ints, got {v!r}")
+        v = v[0]
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    return int(v)
+
+
+def _uniform(shape, bound):
+    return default_generator.numpy.uniform(-bound, bound, size=shape)
+
+
+class Conv2d(Module):
+    """2-D cross-correlation, weight (out, in, k, k), zero padding; PyTorch's Kaiming-uniform init."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        if min(self.in_channels, self.out_channels, self.kernel_size, self.stride) < 1 or self.padding < 0:
+            raise ValueError(f"Conv2d needs positive channels, kernel and stride and padding >= 0: {self.extra_repr()}")
+        k = self.kernel_size
+        bound = 1.0 / math.sqrt(self.in_channels * k * k)
+        self.weight = self.add_parameter("weight", _uniform((self.out_channels, self.in_channels, k, k), bound))
+        self.bias = self.add_parameter("bias", _uniform((self.out_channels,), bound))
+
+    def output_size(self, h):
+        return (h + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    def forward(self, x):
+        x = self.check_input(x, 4)
+        n, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"Conv2d expects {self.in_channels} input channels, got shape {tuple(x.shape)}")
+        if min(h, w) + 2 * self.padding < self.kernel_size:
+            raise ValueError(f"Conv2d input {h}x{w} with padding {self.padding} is smaller than the "
+                             f"{self.kernel_size}x{self.kernel_size} kernel")
+        y = self.backend.empty((n, self.out_channels, self.output_size(h), self.output_size(w)), x.dtype)
+        self.backend.conv2d_forward(x, self.weight.data, self.bias.data, self.stride, self.padding, y, self.ws)
+        self.x = x
+        return y
+
+    def backward(self, dy):
+        dx = self.backend.empty(self.x.shape, self.x.dtype)
+        self.backend.conv2d_backward(self.x, self.weight.data, dy, self.stride, self.padding,
+                                     dx, self.weight.grad, self.bias.grad, self.ws)
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+
+
+class Linear(Module):
+    """y = x @ weight^T + bias, weight (out, in); PyTorch's Kaiming-uniform init."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        if min(self.in_features, self.out_features) < 1:
+            raise ValueError(f"Linear needs positive sizes: {self.extra_repr()}")
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = self.add_parameter("weight", _uniform((self.out_features, self.in_features), bound))
+        self.bias = self.add_parameter("bias", _uniform((self.out_features,), bound))
+
+    def forward(self, x):
+        x = self.check_input(x, 2)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"Linear expects {self.in_features} input features, got shape {tuple(x.shape)}")
+        y = self.backend.empty((x.shape[0], self.out_features), x.dtype)
+        self.backend.linear_forward(x, self.weight.data, self.bias.data, y)
+        self.x = x
+        return y
+
+    def backward(self, dy):
+        dx = self.backend.empty(self.x.shape, self.x.dtype)
+        self.backend.linear_backward(self.x, self.weight.data, dy, dx, self.weight.grad, self.bias.grad, self.ws)
+        return dx
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class ReLU(Module):
+    """y = max(x, 0)."""
+
+    def forward(self, x):
+        x = self.check_input(x)
+        self.y = self.backend.empty(x.shape, x.dtype)
+        self.backend.relu_forward(x, self.y)
+        return self.y
+
+    def backward(self, dy):
+        dx = self.backend.empty(dy.shape, dy.dtype)
+        self.backend.relu_backward(self.y, dy, dx)
+        return dx
+
+
+class MaxPool2d(Module):
+    """Max pooling without padding, floor mode; stride defaults to the kernel size.
+    Overlapping when stride < kernel (AlexNet's 3/2)."""
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        if self.kernel_size < 1 or self.stride < 1:
+            raise ValueError(f"MaxPool2d needs a positive kernel and stride: {self.extra_repr()}")
+
+    def forward(self, x):
+        x = self.check_input(x, 4)
+        n, c, h, w = x.shape
+        k, s = self.kernel_size, self.stride
+        if min(h, w) < k:
+            raise ValueError(f"MaxPool2d input {h}x{w} is smaller than the {k}x{k} window")
+        shape = (n, c, (h - k) // s + 1, (w - k) // s + 1)
+        y = self.backend.empty(shape, x.dtype)
+        self.argmax = self.ws.get("argmax", shape, np.int32, self.backend.empty)
+        self.backend.maxpool2d_forward(x, k, s, y, self.argmax)
+        self.x_shape, self.x_dtype = x.shape, x.dtype
+        return y
+
+    def backward(self, dy):
+        dx = self.backend.empty(self.x_shape, self.x_dtype)
+        self.backend.maxpool2d_backward(dy, self.argmax, dx)
+        return dx
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class LocalResponseNorm(Module):
+    """b_c = a_c / (k + alpha/size * sum_{c'} a_{c'}^2)^beta over the `size` channels centred on c
+    (PyTorch's convention: alpha is divided by size)."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size = int(size)
+        self.alpha, self.beta, self.k = float(alpha), float(beta), float(k)
+        if self.size < 1 or self.k <= 0:
+            raise ValueError(f"LocalResponseNorm needs size >= 1 and k > 0: {self.extra_repr()}")
+
+    def forward(self, x):
+        x = self.check_input(x, 4)
+        y = self.backend.empty(x.shape, x.dtype)
+        self.scale = self.ws.get("scale", x.shape, x.dtype, self.backend.empty)
+        self.backend.lrn_forward(x, self.size, self.alpha, self.beta, self.k, y, self.scale)
+        self.x, self.y = x, y
+        return y
+
+    def backward(self, dy):
+        dx = self.backend.empty(dy.shape, dy.dtype)
+        self.backend.lrn_backward(self.x, self.y, self.scale, dy, self.size, self.alpha, self.beta, self.k, dx)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class Dropout(Module):
+    """Zero each element with probability p in training, scaling the rest by 1/(1-p); identity in eval.
+
+    The mask is a hash of (seed, call counter, element index) (nbcnn.random): the same bits
+    on every backend. backward recomputes it from the stored key instead of storing it.
+    """
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = float(p)
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
+
+    def forward(self, x):
+        x = self.check_input(x)
+        self.active = self.training and self.p > 0
+        if not self.active:
+            return x
+        self.key = default_generator.next_key()
+        y = self.backend.empty(x.shape, x.dtype)
+        self.backend.dropout_forward(x, self.p, self.key, y)
+        return y
+
+    def backward(self, dy):
+        if not self.active:
+            return dy
+        dx = self.backend.empty(dy.shape, dy.dtype)
+        self.backend.dropout_backward(dy, self.p, self.key, dx)
+        return dx
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Flatten(Module):
+    """(N, ...) -> (N, prod(...)), a view."""
+
+    def forward(self, x):
+        x = self.check_input(x)
+        self.x_shape = x.shape
+        return self.backend.reshape(x, (x.shape[0], int(np.prod(x.shape[1:]))))
+
+    def backward(self, dy):
+        return self.backend.reshape(self.backend.contiguous(dy), self.x_shape)

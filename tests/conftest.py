@@ -1,0 +1,8 @@
+import os
+
+# The CUDA backend runs under numba's simulator unless a real GPU run is asked for; numba
+# reads this once, at its first import, so it must come before anything imports numba.
+if os.environ.get("NBCNN_TEST_GPU", "0") == "1":
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
+else:
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
