@@ -12,7 +12,7 @@ def asarray(x, device="cpu", dtype=None):
     (labels) becomes int64. `dtype` forces a dtype.
     """
     backend = get_backend(device)
-    if backend.is_array(x) and dtype is None:
+    if backend.is_array(x) and dtype is None and x.dtype in (np.float32, np.float64, np.int64):
         return backend.contiguous(x)
     if not isinstance(x, np.ndarray):
         try:

@@ -1,0 +1,59 @@
+"""Plain NumPy/SciPy references for every op, written independently of the kernels."""
+
+import numpy as np
+from scipy.signal import correlate
+
+from nbcnn.random import keep_mask
+
+
+def conv2d(x, w, b, stride, pad):
+    """Cross-correlation via scipy.signal.correlate on the zero-padded input, then striding."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    full = np.stack([
+        np.stack([correlate(xp[i], w[j], mode="valid", method="direct")[0] for j in range(o)])
+        for i in range(n)])
+    return full[:, :, ::stride, ::stride] + b[None, :, None, None]
+
+
+def maxpool2d(x, k, stride):
+    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
+    return win[:, :, ::stride, ::stride].max(axis=(-1, -2))
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def dropout(x, p, key):
+    keep = keep_mask(key, x.size, p).reshape(x.shape)
+    return x * keep / (1 - p)
+
+
+def lrn(x, size, alpha, beta, k):
+    """b_c = a_c / (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]} a_c'^2)^beta."""
+    c = x.shape[1]
+    sq = np.pad(x ** 2, ((0, 0), (size // 2, (size - 1) // 2), (0, 0), (0, 0)))
+    window = sum(sq[:, i:i + c] for i in range(size))
+    return x / (k + alpha / size * window) ** beta
+
+
+def linear(x, w, b):
+    return x @ w.T + b
+
+
+def softmax_cross_entropy(z, labels):
+    z = z.astype(np.float64)
+    shifted = z - z.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    n = z.shape[0]
+    grad = np.exp(logp)
+    grad[np.arange(n), labels] -= 1
+    return -logp[np.arange(n), labels].mean(), grad / n
+
+
+def sgd(w, g, v, lr, momentum, weight_decay):
+    """torch.optim.SGD: g' = g + wd*w; v = momentum*v + g'; w -= lr*v."""
+    v = momentum * v + g + weight_decay * w
+    return w - lr * v, v

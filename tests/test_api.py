@@ -1,0 +1,191 @@
+"""The public API: module behaviour, AlexNet's structure, state_dict, and clear errors for bad input."""
+
+import numpy as np
+import pytest
+
+import nbcnn
+from nbcnn.models import alexnet
+
+
+def tiny_net():
+    return nbcnn.Sequential(nbcnn.Conv2d(3, 4, 3, padding=1), nbcnn.ReLU(), nbcnn.MaxPool2d(2),
+                            nbcnn.Flatten(), nbcnn.Dropout(0.5), nbcnn.Linear(4 * 4 * 4, 5))
+
+
+def x_of(shape, dtype=np.float32):
+    return np.random.default_rng(0).standard_normal(shape).astype(dtype)
+
+
+# -- behaviour ---------------------------------------------------------------------------
+
+def test_modules_start_in_training_mode_and_switch_recursively():
+    net = tiny_net()
+    assert net.training and all(m.training for m in net.modules)
+    net.eval()
+    assert not net.training and not any(m.training for m in net.modules)
+    assert net.train() is net and all(m.training for m in net.modules)
+
+
+def test_state_dict_keys_are_pytorch_names():
+    assert list(tiny_net().state_dict()) == ["0.weight", "0.bias", "5.weight", "5.bias"]
+
+
+def test_state_dict_round_trips_into_a_fresh_model():
+    a, b = tiny_net(), tiny_net()
+    b.load_state_dict(a.state_dict())
+    x = nbcnn.asarray(x_of((2, 3, 8, 8)))
+    a.eval(), b.eval()
+    np.testing.assert_array_equal(nbcnn.to_numpy(a(x)), nbcnn.to_numpy(b(x)))
+
+
+def test_kaiming_uniform_init_bounds_like_pytorch():
+    nbcnn.manual_seed(0)
+    layer = nbcnn.Conv2d(16, 8, 3)
+    w = layer.state_dict()["weight"]
+    bound = 1 / np.sqrt(16 * 9)
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+
+
+def test_manual_seed_makes_init_reproducible():
+    nbcnn.manual_seed(7)
+    a = tiny_net().state_dict()
+    nbcnn.manual_seed(7)
+    b = tiny_net().state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_alexnet_maps_224_to_55_27_13_6():
+    net = alexnet(num_classes=10)
+    shapes = dict(net.state_dict())
+    assert shapes["0.weight"].shape == (96, 3, 11, 11)
+    assert shapes["17.weight"].shape == (4096, 256 * 6 * 6)
+    assert shapes["22.weight"].shape == (10, 4096)
+    x = nbcnn.asarray(x_of((1, 3, 224, 224)))
+    sizes = []
+    for m in net.modules:
+        x = m(x)
+        if isinstance(m, nbcnn.MaxPool2d) or m is net.modules[0]:
+            sizes.append(x.shape[-1])
+    assert sizes == [55, 27, 13, 6] and x.shape == (1, 10)
+
+
+def test_alexnet_lrn_is_the_papers():
+    lrn = alexnet().modules[2]
+    # paper: alpha 1e-4 per squared activation; PyTorch's convention divides alpha by size
+    assert (lrn.size, lrn.alpha / lrn.size, lrn.beta, lrn.k) == (5, pytest.approx(1e-4), 0.75, 2.0)
+
+
+def test_alexnet_paper_init_has_unit_biases_in_conv2_4_5_and_hidden_fc():
+    sd = alexnet(num_classes=10, input_size=63, init="paper").state_dict()
+    ones = {k for k, v in sd.items() if k.endswith("bias") and np.all(v == 1)}
+    assert ones == {"4.bias", "10.bias", "12.bias", "17.bias", "20.bias"}
+    assert abs(sd["0.weight"].std() - 0.01) < 1e-3
+
+
+def test_alexnet_accepts_small_inputs():
+    net = alexnet(num_classes=4, input_size=67)
+    assert net(nbcnn.asarray(x_of((2, 3, 67, 67)))).shape == (2, 4)
+
+
+def test_non_contiguous_input_is_made_contiguous():
+    net = tiny_net().eval()
+    x = x_of((2, 3, 16, 16))
+    strided = x[:, :, ::2, ::2]
+    np.testing.assert_array_equal(nbcnn.to_numpy(net(strided)),
+                                  nbcnn.to_numpy(net(np.ascontiguousarray(strided))))
+
+
+def test_float64_model_runs_in_float64():
+    net = tiny_net().to("cpu", np.float64)
+    y = net(nbcnn.asarray(x_of((1, 3, 8, 8), np.float64)))
+    assert y.dtype == np.float64 and net.state_dict()["0.weight"].dtype == np.float64
+
+
+# -- clear errors for bad input ---------------------------------------------------------
+
+def test_wrong_rank_names_the_shape():
+    with pytest.raises(ValueError, match=r"4-D input, got shape \(3, 8, 8\)"):
+        tiny_net()(nbcnn.asarray(x_of((3, 8, 8))))
+
+
+def test_wrong_channel_count_names_both():
+    with pytest.raises(ValueError, match=r"expects 3 input channels, got shape \(1, 2, 8, 8\)"):
+        tiny_net()(nbcnn.asarray(x_of((1, 2, 8, 8))))
+
+
+def test_wrong_feature_count_names_both():
+    with pytest.raises(ValueError, match="expects 7 input features"):
+        nbcnn.Linear(7, 2)(nbcnn.asarray(x_of((1, 6))))
+
+
+def test_dtype_not_matching_parameters_is_a_type_error():
+    with pytest.raises(TypeError, match="float32 parameters but its input is float64"):
+        tiny_net()(nbcnn.asarray(x_of((1, 3, 8, 8), np.float64)))
+
+
+def test_integer_images_are_a_type_error():
+    with pytest.raises(TypeError, match="float32 or float64, got int64"):
+        tiny_net()(np.zeros((1, 3, 8, 8), np.int64))
+
+
+def test_input_smaller_than_the_kernel_is_named():
+    with pytest.raises(ValueError, match="smaller than the 5x5 kernel"):
+        nbcnn.Conv2d(1, 1, 5)(nbcnn.asarray(x_of((1, 1, 3, 3))))
+    with pytest.raises(ValueError, match="smaller than the 3x3 window"):
+        nbcnn.MaxPool2d(3, 2)(nbcnn.asarray(x_of((1, 1, 2, 5))))
+
+
+def test_nan_logits_are_refused():
+    z = x_of((3, 4))
+    z[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf in 1 of 3 rows"):
+        nbcnn.softmax_cross_entropy(nbcnn.asarray(z), nbcnn.asarray([0, 1, 2]))
+
+
+def test_labels_out_of_range_are_named():
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\), got \[4, -1\]"):
+        nbcnn.softmax_cross_entropy(nbcnn.asarray(x_of((3, 4))), nbcnn.asarray([4, 0, -1]))
+
+
+def test_labels_must_match_the_batch_and_be_integers():
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+        nbcnn.softmax_cross_entropy(nbcnn.asarray(x_of((3, 4))), nbcnn.asarray([0, 1]))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        nbcnn.softmax_cross_entropy(nbcnn.asarray(x_of((2, 4))), nbcnn.asarray(np.zeros(2, np.float32)))
+
+
+def test_unknown_device_is_named():
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        tiny_net().to("tpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        nbcnn.asarray([1.0], "gpu")
+
+
+def test_non_array_input_is_named():
+    with pytest.raises(ValueError, match="its input is a list"):
+        tiny_net()([[1.0]])
+
+
+def test_state_dict_with_a_missing_key_is_refused():
+    sd = tiny_net().state_dict()
+    del sd["5.bias"]
+    with pytest.raises(ValueError, match=r"missing keys \['5.bias'\]"):
+        tiny_net().load_state_dict(sd)
+
+
+def test_state_dict_with_a_misshaped_key_is_refused():
+    sd = tiny_net().state_dict()
+    sd["0.weight"] = sd["0.weight"][:2]
+    with pytest.raises(ValueError, match=r"state_dict\['0.weight'\] has shape \(2, 3, 3, 3\)"):
+        tiny_net().load_state_dict(sd)
+
+
+@pytest.mark.parametrize("kwargs", [dict(p=1.0), dict(p=-0.1)])
+def test_dropout_probability_out_of_range_is_refused(kwargs):
+    with pytest.raises(ValueError, match="Dropout probability"):
+        nbcnn.Dropout(**kwargs)
+
+
+def test_asarray_refuses_non_numeric_data():
+    with pytest.raises(TypeError, match="float or integer data"):
+        nbcnn.asarray(np.array(["a"]))
