@@ -1,0 +1,120 @@
+"""Device arrays for the CUDA backend (numba DeviceNDArray, or FakeCUDAArray under the simulator),
+host transfer, and the element-wise kernels: fill, add, strided copy.
+
+Element-wise kernels use grid-stride loops over the flat array with a capped grid, so one
+launch configuration serves every size (and the simulator, where each thread costs about
+135 us, runs few threads that each do many elements).
+"""
+
+import numpy as np
+from numba import config, cuda
+
+if config.ENABLE_CUDASIM:
+    THREADS = 32       # simulated threads are the cost; a grid-stride loop does the rest
+    MAX_BLOCKS = 2
+else:
+    THREADS = 256
+    MAX_BLOCKS = 4096  # 132 SMs x ~30 resident blocks; beyond that a grid-stride loop is as fast
+
+INT32_MAX = 2**31 - 1
+
+
+def launch(n):
+    """(blocks, threads) for a grid-stride kernel over n items."""
+    return max(1, min(MAX_BLOCKS, (n + THREADS - 1) // THREADS)), THREADS
+
+
+def check_int32(*arrays):
+    """Kernels index with int32 arithmetic (it is much faster); refuse arrays too large for it."""
+    for a in arrays:
+        if a is not None and a.size > INT32_MAX:
+            raise ValueError(f"CUDA array of {a.size} elements exceeds the int32 indexing limit of {INT32_MAX}")
+
+
+def flat(a):
+    """A 1-D view of a C-contiguous device array."""
+    return a.reshape(a.size)
+
+
+def is_array(a):
+    return bool(cuda.devicearray.is_cuda_ndarray(a))
+
+
+def empty(shape, dtype):
+    return cuda.device_array(tuple(int(s) for s in shape), np.dtype(dtype))
+
+
+def zeros(shape, dtype):
+    a = empty(shape, dtype)
+    fill(a, 0)
+    return a
+
+
+def from_numpy(a):
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def to_numpy(a):
+    return a.copy_to_host()
+
+
+@cuda.jit(cache=True)
+def fill_kernel(a, value):
+    """a[i] = value over a flat array."""
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, a.shape[0], step):
+        a[i] = value
+
+
+def fill(a, value):
+    if a.size:
+        a = flat(a)
+        fill_kernel[launch(a.size)](a, a.dtype.type(value))
+
+
+def copy(src, dst):
+    if dst.size:
+        dst.copy_to_device(src)  # a device-to-device memcpy: nothing for a kernel to add
+
+
+@cuda.jit(cache=True)
+def strided_copy_kernel(src, dst):
+    """dst[n,c,h,w] = src[n,c,h,w]: src any strides, dst C-contiguous, both 4-D."""
+    _, C, H, W = dst.shape
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, dst.size, step):
+        w = i % W
+        h = (i // W) % H
+        c = (i // (W * H)) % C
+        n = i // (W * H * C)
+        dst[n, c, h, w] = src[n, c, h, w]
+
+
+def contiguous(a):
+    if a.is_c_contiguous():
+        return a
+    if a.ndim != 4:
+        # numba device arrays cannot be re-viewed with more axes without a copy; every
+        # non-contiguous array the layers meet is an NCHW slice.
+        raise ValueError(f"CUDA contiguous() copies strided arrays of 4 dimensions only, got shape {a.shape}")
+    out = empty(a.shape, a.dtype)
+    if out.size:
+        strided_copy_kernel[launch(out.size)](a, out)
+    return out
+
+
+def reshape(a, shape):
+    return a.reshape(tuple(int(s) for s in shape))
+
+
+@cuda.jit(cache=True)
+def add_kernel(src, dst):
+    """dst[i] += src[i] over flat arrays."""
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, dst.shape[0], step):
+        dst[i] += src[i]
+
+
+def add(src, dst):
+    if dst.size:
+        add_kernel[launch(dst.size)](flat(src), flat(dst))

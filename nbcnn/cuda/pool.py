@@ -1,0 +1,61 @@
+"""Max pooling on CUDA (no padding, floor mode): one thread per output element, forward and backward."""
+
+from numba import cuda
+
+from .array import fill, launch
+
+
+@cuda.jit(cache=True)
+def maxpool2d_forward_kernel(x, k, stride, y, argmax):
+    """y[n,c,i,j] = max over the k*k window at (i*stride, j*stride); argmax = h*W + w of the first maximum (NaN wins)."""
+    N, C, H, W = x.shape
+    _, _, OH, OW = y.shape
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, N * C * OH * OW, step):
+        j = e % OW
+        i = (e // OW) % OH
+        c = (e // (OW * OH)) % C
+        n = e // (OW * OH * C)
+        h0 = i * stride
+        w0 = j * stride
+        best = x[n, c, h0, w0]
+        idx = h0 * W + w0
+        for p in range(k):
+            for q in range(k):
+                v = x[n, c, h0 + p, w0 + q]
+                if v > best or (v != v and best == best):  # the CPU's rule, NaN included
+                    best = v
+                    idx = (h0 + p) * W + w0 + q
+        y[n, c, i, j] = best
+        argmax[n, c, i, j] = idx
+
+
+@cuda.jit(cache=True)
+def maxpool2d_backward_kernel(dy, argmax, dx):
+    """dx[n,c].flat[argmax[n,c,i,j]] += dy[n,c,i,j], one thread per dy element, dx zeroed before.
+
+    An atomic scatter: the contract does not pass k and stride, so a pixel cannot find the
+    windows that hold it. Only overlapping windows (stride < k) that pick the same pixel
+    add into one place, at most ceil(k/stride)^2 terms, so the order changes a sum by an ulp.
+    """
+    N, C, H, W = dx.shape
+    _, _, OH, OW = dy.shape
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, N * C * OH * OW, step):
+        j = e % OW
+        i = (e // OW) % OH
+        c = (e // (OW * OH)) % C
+        n = e // (OW * OH * C)
+        a = argmax[n, c, i, j]
+        cuda.atomic.add(dx, (n, c, a // W, a % W), dy[n, c, i, j])
+
+
+def maxpool2d_forward(x, k, stride, y, argmax):
+    if y.size:
+        maxpool2d_forward_kernel[launch(y.size)](x, k, stride, y, argmax)
+
+
+def maxpool2d_backward(dy, argmax, dx):
+    fill(dx, 0)
+    if dy.size:
+        maxpool2d_backward_kernel[launch(dy.size)](dy, argmax, dx)

@@ -1,0 +1,20 @@
+"""The fused SGD update on CUDA, over the flattened parameter."""
+
+from numba import cuda
+
+from .array import flat, launch
+
+
+@cuda.jit(cache=True)
+def sgd_kernel(w, g, v, lr, momentum, weight_decay):
+    """g' = g + wd*w; v = momentum*v + g'; w -= lr*v (torch.optim.SGD, no dampening), flat."""
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, w.shape[0], step):
+        vi = momentum * v[i] + (g[i] + weight_decay * w[i])
+        v[i] = vi
+        w[i] -= lr * vi
+
+
+def sgd_step(w, g, v, lr, momentum, weight_decay):
+    if w.size:
+        sgd_kernel[launch(w.size)](flat(w), flat(g), flat(v), float(lr), float(momentum), float(weight_decay))
