@@ -67,6 +67,11 @@ class Backend:
         """dst += src, element-wise: gradient accumulation."""
         raise NotImplementedError
 
+    # -- GEMM --------------------------------------------------------------------------
+    def matmul(self, a, b, c):
+        """c = a @ b; a (M,K), b (K,N), c (M,N), C-contiguous. The GEMM behind conv and linear."""
+        raise NotImplementedError
+
     # -- convolution -------------------------------------------------------------------
     def conv2d_forward(self, x, w, b, stride, pad, y, ws):
         """y[n,o,i,j] = b[o] + sum_{c,p,q} w[o,c,p,q] * xpad[n,c,i*stride+p,j*stride+q].

@@ -1,7 +1,7 @@
 """The CPU backend: every op of nbcnn.backend.Backend as numba.njit(parallel=True) kernels."""
 
 from ..backend import Backend
-from . import array, conv, dropout, linear, loss, lrn, pool, relu, sgd
+from . import array, conv, dropout, gemm, linear, loss, lrn, pool, relu, sgd
 
 
 class CPUBackend(Backend):
@@ -18,6 +18,7 @@ class CPUBackend(Backend):
     reshape = staticmethod(array.reshape)
     add = staticmethod(array.add)
 
+    matmul = staticmethod(gemm.gemm)
     conv2d_forward = staticmethod(conv.conv2d_forward)
     conv2d_backward = staticmethod(conv.conv2d_backward)
     maxpool2d_forward = staticmethod(pool.maxpool2d_forward)

@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Benchmark nbcnn on the original AlexNet (224x224), layer by layer and as a training step.
+
+    python scripts/bench.py --device cuda|cpu [--batch 128] [--json out.json]
+
+Every row is a median over --repeat runs after warm-up (CUDA events on the GPU,
+perf_counter on the CPU); the first call of each op (JIT compile) is reported apart.
+Where PyTorch is importable, the same shapes run through it in this process (FP32,
+TF32 off) and each row shows PyTorch time / nbcnn time (> 1: nbcnn is faster).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+if __name__ == "__main__" and "--keep-openblas-env" not in sys.argv and any(v in os.environ for v in OPENBLAS_VARS):
+    # These force OpenBLAS's slow Haswell kernels on this environment's AVX-512 cores; a
+    # user's machine would not set them. They are read at import, hence the re-exec.
+    env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_VARS}
+    env["NBCNN_BENCH_UNSET_OPENBLAS"] = ",".join(f"{v}={os.environ[v]}" for v in OPENBLAS_VARS if v in os.environ)
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import nbcnn  # noqa: E402
+from nbcnn.models import alexnet  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
+
+
+# -- timing -------------------------------------------------------------------------------
+
+class Timer:
+    """Times a callable: CUDA events on the GPU, perf_counter on the CPU; milliseconds."""
+
+    def __init__(self, device):
+        self.cuda = device == "cuda"
+        if self.cuda:
+            from numba import cuda
+            self.nb_cuda = cuda
+
+    def __call__(self, fn, repeat):
+        first_start = time.perf_counter()
+        fn()
+        self.sync()
+        first = (time.perf_counter() - first_start) * 1e3
+        fn()  # warm-up after compile
+        times = []
+        for _ in range(repeat):
+            if self.cuda:
+                start, end = self.nb_cuda.event(), self.nb_cuda.event()
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(self.nb_cuda.event_elapsed_time(start, end))
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times), first
+
+    def sync(self):
+        if self.cuda:
+            self.nb_cuda.synchronize()
+
+
+class TorchTimer:
+    def __init__(self, device):
+        self.dev = torch.device("cuda" if device == "cuda" else "cpu")
+
+    def __call__(self, fn, repeat):
+        fn()
+        fn()
+        times = []
+        for _ in range(repeat):
+            if self.dev.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+
+# -- FLOP counts --------------------------------------------------------------------------
+
+def layer_flops(m, x_shape, y_shape):
+    """Forward FLOPs of a layer (multiply-adds count 2); backward of conv/linear costs twice that."""
+    if isinstance(m, nbcnn.Conv2d):
+        n, o, oh, ow = y_shape
+        return 2.0 * n * o * oh * ow * m.in_channels * m.kernel_size ** 2
+    if isinstance(m, nbcnn.Linear):
+        return 2.0 * x_shape[0] * m.in_features * m.out_features
+    return 0.0
+
+
+# -- PyTorch twins ------------------------------------------------------------------------
+
+def torch_layer(m, params):
+    if isinstance(m, nbcnn.Conv2d):
+        return lambda x: F.conv2d(x, params[0], params[1], stride=m.stride, padding=m.padding)
+    if isinstance(m, nbcnn.Linear):
+        return lambda x: F.linear(x, params[0], params[1])
+    if isinstance(m, nbcnn.ReLU):
+        return F.relu
+    if isinstance(m, nbcnn.LocalResponseNorm):
+        return lambda x: F.local_response_norm(x, m.size, m.alpha, m.beta, m.k)
+    if isinstance(m, nbcnn.MaxPool2d):
+        return lambda x: F.max_pool2d(x, m.kernel_size, m.stride)
+    if isinstance(m, nbcnn.Dropout):
+        return lambda x: F.dropout(x, m.p, training=True)
+    if isinstance(m, nbcnn.Flatten):
+        return lambda x: x.flatten(1)
+    raise TypeError(type(m).__name__)
+
+
+def torch_rows(net, x_host, device, repeat):
+    """Per-layer (forward ms, backward ms) and the training step in PyTorch, same shapes."""
+    timer = TorchTimer(device)
+    dev = timer.dev
+    x = torch.from_numpy(x_host).to(dev)
+    rows = []
+    for m in net.modules:
+        params = [torch.from_numpy(nbcnn.to_numpy(p.data)).to(dev).requires_grad_() for p in m.parameters()]
+        f = torch_layer(m, params)
+        xin = x.detach().requires_grad_()
+        y = f(xin)
+        dy = torch.randn_like(y)
+        fwd = timer(lambda: f(xin), repeat)
+        bwd = timer(lambda: torch.autograd.grad(y, [xin] + params, dy, retain_graph=True), repeat)
+        rows.append((fwd, bwd))
+        x = y.detach()
+    model = torch.nn.Sequential(*[torch_module(m) for m in net.modules]).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    labels = torch.randint(0, 1000, (x_host.shape[0],), device=dev)
+    xs = torch.from_numpy(x_host).to(dev)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        F.cross_entropy(model(xs), labels).backward()
+        opt.step()
+
+    step_ms = timer(step, repeat)
+    peak = None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    return rows, step_ms, peak
+
+
+def torch_module(m):
+    nn = torch.nn
+    if isinstance(m, nbcnn.Conv2d):
+        t = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+    elif isinstance(m, nbcnn.Linear):
+        t = nn.Linear(m.in_features, m.out_features)
+    else:
+        return {nbcnn.ReLU: lambda: nn.ReLU(), nbcnn.Flatten: lambda: nn.Flatten(),
+                nbcnn.Dropout: lambda: nn.Dropout(m.p),
+                nbcnn.MaxPool2d: lambda: nn.MaxPool2d(m.kernel_size, m.stride),
+                nbcnn.LocalResponseNorm: lambda: nn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k)}[type(m)]()
+    sd = m.state_dict()
+    t.weight.data = torch.from_numpy(sd["weight"])
+    t.bias.data = torch.from_numpy(sd["bias"])
+    return t
+
+
+def torch_sgemm_tflops(device, n, repeat):
+    dev = torch.device("cuda" if device == "cuda" else "cpu")
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    ms = TorchTimer(device)(lambda: a @ b, repeat)
+    return 2.0 * n ** 3 / (ms * 1e-3) / 1e12
+
+
+# -- nbcnn --------------------------------------------------------------------------------
+
+def nbcnn_rows(net, backend, x, timer, repeat):
+    rows = []
+    for m in net.modules:
+        y = m(x)
+        dy = nbcnn.asarray(np.random.default_rng(0).standard_normal(y.shape).astype(np.float32), backend.name)
+        fwd, fwd_first = timer(lambda: m(x), repeat)
+        bwd, bwd_first = timer(lambda: m.backward(dy), repeat)
+        rows.append(dict(layer=type(m).__name__, in_shape=list(x.shape), out_shape=list(y.shape),
+                         fwd_ms=fwd, bwd_ms=bwd, compile_ms=max(fwd_first - fwd, 0) + max(bwd_first - bwd, 0),
+                         flops=layer_flops(m, x.shape, y.shape)))
+        x = y
+    return rows
+
+
+def gemm_tflops(backend, timer, m, n, k, repeat):
+    rng = np.random.default_rng(0)
+    a = nbcnn.asarray(rng.standard_normal((m, k)).astype(np.float32), backend.name)
+    b = nbcnn.asarray(rng.standard_normal((k, n)).astype(np.float32), backend.name)
+    c = backend.empty((m, n), np.float32)
+    ms, _ = timer(lambda: backend.matmul(a, b, c), repeat)
+    return 2.0 * m * n * k / (ms * 1e-3) / 1e12
+
+
+def gemm_shapes(net, batch, input_size):
+    """(M, N, K) of the GEMMs the layers of `net` run: conv forward per image, linear per batch."""
+    shapes, h = [], input_size
+    for m in net.modules:
+        if isinstance(m, nbcnn.Conv2d):
+            oh = m.output_size(h)
+            shapes.append((f"conv {m.out_channels}x{m.in_channels}x{m.kernel_size}^2",
+                           m.out_channels, oh * oh, m.in_channels * m.kernel_size ** 2))
+            h = oh
+        elif isinstance(m, nbcnn.MaxPool2d):
+            h = (h - m.kernel_size) // m.stride + 1
+        elif isinstance(m, nbcnn.Linear):
+            shapes.append((f"fc {m.out_features}x{m.in_features}", batch, m.out_features, m.in_features))
+    return shapes
+
+
+def device_memory_used():
+    from numba import cuda
+    free, total = cuda.current_context().get_memory_info()
+    return (total - free) / 2**20
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    ap.add_argument("--batch", type=int, default=None, help="default: 128 on cuda, 16 on cpu")
+    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--repeat", type=int, default=None, help="timed runs per row (default 20 cuda, 3 cpu)")
+    ap.add_argument("--gemm-size", type=int, default=4096)
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--keep-openblas-env", action="store_true",
+                    help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set (they are unset by default)")
+    args = ap.parse_args(argv)
+    batch = args.batch or (128 if args.device == "cuda" else 16)
+    repeat = args.repeat or (20 if args.device == "cuda" else 3)
+    use_torch = torch is not None and not args.no_torch
+    if use_torch:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    try:
+        backend = nbcnn.get_backend(args.device)
+    except (RuntimeError, ValueError) as e:
+        sys.exit(f"bench.py: {e}")
+    print(f"nbcnn bench: device={args.device} batch={batch} input={args.input_size} repeat={repeat} "
+          f"python={platform.python_version()} machine={platform.machine()} cores={os.cpu_count()}")
+    unset = os.environ.get("NBCNN_BENCH_UNSET_OPENBLAS")
+    if args.device == "cpu":
+        print(f"OpenBLAS env: {'unset for this run (' + unset + ')' if unset else 'not set' if not any(v in os.environ for v in OPENBLAS_VARS) else 'kept as set'}")
+    print(f"PyTorch: {torch.__version__ + ' (FP32, TF32 off)' if use_torch else 'not available'}")
+
+    nbcnn.manual_seed(0)
+    net = alexnet(num_classes=1000, input_size=args.input_size).to(args.device)
+    timer = Timer(args.device)
+    x_host = np.random.default_rng(0).standard_normal((batch, 3, args.input_size, args.input_size)).astype(np.float32)
+    x = nbcnn.asarray(x_host, args.device)
+    rows = nbcnn_rows(net, backend, x, timer, repeat)
+    if use_torch:
+        trows, torch_step, torch_peak = torch_rows(net, x_host, args.device, repeat)
+        for r, (tf, tb) in zip(rows, trows):
+            r["torch_fwd_ms"], r["torch_bwd_ms"] = tf, tb
+
+    labels = nbcnn.asarray(np.random.default_rng(1).integers(0, 1000, batch), args.device)
+    opt = nbcnn.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    net.zero_grad()  # the per-layer rows left random gradients behind
+
+    def step():
+        loss, dlogits = nbcnn.softmax_cross_entropy(net(x), labels)
+        net.backward(dlogits)
+        opt.step()
+        opt.zero_grad()
+
+    mem_before = device_memory_used() if args.device == "cuda" else None
+    step_ms, step_first = timer(step, repeat)
+    mem_after = device_memory_used() if args.device == "cuda" else None
+    for _ in range(10):
+        step()
+    timer.sync()
+    mem_after10 = device_memory_used() if args.device == "cuda" else None
+
+    # -- table ---------------------------------------------------------------------------
+    hdr = f"{'layer':<20}{'out shape':<22}{'fwd ms':>9}{'bwd ms':>9}{'GFLOP/s':>9}{'compile ms':>11}"
+    if use_torch:
+        hdr += f"{'torch f+b':>10}{'torch/nb':>9}"
+    print(hdr)
+    for i, r in enumerate(rows):
+        total = r["fwd_ms"] + r["bwd_ms"]
+        gflops = 3 * r["flops"] / (total * 1e-3) / 1e9 if r["flops"] else float("nan")
+        line = (f"{i:>2} {r['layer']:<17}{str(tuple(r['out_shape'])):<22}{r['fwd_ms']:>9.2f}{r['bwd_ms']:>9.2f}"
+                f"{gflops:>9.1f}{r['compile_ms']:>11.0f}")
+        r["gflops"] = None if not r["flops"] else gflops
+        if use_torch:
+            tt = r["torch_fwd_ms"] + r["torch_bwd_ms"]
+            r["torch_over_nbcnn"] = tt / total
+            line += f"{tt:>10.2f}{tt / total:>9.2f}"
+        print(line)
+    torch_step_ms = torch_step if use_torch else None
+    ratio = torch_step_ms / step_ms if use_torch else None
+    print(f"train step: nbcnn {step_ms:.1f} ms ({batch / step_ms * 1e3:.0f} images/s), first step {step_first:.0f} ms"
+          + (f"; PyTorch {torch_step_ms:.1f} ms, PyTorch/nbcnn = {ratio:.2f}" if use_torch else ""))
+    if args.device == "cuda":
+        print(f"GPU memory in use: {mem_before:.0f} MiB before the timed steps, {mem_after:.0f} after, "
+              f"{mem_after10:.0f} after 10 more (steady state: equal)"
+              + (f"; PyTorch peak allocated {torch_peak:.0f} MiB" if use_torch else ""))
+
+    n = args.gemm_size
+    sgemm = gemm_tflops(backend, timer, n, n, n, max(3, repeat // 4))
+    torch_sgemm = torch_sgemm_tflops(args.device, n, max(3, repeat // 4)) if use_torch else None
+    print(f"SGEMM {n}^3: nbcnn {sgemm:.2f} TFLOP/s" + (f", PyTorch {torch_sgemm:.2f} TFLOP/s, "
+                                                       f"ratio {sgemm / torch_sgemm:.2f}" if use_torch else ""))
+    gemms = []
+    for name, m, nn, k in gemm_shapes(net, batch, args.input_size):
+        tf = gemm_tflops(backend, timer, m, nn, k, repeat)
+        gemms.append(dict(name=name, m=m, n=nn, k=k, nbcnn_tflops=tf))
+        print(f"  GEMM {name:<20} M={m:<6}N={nn:<6}K={k:<6} {tf:.2f} TFLOP/s")
+
+    result = {
+        "device": args.device, "batch": batch, "input_size": args.input_size,
+        "machine": platform.node(), "openblas_env_unset": unset,
+        "layers": rows,
+        "train_step": {"nbcnn_ms": step_ms, "torch_ms": torch_step_ms, "torch_over_nbcnn": ratio,
+                       "images_per_s": batch / step_ms * 1e3, "first_step_ms": step_first},
+        "sgemm_4096" if n == 4096 else f"sgemm_{n}": {"nbcnn_tflops": sgemm, "torch_tflops": torch_sgemm},
+        "gemm_shapes": gemms,
+        "memory_mib": None if args.device != "cuda" else {
+            "before": mem_before, "after": mem_after, "after_10_more": mem_after10,
+            "torch_peak": torch_peak if use_torch else None},
+    }
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, args.json)
+    return result
+
+
+if __name__ == "__main__":
+    main()
