@@ -13,14 +13,15 @@ from .array import flat, launch
 
 @cuda.jit(cache=True)
 def dropout_kernel(x, key, threshold, scale, y):
-    """y[i] = x[i] * scale if keep_bit(key, i) else 0, flat; scale = 1/(1-p). Forward and backward alike."""
+    """y[i] = float(x[i]) * scale if keep_bit(key, i) else 0, flat; scale = 1/(1-p). Forward and backward alike."""
     start, step = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, x.shape[0], step):
-        y[i] = x[i] * scale if keep_bit(key, i, threshold) else 0
+        y[i] = float(x[i]) * scale if keep_bit(key, i, threshold) else 0
 
 
 def _run(x, p, key, y):
     if x.size:
+        # float64 product, then rounded, as in the njit kernel (float(): also in the simulator).
         # key, threshold and i are int64 in the kernel, as in the njit kernel: the hash
         # masks products to 32 bits, so the bits are the same
         dropout_kernel[launch(x.size)](flat(x), int(key), keep_threshold(p), 1.0 / (1.0 - p), flat(y))

@@ -10,9 +10,11 @@ def sgd_kernel(w, g, v, lr, momentum, weight_decay):
     """g' = g + wd*w; v = momentum*v + g'; w -= lr*v (torch.optim.SGD, no dampening), flat."""
     start, step = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, w.shape[0], step):
-        vi = momentum * v[i] + (g[i] + weight_decay * w[i])
+        # float(): float64 arithmetic as in the njit kernel, also in the simulator, where
+        # numpy would keep float32 * python float in float32
+        vi = momentum * float(v[i]) + (float(g[i]) + weight_decay * float(w[i]))
         v[i] = vi
-        w[i] -= lr * vi
+        w[i] = float(w[i]) - lr * vi
 
 
 def sgd_step(w, g, v, lr, momentum, weight_decay):
