@@ -31,6 +31,18 @@ def check_int32(*arrays):
             raise ValueError(f"CUDA array of {a.size} elements exceeds the int32 indexing limit of {INT32_MAX}")
 
 
+@cuda.jit(device=True, cache=True)
+def unravel3(e, B, C):
+    """(b, c, s) of flat index e in a C-contiguous (A, B, C) array."""
+    return e // (B * C), (e // C) % B, e % C
+
+
+@cuda.jit(device=True, cache=True)
+def unravel4(e, C, H, W):
+    """(n, c, h, w) of flat index e in a C-contiguous (N, C, H, W) array."""
+    return e // (W * H * C), (e // (W * H)) % C, (e // W) % H, e % W
+
+
 def flat(a):
     """A 1-D view of a C-contiguous device array."""
     return a.reshape(a.size)
@@ -83,10 +95,7 @@ def strided_copy_kernel(src, dst):
     _, C, H, W = dst.shape
     start, step = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, dst.size, step):
-        w = i % W
-        h = (i // W) % H
-        c = (i // (W * H)) % C
-        n = i // (W * H * C)
+        n, c, h, w = unravel4(i, C, H, W)
         dst[n, c, h, w] = src[n, c, h, w]
 
 

@@ -10,7 +10,7 @@ batch 128 take 2-3 chunks, the later layers one.
 
 from numba import config, cuda
 
-from .array import check_int32, flat, launch
+from .array import check_int32, flat, launch, unravel3, unravel4
 from .gemm import BIAS_ROW, gemm, sum_batched_rows_into
 
 COL_BUDGET = 2**16 if config.ENABLE_CUDASIM else 2**27  # elements (512 MB of float32) per column buffer
@@ -24,9 +24,7 @@ def im2col_kernel(x, n0, kh, kw, stride, pad, col):
     ow = (W + 2 * pad - kw) // stride + 1
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, B * R * P, step):
-        s = e % P
-        r = (e // P) % R
-        b = e // (P * R)
+        b, r, s = unravel3(e, R, P)
         q = r % kw
         p = (r // kw) % kh
         c = r // (kw * kh)
@@ -47,10 +45,7 @@ def col2im_kernel(col, n0, kh, kw, stride, pad, x):
     ow = (W + 2 * pad - kw) // stride + 1
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, B * C * H * W, step):
-        w = e % W
-        h = (e // W) % H
-        c = (e // (W * H)) % C
-        b = e // (W * H * C)
+        b, c, h, w = unravel4(e, C, H, W)
         acc = 0.0  # float64: at most KH*KW terms, cheap, and no worse than the CPU's float32 sum
         # p, q ascending as in the CPU's col2im, so the sums add in the same order
         for p in range((h + pad) % stride, kh, stride):

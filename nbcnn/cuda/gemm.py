@@ -57,6 +57,24 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles=TILES):
     ta, tb = key[0], key[1]
     i32 = np.int32
 
+    @cuda.jit(device=True)
+    def a_coords(e):
+        """(kk, mm) of the e-th element of an A tile: consecutive e run along A's stored rows (coalesced)."""
+        if ta:  # stored (K, M)
+            kk = i32(e // bm)
+            return kk, i32(e - kk * bm)
+        mm = i32(e // bk)  # stored (M, K)
+        return i32(e - mm * bk), mm
+
+    @cuda.jit(device=True)
+    def b_coords(e):
+        """(kk, nn) of the e-th element of a B tile, likewise."""
+        if tb:  # stored (N, K)
+            nn = i32(e // bk)
+            return i32(e - nn * bk), nn
+        kk = i32(e // bn)  # stored (K, N)
+        return kk, i32(e - kk * bn)
+
     @cuda.jit
     def gemm_kernel(a, b, c, bias, m, n, k, sa, sb, sc, nred, alpha, beta, bias_mode):
         """c[z*sc + i*n + j] = alpha * sum_r op(A_{z+r}) @ op(B_{z+r}) + beta*c + bias; A_z at a[z*sa:], row-major."""
@@ -89,13 +107,7 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles=TILES):
                 aoff = i32((z + r) * sa)
                 boff = i32((z + r) * sb)
                 for l in range(a_loads):
-                    e = i32(tid + l * nthreads)
-                    if ta:  # stored (K, M): consecutive threads take consecutive m
-                        kk = i32(e // bm)
-                        mm = i32(e - kk * bm)
-                    else:   # stored (M, K): consecutive threads take consecutive k
-                        mm = i32(e // bk)
-                        kk = i32(e - mm * bk)
+                    kk, mm = a_coords(i32(tid + l * nthreads))
                     gm = i32(m0 + mm)
                     gk = i32(k0 + kk)
                     v = zero
@@ -103,13 +115,7 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles=TILES):
                         v = a[i32(aoff + gk * lda + gm)] if ta else a[i32(aoff + gm * lda + gk)]
                     ra[l] = v
                 for l in range(b_loads):
-                    e = i32(tid + l * nthreads)
-                    if tb:  # stored (N, K)
-                        nn = i32(e // bk)
-                        kk = i32(e - nn * bk)
-                    else:   # stored (K, N)
-                        kk = i32(e // bn)
-                        nn = i32(e - kk * bn)
+                    kk, nn = b_coords(i32(tid + l * nthreads))
                     gn = i32(n0 + nn)
                     gk = i32(k0 + kk)
                     v = zero
@@ -131,22 +137,10 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles=TILES):
                 abase = i32((t % 2) * a_buf)
                 bbase = i32((t % 2) * b_buf)
                 for l in range(a_loads):
-                    e = i32(tid + l * nthreads)
-                    if ta:
-                        kk = i32(e // bm)
-                        mm = i32(e - kk * bm)
-                    else:
-                        mm = i32(e // bk)
-                        kk = i32(e - mm * bk)
+                    kk, mm = a_coords(i32(tid + l * nthreads))
                     As[abase + kk * bmp + mm] = ra[l]
                 for l in range(b_loads):
-                    e = i32(tid + l * nthreads)
-                    if tb:
-                        nn = i32(e // bk)
-                        kk = i32(e - nn * bk)
-                    else:
-                        kk = i32(e // bn)
-                        nn = i32(e - kk * bn)
+                    kk, nn = b_coords(i32(tid + l * nthreads))
                     Bs[bbase + kk * bnp + nn] = rb[l]
             cuda.syncthreads()
         coff = i32(z * sc)

@@ -4,7 +4,7 @@ import math
 
 from numba import cuda
 
-from .array import launch
+from .array import launch, unravel3
 
 
 @cuda.jit(cache=True)
@@ -14,9 +14,7 @@ def lrn_forward_kernel(x, size, alpha, beta, k, y, scale):
     a = alpha / size
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, N * C * HW, step):
-        s = e % HW
-        c = (e // HW) % C
-        n = e // (HW * C)
+        n, c, s = unravel3(e, C, HW)
         acc = 0.0
         for cc in range(max(c - size // 2, 0), min(c + (size - 1) // 2, C - 1) + 1):
             v = x[n, cc, s]
@@ -33,9 +31,7 @@ def lrn_backward_kernel(x, y, scale, dy, size, alpha, beta, k, dx):
     f = 2.0 * alpha * beta / size
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, N * C * HW, step):
-        s = e % HW
-        c = (e // HW) % C
-        n = e // (HW * C)
+        n, c, s = unravel3(e, C, HW)
         acc = 0.0
         # c lies in the window of c' exactly when c' is in [c-(size-1)//2, c+size//2]
         for cc in range(max(c - (size - 1) // 2, 0), min(c + size // 2, C - 1) + 1):

@@ -2,7 +2,7 @@
 
 from numba import cuda
 
-from .array import fill, launch
+from .array import fill, launch, unravel4
 
 
 @cuda.jit(cache=True)
@@ -12,10 +12,7 @@ def maxpool2d_forward_kernel(x, k, stride, y, argmax):
     _, _, OH, OW = y.shape
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, N * C * OH * OW, step):
-        j = e % OW
-        i = (e // OW) % OH
-        c = (e // (OW * OH)) % C
-        n = e // (OW * OH * C)
+        n, c, i, j = unravel4(e, C, OH, OW)
         h0 = i * stride
         w0 = j * stride
         best = x[n, c, h0, w0]
@@ -42,10 +39,7 @@ def maxpool2d_backward_kernel(dy, argmax, dx):
     _, _, OH, OW = dy.shape
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, N * C * OH * OW, step):
-        j = e % OW
-        i = (e // OW) % OH
-        c = (e // (OW * OH)) % C
-        n = e // (OW * OH * C)
+        n, c, i, j = unravel4(e, C, OH, OW)
         a = argmax[n, c, i, j]
         cuda.atomic.add(dx, (n, c, a // W, a % W), dy[n, c, i, j])
 
