@@ -272,17 +272,18 @@ def test_gemm_matches_numpy(m, n, k, batch, ta, tb, reduce, beta, bias, dt, seed
     assert_close(c.copy_to_host().astype(np.float64), expect, rtol=CHAIN[dt] / 10)
 
 
-def test_gemm_with_the_gpu_tiles():
-    """The real-GPU tile configuration (256 threads, 8x8 each), ragged in every dimension."""
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_gemm_with_the_gpu_tiles(dt):
+    """The real-GPU tile configurations (float32: 256 threads of 8x8), ragged in every dimension."""
     from numba import cuda
 
     from nbcnn.cuda.gemm import BIAS_COL, GPU_TILES, gemm
-    m, n, k = 130, 129, 21  # 2x2 blocks, the second row and column of tiles mostly outside
-    a, b, v = data(0, (k, m), np.float32), data(1, (k, n), np.float32), data(2, (n,), np.float32)
-    c = cuda.device_array((m, n), np.float32)
+    m, n, k = 130, 129, 21  # the last row and column of tiles mostly outside; K ragged too
+    a, b, v = data(0, (k, m), dt), data(1, (k, n), dt), data(2, (n,), dt)
+    c = cuda.device_array((m, n), dt)
     gemm(cuda.to_device(a), cuda.to_device(b), c, m, n, k, trans_a=True, bias=cuda.to_device(v),
-         bias_mode=BIAS_COL, tiles=GPU_TILES)
-    assert_close(c.copy_to_host().astype(np.float64), a.T.astype(np.float64) @ b + v, rtol=1e-5)
+         bias_mode=BIAS_COL, tiles=GPU_TILES[np.dtype(dt)])
+    assert_close(c.copy_to_host().astype(np.float64), a.T.astype(np.float64) @ b + v, rtol=CHAIN[dt] / 10)
 
 
 # -- whole networks and moving between devices -------------------------------------------

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -44,7 +45,7 @@ def kernels():
         ]
         for ta in (False, True):
             for tb in (False, True):
-                k, _ = gemm.make_gemm_kernel(ta, tb, dt, gemm.GPU_TILES)
+                k, _ = gemm.make_gemm_kernel(ta, tb, dt, gemm.GPU_TILES[np.dtype(dt)])
                 out.append((f"gemm_{'T' if ta else 'N'}{'T' if tb else 'N'}", k,
                             f"void({v}, {v}, {v}, {v}, " + "int32, " * 7 + f"{dt}, {dt}, int32)"))
     out.append(("loss_sum", loss.sum_rows_kernel, "void(float64[::1], int64[::1], float64[::1])"))

@@ -25,13 +25,20 @@ from numba import config, cuda
 
 from .array import check_int32, flat
 
-# (BM, BN, BK, TM, TN). On a GPU: 256 threads, 8x8 outputs each, BK=16 (measured 14.9 TFLOP/s
-# in float32 on an H100 with this structure). The simulator costs ~135 us per thread and runs
-# each thread's loops in Python, so it gets 16 threads of 4x4: a 64x64x64 product with the
-# GPU tiles would take many seconds there.
-GPU_TILES = (128, 128, 16, 8, 8)
+# (BM, BN, BK, TM, TN) per dtype. float32 on a GPU: 256 threads, 8x8 outputs each, BK=16
+# (measured 14.9 TFLOP/s on an H100 with this structure; 33 KB of shared memory).
+# float64 (gradient checks) halves the tile: 8x8 doubles would take 256 registers and the
+# float32 tile shape 68 KB, over the 48 KB of static shared memory a block may have.
+# The simulator costs ~135 us per thread and runs each thread's loops in Python, so it
+# gets 16 threads of 4x4: a 64x64x64 product with the GPU tiles takes seconds there.
+GPU_TILES = {np.dtype(np.float32): (128, 128, 16, 8, 8), np.dtype(np.float64): (64, 64, 8, 4, 4)}
 SIM_TILES = (16, 16, 4, 4, 4)
-TILES = SIM_TILES if config.ENABLE_CUDASIM else GPU_TILES
+
+
+def default_tiles(dtype):
+    return SIM_TILES if config.ENABLE_CUDASIM else GPU_TILES[np.dtype(dtype)]
+
+
 PAD = 4  # shared rows padded so the k-major stores of a row-major tile spread over banks
 
 BIAS_NONE, BIAS_ROW, BIAS_COL = 0, 1, 2
@@ -39,7 +46,7 @@ BIAS_NONE, BIAS_ROW, BIAS_COL = 0, 1, 2
 _kernels = {}
 
 
-def make_gemm_kernel(trans_a, trans_b, dtype, tiles=TILES):
+def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
     """The GEMM kernel specialised for transposition, dtype and tile sizes (cached)."""
     key = (bool(trans_a), bool(trans_b), np.dtype(dtype), tuple(tiles))
     if key in _kernels:
@@ -165,17 +172,18 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles=TILES):
 
 
 def gemm(a, b, c, m, n, k, trans_a=False, trans_b=False, beta=0.0, alpha=1.0, bias=None,
-         bias_mode=BIAS_NONE, batch=1, strides=(0, 0, 0), reduce_batch=False, tiles=TILES):
+         bias_mode=BIAS_NONE, batch=1, strides=(0, 0, 0), reduce_batch=False, tiles=None):
     """C = alpha * op(A) @ op(B) + beta*C (+ bias) on row-major device arrays of one dtype.
 
     op(A) is (m, k): A stored (m, k), or (k, m) when trans_a; op(B) is (k, n): B stored
     (k, n), or (n, k) when trans_b; C is (m, n). With batch > 1, problem z reads A, B at
     flat offsets z*strides[0], z*strides[1] and writes C at z*strides[2]; reduce_batch sums
     the batch into one C instead (strides[2] unused). bias_mode BIAS_ROW adds bias[i] to
-    row i, BIAS_COL adds bias[j] to column j.
+    row i, BIAS_COL adds bias[j] to column j. `tiles` overrides default_tiles(dtype).
     """
     if m == 0 or n == 0:
         return
+    tiles = default_tiles(c.dtype) if tiles is None else tiles
     kernel, nthreads = make_gemm_kernel(trans_a, trans_b, c.dtype, tiles)
     check_int32(a, b, c)
     bm, bn = tiles[0], tiles[1]

@@ -33,7 +33,9 @@ def softmax_cross_entropy_kernel(logits, labels, dlogits, row_loss, row_bad):
         s = 0.0
         for j in range(K):
             s += math.exp(logits[n, j] - m)  # shifted by the max: exp never overflows
-        row_loss[n] = math.log(s) + m - logits[n, label]
+        # float(): float64 as in the njit kernel (and in the simulator, where numpy would
+        # keep float32 + python float in float32 and overflow at m - z ~ 6e38)
+        row_loss[n] = math.log(s) + float(m) - float(logits[n, label])
         for j in range(K):
             dlogits[n, j] = (math.exp(logits[n, j] - m) / s - (1.0 if j == label else 0.0)) / N
 
