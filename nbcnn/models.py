@@ -60,3 +60,30 @@ def paper_init(net, biases_one=()):
         else:
             state[key] = np.full(value.shape, 1.0 if int(index) in biases_one else 0.0)
     net.load_state_dict(state)
+
+
+def alexnet_small(num_classes=10, in_channels=3, input_size=32, init="kaiming"):
+    """AlexNet's layer types scaled to 28-32 pixel images, after cuda-convnet's CIFAR-10 nets.
+
+    5x5 conv(32) -> ReLU -> overlapping 3/2 max pool -> LRN; 5x5 conv(64) -> ReLU -> LRN ->
+    3/2 pool; 3x3 conv(64) -> ReLU -> 3/2 pool; then AlexNet's classifier in small:
+    dropout -> FC 256 -> ReLU -> dropout -> FC num_classes. 28 -> 13 -> 6 -> 2 and
+    32 -> 15 -> 7 -> 3 pixels. init as in `alexnet` ("paper": biases 1 in conv2, conv3, fc1).
+    """
+    s = input_size
+    for _ in range(3):
+        s = (s - 3) // 2 + 1
+    if s < 1:
+        raise ValueError(f"alexnet_small needs input_size >= 15, got {input_size}")
+    net = Sequential(
+        Conv2d(in_channels, 32, 5, padding=2), ReLU(), MaxPool2d(3, 2), alexnet_lrn(),
+        Conv2d(32, 64, 5, padding=2), ReLU(), alexnet_lrn(), MaxPool2d(3, 2),
+        Conv2d(64, 64, 3, padding=1), ReLU(), MaxPool2d(3, 2),
+        Flatten(),
+        Dropout(0.5), Linear(64 * s * s, 256), ReLU(),
+        Dropout(0.5), Linear(256, num_classes))
+    if init == "paper":
+        paper_init(net, biases_one=(4, 8, 13))
+    elif init != "kaiming":
+        raise ValueError(f"init must be 'kaiming' or 'paper', got {init!r}")
+    return net

@@ -1,0 +1,188 @@
+"""The data pipeline: loaders for each layout on tiny files the tests write, transforms, batching."""
+
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from nbcnn.data import (DataError, ImageFolder, Loader, Transform, embedded_mnist, epoch_order,
+                        open_dataset, read_idx, stratified_split)
+from nbcnn.data.transforms import ten_crops
+
+PIL = pytest.importorskip("PIL.Image")
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(data)
+
+
+def make_image_folder(root, sizes=((40, 50), (50, 40)), per_class=3, classes=("cat", "dog")):
+    """Two classes of small JPEGs: class 0 dark-red images, class 1 bright-blue ones."""
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                h, w = sizes[i % len(sizes)]
+                img = np.zeros((h, w, 3), np.uint8)
+                img[..., 0 if c == 0 else 2] = 200
+                img[:, : w // 2, 1] = 100  # left half greener: shows flips
+                PIL.fromarray(img).save(d / f"{i}.jpg" if i % 2 == 0 else d / f"{i}.png")
+    return root
+
+
+def test_embedded_mnist_split_is_fixed_and_stratified():
+    train, val = embedded_mnist()
+    assert (len(train), len(val)) == (4500, 500)
+    assert np.bincount(val.labels).tolist() == [50] * 10
+    assert train.images.shape[1:] == (28, 28, 1) and train.images.dtype == np.uint8
+    again = embedded_mnist()[1]
+    assert np.array_equal(again.images, val.images)
+
+
+def test_idx_loader(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n, gz in (("train", 12, True), ("t10k", 5, False)):
+        ext = ".gz" if gz else ""
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        write_idx(str(tmp_path / f"{prefix}-images-idx3-ubyte{ext}"), images)
+        write_idx(str(tmp_path / f"{prefix}-labels-idx1-ubyte{ext}"), labels)
+        if prefix == "train":
+            expected = images
+    train, val = open_dataset(str(tmp_path))
+    assert (len(train), len(val), train.channels, train.image_size) == (12, 5, 1, 28)
+    assert np.array_equal(train.images[..., 0], expected)
+    assert train.labels.tolist() == [i % 10 for i in range(12)]
+
+
+def test_idx_rejects_a_bad_file(tmp_path):
+    path = tmp_path / "x-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05ab")
+    with pytest.raises(DataError, match="header says shape"):
+        read_idx(str(path))
+
+
+def test_cifar_loader(tmp_path):
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    first = None
+    for name, n in [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 3)]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        first = data if first is None else first
+        with open(d / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": list(range(n))}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    train, val = open_dataset(str(tmp_path))
+    assert (len(train), len(val), train.channels, train.image_size) == (20, 3, 3, 32)
+    assert train.classes[:2] == ["c0", "c1"]
+    # the red plane of image 0 is the first 1024 bytes, row by row
+    assert np.array_equal(train.images[0, :, :, 0], first[0, :1024].reshape(32, 32))
+    assert np.array_equal(train.images[0, :, :, 2], first[0, 2048:].reshape(32, 32))
+
+
+def test_image_folder_labels_crops_flips(tmp_path):
+    make_image_folder(tmp_path)
+    train, val = open_dataset(str(tmp_path))
+    assert isinstance(train, ImageFolder) and train.classes == ["cat", "dog"]
+    assert train.labels.tolist() == [0, 0, 0, 1, 1, 1] and len(val) == 6
+    img = train.load(0)
+    assert img.shape == (40, 50, 3) and img.dtype == np.uint8
+    t = Transform(resize=36, crop=32, flip=True)
+    x = t.eval(img)
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
+    assert x[0].mean() > 0.7 and x[2].mean() < 0.1  # class 0 is red
+    # a flip mirrors the greener left half to the right
+    rng = np.random.default_rng(0)
+    outs = [t.train(img, rng) for _ in range(20)]
+    left_green = [o[1, :, :8].mean() > o[1, :, -8:].mean() for o in outs]
+    assert any(left_green) and not all(left_green)
+    assert all(o.shape == (3, 32, 32) for o in outs)
+    assert Transform(36, 32, flip=False).train(img, rng)[1, :, :8].mean() > 0.3
+    crops = t.eval_ten(img)
+    assert crops.shape == (10, 3, 32, 32)
+    assert np.allclose(crops[5], crops[0][:, :, ::-1])
+
+
+def test_ten_crops_are_corners_and_centre():
+    img = np.arange(6 * 8, dtype=np.uint8).reshape(6, 8, 1)
+    crops = ten_crops(img, 4)
+    assert crops[0][0, 0, 0] == 0 and crops[3][-1, -1, 0] == img[-1, -1, 0]
+    assert np.array_equal(crops[4], img[1:5, 2:6]) and np.array_equal(crops[9], img[1:5, 2:6][:, ::-1])
+
+
+def test_lighting_moves_colour_along_the_eigenvectors():
+    img = np.full((8, 8, 3), 128, np.uint8)
+    eigvec = np.eye(3, dtype=np.float32)
+    t = Transform(8, 8, flip=False, eigval=np.array([1.0, 0, 0]), eigvec=eigvec)
+    x = t.train(img, np.random.default_rng(1))
+    base = 128 / 255
+    assert abs(x[0].mean() - base) > 1e-3 and np.allclose(x[1:], base)
+    assert np.allclose(x[0], x[0, 0, 0])  # one offset for the whole image
+
+
+def test_epoch_order_and_batches_are_pure_functions(tmp_path):
+    assert np.array_equal(epoch_order(10, 3, 1), epoch_order(10, 3, 1))
+    assert not np.array_equal(epoch_order(10, 3, 1), epoch_order(10, 3, 2))
+    train, _ = embedded_mnist()
+    train = train.subset(np.arange(100))
+    t = Transform(28, 28, pad=3, flip=False)
+    loader = Loader(train, t, 32)
+    all_batches = list(loader.train_batches(seed=5, epoch=2))
+    assert [len(b.y) for b in all_batches] == [32, 32, 32, 4]
+    later = list(loader.train_batches(seed=5, epoch=2, start_step=2))
+    assert np.array_equal(later[0].x, all_batches[2].x) and np.array_equal(later[1].y, all_batches[3].y)
+
+
+def test_worker_processes_give_the_same_batches():
+    train, _ = embedded_mnist()
+    train = train.subset(np.arange(64))
+    t = Transform(28, 28, pad=3, flip=False)
+    inline = list(Loader(train, t, 16).train_batches(1, 0))
+    with Loader(train, t, 16, workers=2) as loader:
+        pooled = list(loader.train_batches(1, 0))
+    assert len(pooled) == 4
+    for a, b in zip(inline, pooled):
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+
+
+def test_stratified_split():
+    labels = np.repeat(np.arange(4), 10)
+    tr, va = stratified_split(labels, 0.2)
+    assert np.bincount(labels[va]).tolist() == [2, 2, 2, 2] and len(set(tr) & set(va)) == 0
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "does not exist"),
+    ("empty", "is empty"),
+    ("empty_class", "has no images"),
+    ("unknown", "not a dataset layout"),
+])
+def test_bad_data_directories(tmp_path, layout, message):
+    root = tmp_path / "data"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "empty_class":
+        make_image_folder(root)
+        (root / "train" / "bird").mkdir()
+    if layout == "unknown":
+        (root / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=message):
+        open_dataset(str(root))
+
+
+def test_unreadable_image_is_skipped_and_counted(tmp_path):
+    make_image_folder(tmp_path)
+    (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    train, _ = open_dataset(str(tmp_path))
+    loader = Loader(train, Transform(36, 32), 8)
+    batch = next(loader.eval_batches())
+    assert batch.bad == 1 and "broken.jpg" in batch.errors[0] and len(batch.y) == 6
