@@ -160,6 +160,33 @@ class Backend:
         raise NotImplementedError
 
 
+# Which file of a backend package implements each op: nbcnn/cpu/ and nbcnn/cuda/ mirror
+# each other file for file, and `implement` binds the ops from these files onto a class.
+OP_FILES = {
+    "array": ("is_array", "empty", "zeros", "from_numpy", "to_numpy", "fill", "copy",
+              "contiguous", "reshape", "add"),
+    "gemm": ("matmul",),
+    "conv": ("conv2d_forward", "conv2d_backward"),
+    "pool": ("maxpool2d_forward", "maxpool2d_backward"),
+    "relu": ("relu_forward", "relu_backward"),
+    "dropout": ("dropout_forward", "dropout_backward"),
+    "lrn": ("lrn_forward", "lrn_backward"),
+    "linear": ("linear_forward", "linear_backward"),
+    "loss": ("softmax_cross_entropy",),
+    "sgd": ("sgd_step",),
+}
+
+
+def implement(cls, package):
+    """Set every op of the contract on backend class `cls` from the files of `package`."""
+    import importlib
+    for file, ops in OP_FILES.items():
+        module = importlib.import_module(f"{package}.{file}")
+        for op in ops:
+            setattr(cls, op, staticmethod(getattr(module, op)))
+    return cls
+
+
 _BACKENDS = {}
 
 

@@ -38,7 +38,7 @@ def kernels():
             ("dropout", dropout.dropout_kernel, f"void({v}, int64, int64, float64, {v})"),
             ("lrn_fwd", lrn.lrn_forward_kernel, f"void({a3}, int64, float64, float64, float64, {a3}, {a3})"),
             ("lrn_bwd", lrn.lrn_backward_kernel,
-             f"void({a3}, {a3}, {a3}, {a3}, int64, float64, float64, float64, {a3})"),
+             f"void({a3}, {a3}, {a3}, {a3}, int64, float64, float64, {a3})"),
             ("softmax_ce", loss.softmax_cross_entropy_kernel,
              f"void({dt}[:, ::1], int64[::1], {dt}[:, ::1], float64[::1], int64[::1])"),
             ("sgd", sgd.sgd_kernel, f"void({v}, {v}, {v}, float64, float64, float64)"),

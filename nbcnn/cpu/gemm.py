@@ -14,6 +14,10 @@ def gemm(a, b, c):
     np.dot(a, b, c)
 
 
+def matmul(a, b, c):
+    gemm(a, b, c)
+
+
 @njit(parallel=True, cache=True)
 def add_rows(c, v):
     """c[m, n] += v[m] (the conv bias: one value per output-channel row)."""

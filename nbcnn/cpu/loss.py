@@ -1,38 +1,16 @@
 """Softmax cross-entropy on the CPU, one row per parallel iteration, in float64 internally."""
 
-import math
-
 import numpy as np
 from numba import njit, prange
+
+from ..kernel_math import softmax_cross_entropy_row
 
 
 @njit(parallel=True, cache=True)
 def softmax_cross_entropy_kernel(logits, labels, dlogits, row_loss, row_bad):
     """row_loss[n] = logsumexp(z[n]) - z[n, label]; dlogits = (softmax - onehot) / N; row_bad flags bad rows."""
-    N, K = logits.shape
-    for n in prange(N):
-        label = labels[n]
-        m = logits[n, 0]
-        finite = True
-        for j in range(K):
-            v = logits[n, j]
-            if not math.isfinite(v):
-                finite = False
-            if v > m:
-                m = v
-        if not finite or label < 0 or label >= K:
-            row_bad[n] = 1
-            row_loss[n] = 0.0
-            for j in range(K):
-                dlogits[n, j] = 0
-            continue
-        row_bad[n] = 0
-        s = 0.0
-        for j in range(K):
-            s += math.exp(logits[n, j] - m)  # shifted by the max: exp never overflows
-        row_loss[n] = math.log(s) + m - logits[n, label]
-        for j in range(K):
-            dlogits[n, j] = (math.exp(logits[n, j] - m) / s - (1.0 if j == label else 0.0)) / N
+    for n in prange(logits.shape[0]):
+        row_loss[n], row_bad[n] = softmax_cross_entropy_row(logits, labels, dlogits, n)
 
 
 def softmax_cross_entropy(logits, labels, dlogits):

@@ -2,29 +2,17 @@
 
 from numba import njit, prange
 
+from ..kernel_math import maxpool_window
+
 
 @njit(parallel=True, cache=True)
 def maxpool2d_forward_kernel(x, k, stride, y, argmax):
     """y[n,c,i,j] = max over the k*k window at (i*stride, j*stride); argmax = h*W + w of the first maximum."""
-    N, C, H, W = x.shape
-    OH, OW = y.shape[2], y.shape[3]
+    N, C = x.shape[0], x.shape[1]
     for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        for i in range(OH):
-            for j in range(OW):
-                h0 = i * stride
-                w0 = j * stride
-                best = x[n, c, h0, w0]
-                idx = h0 * W + w0
-                for p in range(k):
-                    for q in range(k):
-                        v = x[n, c, h0 + p, w0 + q]
-                        if v > best or (v != v and best == best):  # NaN wins, as in PyTorch
-                            best = v
-                            idx = (h0 + p) * W + w0 + q
-                y[n, c, i, j] = best
-                argmax[n, c, i, j] = idx
+        for i in range(y.shape[2]):
+            for j in range(y.shape[3]):
+                maxpool_window(x, nc // C, nc % C, i, j, k, stride, y, argmax)
 
 
 @njit(parallel=True, cache=True)

@@ -230,3 +230,8 @@ def sum_batched_rows_into(a, out):
     """out[r] += sum over b, s of a[b, r, s] (bias gradients), a 3-D (B, R, S) device array."""
     if out.size:
         sum_batched_rows_kernel[out.size, REDUCE_THREADS](a, out)
+
+
+def matmul(a, b, c):
+    """c = a @ b for C-contiguous 2-D device arrays."""
+    gemm(a, b, c, a.shape[0], b.shape[1], a.shape[1])

@@ -1,43 +1,18 @@
 """Softmax cross-entropy on CUDA, one row per thread, in float64 internally; the mean on the device."""
 
-import math
-
 import numpy as np
 from numba import cuda
 
+from ..kernel_math import softmax_cross_entropy_row
 from .array import launch
 
 
 @cuda.jit(cache=True)
 def softmax_cross_entropy_kernel(logits, labels, dlogits, row_loss, row_bad):
     """row_loss[n] = logsumexp(z[n]) - z[n, label]; dlogits = (softmax - onehot) / N; row_bad flags bad rows."""
-    N, K = logits.shape
     start, step = cuda.grid(1), cuda.gridsize(1)
-    for n in range(start, N, step):
-        label = labels[n]
-        m = logits[n, 0]
-        finite = True
-        for j in range(K):
-            v = logits[n, j]
-            if not math.isfinite(v):
-                finite = False
-            if v > m:
-                m = v
-        if not finite or label < 0 or label >= K:
-            row_bad[n] = 1
-            row_loss[n] = 0.0
-            for j in range(K):
-                dlogits[n, j] = 0
-            continue
-        row_bad[n] = 0
-        s = 0.0
-        for j in range(K):
-            s += math.exp(logits[n, j] - m)  # shifted by the max: exp never overflows
-        # float(): float64 as in the njit kernel (and in the simulator, where numpy would
-        # keep float32 + python float in float32 and overflow at m - z ~ 6e38)
-        row_loss[n] = math.log(s) + float(m) - float(logits[n, label])
-        for j in range(K):
-            dlogits[n, j] = (math.exp(logits[n, j] - m) / s - (1.0 if j == label else 0.0)) / N
+    for n in range(start, logits.shape[0], step):
+        row_loss[n], row_bad[n] = softmax_cross_entropy_row(logits, labels, dlogits, n)
 
 
 @cuda.jit(cache=True)

@@ -2,29 +2,18 @@
 
 from numba import cuda
 
+from ..kernel_math import maxpool_window
 from .array import fill, launch, unravel4
 
 
 @cuda.jit(cache=True)
 def maxpool2d_forward_kernel(x, k, stride, y, argmax):
     """y[n,c,i,j] = max over the k*k window at (i*stride, j*stride); argmax = h*W + w of the first maximum (NaN wins)."""
-    N, C, H, W = x.shape
-    _, _, OH, OW = y.shape
+    _, C, OH, OW = y.shape
     start, step = cuda.grid(1), cuda.gridsize(1)
-    for e in range(start, N * C * OH * OW, step):
+    for e in range(start, y.size, step):
         n, c, i, j = unravel4(e, C, OH, OW)
-        h0 = i * stride
-        w0 = j * stride
-        best = x[n, c, h0, w0]
-        idx = h0 * W + w0
-        for p in range(k):
-            for q in range(k):
-                v = x[n, c, h0 + p, w0 + q]
-                if v > best or (v != v and best == best):  # the CPU's rule, NaN included
-                    best = v
-                    idx = (h0 + p) * W + w0 + q
-        y[n, c, i, j] = best
-        argmax[n, c, i, j] = idx
+        maxpool_window(x, n, c, i, j, k, stride, y, argmax)
 
 
 @cuda.jit(cache=True)
