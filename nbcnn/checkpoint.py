@@ -34,6 +34,7 @@ def atomic_write(path, mode="wb"):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -49,6 +50,16 @@ def atomic_write(path, mode="wb"):
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def _file_mode(path):
+    """The mode of the file being replaced, else 0666 less the umask."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def save_checkpoint(path, model, optimizer, **progress):

@@ -177,13 +177,13 @@ class Trainer:
 
     def __init__(self, net, opt, train_loader, val_loader, *, device, epochs, seed, schedule,
                  checkpoint_path, ten_crop=False, max_steps=None, progress=None, extra=None,
-                 on_epoch_end=None, best_path=None, out=sys.stdout, live=None):
+                 on_epoch_end=None, best_path=None, out=None, live=None):
         self.net, self.opt, self.train_loader, self.val_loader = net, opt, train_loader, val_loader
         self.device, self.epochs, self.seed, self.schedule = device, int(epochs), int(seed), schedule
         self.checkpoint_path, self.best_path = checkpoint_path, best_path
         self.ten_crop, self.max_steps = ten_crop, max_steps
-        self.extra, self.on_epoch_end, self.out = extra or {}, on_epoch_end, out
-        self.live = out.isatty() if live is None else live
+        self.extra, self.on_epoch_end, self.out = extra or {}, on_epoch_end, out or sys.stdout
+        self.live = self.out.isatty() if live is None else live
         self.stop_requested = False
         p = progress or {}
         self.epoch, self.step, self.global_step = p.get("epoch", 0), p.get("step", 0), p.get("global_step", 0)

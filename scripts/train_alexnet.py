@@ -46,7 +46,8 @@ def parse_args(argv):
                    help="network (default: alexnet-small for images of 64 pixels or less, else alexnet)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--epochs", type=int,
-                   help=f"epochs (default {EMBEDDED_EPOCHS} on the embedded digits, {DATA_EPOCHS} otherwise)")
+                   help=f"epochs (default {EMBEDDED_EPOCHS} on the embedded digits, {DATA_EPOCHS} otherwise, "
+                        "the checkpoint's with --resume)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
     p.add_argument("--momentum", type=float, default=0.9)
@@ -58,8 +59,9 @@ def parse_args(argv):
     p.add_argument("--lr-patience", type=int, default=2,
                    help="epochs without a better validation top-1 error before lr/10 (plateau)")
     p.add_argument("--seed", type=int, default=0, help="seeds the init, dropout, data order and augmentation")
-    p.add_argument("--init", choices=["kaiming", "paper"], default="kaiming",
-                   help="paper: N(0, 0.01) weights and biases of 1 as in the paper")
+    p.add_argument("--init", choices=["he", "kaiming", "paper"],
+                   help="weight init (default: kaiming for alexnet, he for alexnet-small); paper: N(0, 0.01) "
+                        "weights and biases of 1 as in the paper; he: N(0, 2/fan_in)")
     p.add_argument("--crop", type=int, help="training crop (default 224 for alexnet, the image size for small images)")
     p.add_argument("--image-size", type=int,
                    help="short side images are resized to (default crop*256/224 for alexnet, the crop otherwise)")
@@ -121,20 +123,23 @@ def recipe(args, train):
         raise DataError(f"--crop {crop} is larger than the resized image ({resize} pixels + {pad} padding)")
     if arch == "alexnet" and crop < 63:
         raise DataError(f"--arch alexnet needs a crop of at least 63 pixels, got {crop}; use --arch alexnet-small")
-    if arch == "alexnet-small" and crop < 15:
-        raise DataError(f"--arch alexnet-small needs a crop of at least 15 pixels, got {crop}")
+    if arch == "alexnet-small" and crop < 7:
+        raise DataError(f"--arch alexnet-small needs a crop of at least 7 pixels, got {crop}")
     return arch, crop, resize, pad, flip
 
 
 def build_model(arch, num_classes, channels, crop, init):
     if arch == "alexnet":
-        return nbcnn.models.alexnet(num_classes, input_size=crop, in_channels=channels, init=init)
-    return nbcnn.models.alexnet_small(num_classes, in_channels=channels, input_size=crop, init=init)
+        if init == "he":
+            raise DataError("--init he is for --arch alexnet-small; alexnet takes kaiming or paper")
+        return nbcnn.models.alexnet(num_classes, input_size=crop, in_channels=channels, init=init or "kaiming")
+    return nbcnn.models.alexnet_small(num_classes, in_channels=channels, input_size=crop, init=init or "he")
 
 
 def check_device(device):
     """None when `device` works, else the message to print."""
     try:
+        nbcnn.get_backend(device)
         nbcnn.asarray(np.zeros(1, np.float32), device)
     except ValueError as exc:
         return f"unknown --device {device!r}: {exc}"
@@ -225,6 +230,7 @@ def run(args):
             if key in saved:
                 setattr(args, key, saved[key])
         args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
+        args.epochs = args.epochs or resume_state["progress"].get("epochs")
     message = check_device(args.device)
     if message:
         raise DataError(message)
@@ -268,7 +274,7 @@ def run(args):
         print(f"resuming {args.resume} at epoch {progress['epoch'] + 1} step {progress['step']} "
               f"(global step {progress['global_step']})")
 
-    extra = {"args": {k: getattr(args, k) for k in RECIPE}, "stats": stats, "arch": arch}
+    extra = {"args": {k: getattr(args, k) for k in RECIPE}, "stats": stats, "arch": arch, "epochs": epochs}
     trainer = Trainer(
         net, opt,
         Loader(train, transform, args.batch_size, args.workers, args.prefetch),
