@@ -38,17 +38,6 @@ class NonFiniteLoss(Exception):
     pass
 
 
-def limit_blas_threads():
-    """One BLAS thread beside numba's thread pool: on few cores OpenBLAS's spinning threads and
-    numba's OpenMP threads starve each other (a 128-image step goes from 0.3 s to 20 s on 2 cores)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    import scipy.linalg.cython_blas  # noqa: F401  (numba's np.dot calls scipy's BLAS; load it first)
-    return threadpool_limits(1, user_api="blas")
-
-
 def is_cuda_oom(exc):
     """True for numba's CudaAPIError with CUDA_ERROR_OUT_OF_MEMORY (code 2)."""
     return (type(exc).__name__ == "CudaAPIError"

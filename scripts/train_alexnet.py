@@ -26,7 +26,7 @@ import nbcnn  # noqa: E402
 from nbcnn.checkpoint import CheckpointError, atomic_write, load_checkpoint, read_checkpoint  # noqa: E402
 from nbcnn.data import (DataError, Loader, Transform, cached_channel_stats, embedded_mnist,  # noqa: E402
                         open_dataset, stratified_subset)
-from nbcnn.train import Interrupted, LRSchedule, Trainer, TrainingError, limit_blas_threads  # noqa: E402
+from nbcnn.train import Interrupted, LRSchedule, Trainer, TrainingError  # noqa: E402
 
 EMBEDDED_EPOCHS = 12
 DATA_EPOCHS = 90  # the paper: about 90 passes over ImageNet
@@ -295,7 +295,6 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    limiter = limit_blas_threads() if args.device == "cpu" else None
     try:
         return run(args)
     except (DataError, TrainingError, CheckpointError) as exc:
@@ -305,9 +304,6 @@ def main(argv=None):
         print(f"\ninterrupted: checkpoint saved to {exc.path}; continue with\n"
               f"  python scripts/train_alexnet.py --resume {exc.path}", file=sys.stderr)
         return 130
-    finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
 
 
 if __name__ == "__main__":

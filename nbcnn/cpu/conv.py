@@ -1,13 +1,16 @@
-"""Convolution on the CPU: im2col / col2im kernels around a BLAS GEMM, one image at a time.
+"""Convolution on the CPU: im2col / col2im around a BLAS GEMM, images in parallel.
 
-One column buffer (C*KH*KW, OH*OW) serves every image of the batch, so memory does not
-grow with the batch; the GEMMs are large enough per image for BLAS to use both cores.
+Each of numba's T threads takes one image at a time with its own column buffer
+(C*KH*KW, OH*OW) and single-threaded BLAS (nbcnn/cpu/threads.py), so memory grows with
+the thread count, not the batch. Weight and bias gradients are summed per thread and
+reduced once at the end: no two threads write the same gradient.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from .gemm import add_matrix, add_rows, gemm, sum_rows_into
+from .gemm import add_rows, sum_rows_into
+from .threads import num_threads, single_threaded_blas
 
 
 @njit(cache=True)
@@ -21,40 +24,37 @@ def valid_cols(q, pad, stride, w, ow):
     return min(j0, ow), j1
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def im2col(x, kh, kw, stride, pad, col):
     """col[(c*KH+p)*KW+q, i*OW+j] = xpad[c, i*stride+p, j*stride+q]; x (C,H,W), col (C*KH*KW, OH*OW)."""
     C, H, W = x.shape
     oh = (H + 2 * pad - kh) // stride + 1
     ow = (W + 2 * pad - kw) // stride + 1
-    for r in prange(C * kh * kw):
+    for r in range(C * kh * kw):
         c = r // (kh * kw)
         p = (r // kw) % kh
         q = r % kw
-        j0, j1 = valid_cols(q, pad, stride, W, ow)
+        j0, j1 = valid_cols(q, pad, stride, W, ow)  # bounds hoisted out of the pixel loop
         for i in range(oh):
             h = i * stride + p - pad
             base = i * ow
             if h < 0 or h >= H:
-                for j in range(ow):
-                    col[r, base + j] = 0
+                col[r, base:base + ow] = 0
                 continue
-            for j in range(j0):
-                col[r, base + j] = 0
+            col[r, base:base + j0] = 0
             for j in range(j0, j1):
                 col[r, base + j] = x[c, h, j * stride + q - pad]
-            for j in range(j1, ow):
-                col[r, base + j] = 0
+            col[r, base + j1:base + ow] = 0
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def col2im(col, kh, kw, stride, pad, x):
     """x[c, h, w] = sum of the col entries im2col would read from (c, h, w); the adjoint of im2col."""
     C, H, W = x.shape
     oh = (H + 2 * pad - kh) // stride + 1
     ow = (W + 2 * pad - kw) // stride + 1
-    for c in prange(C):  # one channel per thread: no two threads add into the same pixel
-        x[c] = 0
+    x[:] = 0
+    for c in range(C):
         for p in range(kh):
             for q in range(kw):
                 r = (c * kh + p) * kw + q
@@ -68,50 +68,76 @@ def col2im(col, kh, kw, stride, pad, x):
                         x[c, h, j * stride + q - pad] += col[r, base + j]
 
 
-@njit(cache=True)
-def conv2d_forward_kernel(x, w, b, stride, pad, col, y):
-    """y[n] = W(O, C*KH*KW) @ im2col(x[n]) + b, image by image."""
+@njit(parallel=True, cache=True)
+def conv2d_forward_kernel(x, w, b, stride, pad, cols, y):
+    """y[n] = W(O, C*KH*KW) @ im2col(x[n]) + b; thread t uses cols[t]."""
+    N = x.shape[0]
     O, C, kh, kw = w.shape
+    T = cols.shape[0]
     wmat = w.reshape(O, C * kh * kw)
-    for n in range(x.shape[0]):
-        im2col(x[n], kh, kw, stride, pad, col)
-        yn = y[n].reshape(O, col.shape[1])
-        gemm(wmat, col, yn)
-        add_rows(yn, b)
+    for n0 in range(0, N, T):
+        for t in prange(min(T, N - n0)):
+            n = n0 + t
+            col = cols[t]
+            im2col(x[n], kh, kw, stride, pad, col)
+            yn = y[n].reshape(O, col.shape[1])
+            np.dot(wmat, col, yn)
+            add_rows(yn, b)
 
 
-@njit(cache=True)
-def conv2d_backward_kernel(x, w, dy, stride, pad, col, dcol, dwtmp, dx, dw, db, want_dx):
-    """dw += dy[n] @ im2col(x[n])^T; db += row sums of dy[n]; dx[n] = col2im(W^T @ dy[n])."""
+@njit(parallel=True, cache=True)
+def conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dwtmp, dws, dbs, dx, dw, db, want_dx):
+    """dw += sum_n dy[n] @ im2col(x[n])^T; db += sum of dy; dx[n] = col2im(W^T @ dy[n]); thread t uses buffers [t]."""
+    N = x.shape[0]
     O, C, kh, kw = w.shape
-    wmat = w.reshape(O, C * kh * kw)
-    dwmat = dw.reshape(O, C * kh * kw)
-    for n in range(x.shape[0]):
-        dyn = dy[n].reshape(O, col.shape[1])
-        im2col(x[n], kh, kw, stride, pad, col)  # recomputed: storing N columns costs N times the memory
-        gemm(dyn, col.T, dwtmp)
-        add_matrix(dwtmp, dwmat)
-        sum_rows_into(dyn, db)
-        if want_dx:
-            gemm(wmat.T, dyn, dcol)
-            col2im(dcol, kh, kw, stride, pad, dx[n])
+    T = cols.shape[0]
+    R = C * kh * kw
+    wmat = w.reshape(O, R)
+    dws[:] = 0
+    dbs[:] = 0
+    for n0 in range(0, N, T):
+        for t in prange(min(T, N - n0)):
+            n = n0 + t
+            col = cols[t]
+            dyn = dy[n].reshape(O, col.shape[1])
+            im2col(x[n], kh, kw, stride, pad, col)  # recomputed: keeping N column buffers costs N times the memory
+            np.dot(dyn, col.T, dwtmp[t])
+            dws[t] += dwtmp[t]
+            sum_rows_into(dyn, dbs[t])
+            if want_dx:
+                np.dot(wmat.T, dyn, dcols[t])
+                col2im(dcols[t], kh, kw, stride, pad, dx[n])
+    dwmat = dw.reshape(O, R)
+    for t in range(T):
+        dwmat += dws[t]
+        db += dbs[t]
 
 
-def _col_shape(x, w, y):
+def _col_shape(w, y):
     return (w.shape[1] * w.shape[2] * w.shape[3], y.shape[2] * y.shape[3])
 
 
+def _threads(x):
+    return max(1, min(num_threads(), x.shape[0]))
+
+
+@single_threaded_blas
 def conv2d_forward(x, w, b, stride, pad, y, ws):
-    col = ws.get("col", _col_shape(x, w, y), x.dtype, np.empty)
-    conv2d_forward_kernel(x, w, b, stride, pad, col, y)
+    cols = ws.get("cols", (_threads(x),) + _col_shape(w, y), x.dtype, np.empty)
+    conv2d_forward_kernel(x, w, b, stride, pad, cols, y)
 
 
+@single_threaded_blas
 def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
-    shape = _col_shape(x, w, dy)
-    col = ws.get("col", shape, x.dtype, np.empty)
-    dcol = ws.get("dcol", shape, x.dtype, np.empty)
-    dwtmp = ws.get("dwtmp", (w.shape[0], shape[0]), x.dtype, np.empty)
+    T = _threads(x)
+    R, P = _col_shape(w, dy)
+    O = w.shape[0]
+    cols = ws.get("cols", (T, R, P), x.dtype, np.empty)
+    dcols = ws.get("dcols", (T, R, P), x.dtype, np.empty)
+    dwtmp = ws.get("dwtmp", (T, O, R), x.dtype, np.empty)
+    dws = ws.get("dws", (T, O, R), x.dtype, np.empty)
+    dbs = ws.get("dbs", (T, O), x.dtype, np.empty)
     want_dx = dx is not None
     if dx is None:
         dx = ws.get("dx_unused", (1,) + x.shape[1:], x.dtype, np.empty)
-    conv2d_backward_kernel(x, w, dy, stride, pad, col, dcol, dwtmp, dx, dw, db, want_dx)
+    conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dwtmp, dws, dbs, dx, dw, db, want_dx)

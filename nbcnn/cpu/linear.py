@@ -3,7 +3,9 @@
 import numpy as np
 from numba import njit
 
-from .gemm import add_cols, add_matrix, gemm, sum_cols_into
+from .array import add_kernel
+from .gemm import add_cols, gemm, sum_cols_into
+from .threads import single_threaded_blas
 
 
 @njit(cache=True)
@@ -19,14 +21,16 @@ def linear_backward_kernel(x, w, dy, dx, dwtmp, dw, db, want_dx):
     if want_dx:
         gemm(dy, w, dx)
     gemm(dy.T, x, dwtmp)
-    add_matrix(dwtmp, dw)
+    add_kernel(dwtmp.reshape(-1), dw.reshape(-1))
     sum_cols_into(dy, db)
 
 
+@single_threaded_blas
 def linear_forward(x, w, b, y):
     linear_forward_kernel(x, w, b, y)
 
 
+@single_threaded_blas
 def linear_backward(x, w, dy, dx, dw, db, ws):
     dwtmp = ws.get("dwtmp", w.shape, w.dtype, np.empty)
     want_dx = dx is not None
