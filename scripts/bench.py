@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import nbcnn  # noqa: E402
+from nbcnn.checkpoint import atomic_write  # noqa: E402
 from nbcnn.models import alexnet  # noqa: E402
 
 try:
@@ -346,10 +347,8 @@ def main(argv=None):
             "torch_peak": torch_peak if use_torch else None},
     }
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=2)
-        os.replace(tmp, args.json)
     return result
 
 
