@@ -258,17 +258,23 @@ def test_array_ops_agree(shape, dt, value, seed):
 def test_gemm_matches_numpy(m, n, k, batch, ta, tb, reduce, beta, bias, dt, seed):
     from numba import cuda
 
-    from nbcnn.cuda.gemm import gemm
+    from nbcnn.cuda.gemm import batch_sum_groups, gemm, gemm_batch_sum
     a = data(seed, (batch,) + ((k, m) if ta else (m, k)), dt)
     b = data(seed + 1, (batch,) + ((n, k) if tb else (k, n)), dt)
     c0 = data(seed + 2, (1 if reduce else batch, m, n), dt)
     v = data(seed + 3, (m if bias == 1 else n,), dt)
     prod = (a.transpose(0, 2, 1) if ta else a).astype(np.float64) @ (b.transpose(0, 2, 1) if tb else b)
-    expect = (prod.sum(0, keepdims=True) if reduce else prod) + beta * c0
-    expect += v[None, :, None] if bias == 1 else v[None, None, :] if bias == 2 else 0
     c = cuda.to_device(c0)
-    gemm(cuda.to_device(a), cuda.to_device(b), c, m, n, k, ta, tb, beta=beta, bias=cuda.to_device(v),
-         bias_mode=bias, batch=batch, strides=(m * k, n * k, m * n), reduce_batch=reduce)
+    if reduce:  # the conv weight gradient: c += the batch's sum, split into groups over the grid
+        expect = prod.sum(0, keepdims=True) + c0
+        partial = cuda.device_array((batch_sum_groups(m, n, batch, dt) + 1, m, n), dt)
+        gemm_batch_sum(cuda.to_device(a), cuda.to_device(b), c, partial, m, n, k, ta, tb, batch=batch,
+                       strides=(m * k, n * k))
+    else:
+        expect = prod + beta * c0
+        expect += v[None, :, None] if bias == 1 else v[None, None, :] if bias == 2 else 0
+        gemm(cuda.to_device(a), cuda.to_device(b), c, m, n, k, ta, tb, beta=beta, bias=cuda.to_device(v),
+             bias_mode=bias, batch=batch, strides=(m * k, n * k, m * n))
     assert_close(c.copy_to_host().astype(np.float64), expect, rtol=CHAIN[dt] / 10)
 
 

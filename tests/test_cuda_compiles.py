@@ -29,6 +29,7 @@ def kernels():
             ("add", array.add_kernel, f"void({v}, {v})"),
             ("strided_copy", array.strided_copy_kernel, f"void({dt}[:, :, :, :], {a4})"),
             ("sum_batched_rows", gemm.sum_batched_rows_kernel, f"void({a3}, {v})"),
+            ("sum_slices", gemm.sum_slices_kernel, f"void({dt}[:, ::1], int64, {v})"),
             ("im2col", conv.im2col_kernel, f"void({a4}, int64, int64, int64, int64, int64, {a3})"),
             ("col2im", conv.col2im_kernel, f"void({a3}, int64, int64, int64, int64, int64, {a4})"),
             ("maxpool_fwd", pool.maxpool2d_forward_kernel, f"void({a4}, int64, int64, {a4}, {i4})"),

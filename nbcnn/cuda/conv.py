@@ -11,7 +11,7 @@ batch 128 take 2-3 chunks, the later layers one.
 from numba import config, cuda
 
 from .array import check_int32, flat, launch, unravel3, unravel4
-from .gemm import BIAS_ROW, gemm, sum_batched_rows_into
+from .gemm import BIAS_ROW, batch_sum_groups, gemm, gemm_batch_sum, sum_batched_rows_into
 
 COL_BUDGET = 2**16 if config.ENABLE_CUDASIM else 2**27  # elements (512 MB of float32) per column buffer
 
@@ -90,6 +90,8 @@ def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
     check_int32(x, dy)
     col = ws.get("col", (chunk, R, P), x.dtype, cuda.device_array)
     dcol = ws.get("dcol", (chunk, R, P), x.dtype, cuda.device_array) if dx is not None else None
+    partial = ws.get("dw_partial", (batch_sum_groups(O, R, chunk, x.dtype) + 1, O, R), x.dtype,
+                     cuda.device_array)
     dyf = flat(dy)
     for n0 in range(0, N, chunk):
         nb = min(chunk, N - n0)
@@ -97,9 +99,8 @@ def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
         dyb = dyf[n0 * O * P:]
         # recomputed, not kept from forward: a buffer per layer for the whole batch costs more
         im2col_kernel[launch(cb.size)](x, n0, kh, kw, stride, pad, cb)
-        # dw (O, R) += sum_n dy[n] (O, P) @ col[n]^T (P, R): the batch sum is inside the kernel
-        gemm(dyb, cb, dw, O, R, P, trans_b=True, beta=1.0, batch=nb,
-             strides=(O * P, R * P, 0), reduce_batch=True)
+        # dw (O, R) += sum_n dy[n] (O, P) @ col[n]^T (P, R), the images split over the GPU
+        gemm_batch_sum(dyb, cb, dw, partial, O, R, P, trans_b=True, batch=nb, strides=(O * P, R * P))
         if dx is not None:
             db_ = dcol[:nb]
             # dcol[n] (R, P) = W^T (R, O) @ dy[n] (O, P)
