@@ -9,7 +9,7 @@ def asarray(x, device="cpu", dtype=None):
     """`x` (array-like) as a C-contiguous array of `device`.
 
     Float data keeps float32/float64 (other float types become float32); integer data
-    (labels) becomes int64. `dtype` forces a dtype.
+    (labels) becomes int64. `dtype` forces one of those three.
     """
     backend = get_backend(device)
     if backend.is_array(x) and dtype is None and x.dtype in (np.float32, np.float64, np.int64):
@@ -21,6 +21,8 @@ def asarray(x, device="cpu", dtype=None):
             x = np.asarray(x)
     if dtype is not None:
         dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64, np.int64):
+            raise TypeError(f"nbcnn arrays are float32, float64 or int64 (labels), not {dtype}")
     elif x.dtype in (np.float32, np.float64):
         dtype = x.dtype
     elif np.issubdtype(x.dtype, np.floating):

@@ -104,7 +104,7 @@ class Backend:
 
     # -- element-wise ------------------------------------------------------------------
     def relu_forward(self, x, y):
-        """y = max(x, 0), any shape."""
+        """y = max(x, 0), any shape; NaN stays NaN (PyTorch's rule: divergence stays visible)."""
         raise NotImplementedError
 
     def relu_backward(self, y, dy, dx):
@@ -131,7 +131,7 @@ class Backend:
         """
         raise NotImplementedError
 
-    def lrn_backward(self, x, y, scale, dy, size, alpha, beta, k, dx):
+    def lrn_backward(self, x, y, scale, dy, size, alpha, beta, dx):
         """dx[c] = dy[c]*scale[c]^-beta - 2*alpha*beta/size * x[c] * sum_{c' whose window holds c} dy[c']*y[c']/scale[c']."""
         raise NotImplementedError
 

@@ -34,8 +34,14 @@ def atomic_write(path, mode="wb"):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, mode) as f:
+        f = os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        os.remove(tmp)
+        raise
+    try:
+        with f:
+            os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600 files; give the usual permissions
             yield f
             f.flush()
             os.fsync(f.fileno())

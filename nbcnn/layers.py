@@ -2,6 +2,9 @@
 
 Each forward keeps what its backward needs (the input, the output, an argmax, a scale);
 backward takes dL/dy and returns dL/dx, accumulating parameter gradients into `.grad`.
+A layer remembers only its last forward: run backward before the next forward of the same
+layer (a validation pass between a training forward and its backward would replace it),
+and use a separate instance for each place in a network.
 """
 
 import math
@@ -23,6 +26,13 @@ def _pair(v, name):
     return int(v)
 
 
+def _count(v, name):
+    """A positive int, refusing floats that int() would silently truncate."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
 def _uniform(shape, bound):
     return default_generator.numpy.uniform(-bound, bound, size=shape)
 
@@ -32,7 +42,7 @@ class Conv2d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
         super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels, self.out_channels = _count(in_channels, "in_channels"), _count(out_channels, "out_channels")
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
         self.padding = _pair(padding, "padding")
@@ -57,9 +67,10 @@ class Conv2d(Module):
         y = self.backend.empty((n, self.out_channels, self.output_size(h), self.output_size(w)), x.dtype)
         self.backend.conv2d_forward(x, self.weight.data, self.bias.data, self.stride, self.padding, y, self.ws)
         self.x = x
-        return y
+        return self.output(y)
 
     def backward(self, dy):
+        dy = self.check_grad(dy)
         dx = self.backend.empty(self.x.shape, self.x.dtype)
         self.backend.conv2d_backward(self.x, self.weight.data, dy, self.stride, self.padding,
                                      dx, self.weight.grad, self.bias.grad, self.ws)
@@ -75,7 +86,7 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features, self.out_features = _count(in_features, "in_features"), _count(out_features, "out_features")
         if min(self.in_features, self.out_features) < 1:
             raise ValueError(f"Linear needs positive sizes: {self.extra_repr()}")
         bound = 1.0 / math.sqrt(self.in_features)
@@ -89,9 +100,10 @@ class Linear(Module):
         y = self.backend.empty((x.shape[0], self.out_features), x.dtype)
         self.backend.linear_forward(x, self.weight.data, self.bias.data, y)
         self.x = x
-        return y
+        return self.output(y)
 
     def backward(self, dy):
+        dy = self.check_grad(dy)
         dx = self.backend.empty(self.x.shape, self.x.dtype)
         self.backend.linear_backward(self.x, self.weight.data, dy, dx, self.weight.grad, self.bias.grad, self.ws)
         return dx
@@ -107,9 +119,10 @@ class ReLU(Module):
         x = self.check_input(x)
         self.y = self.backend.empty(x.shape, x.dtype)
         self.backend.relu_forward(x, self.y)
-        return self.y
+        return self.output(self.y)
 
     def backward(self, dy):
+        dy = self.check_grad(dy)
         dx = self.backend.empty(dy.shape, dy.dtype)
         self.backend.relu_backward(self.y, dy, dx)
         return dx
@@ -137,9 +150,10 @@ class MaxPool2d(Module):
         self.argmax = self.ws.get("argmax", shape, np.int32, self.backend.empty)
         self.backend.maxpool2d_forward(x, k, s, y, self.argmax)
         self.x_shape, self.x_dtype = x.shape, x.dtype
-        return y
+        return self.output(y)
 
     def backward(self, dy):
+        dy = self.check_grad(dy)
         dx = self.backend.empty(self.x_shape, self.x_dtype)
         self.backend.maxpool2d_backward(dy, self.argmax, dx)
         return dx
@@ -154,10 +168,10 @@ class LocalResponseNorm(Module):
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()
-        self.size = int(size)
+        self.size = _count(size, "size")
         self.alpha, self.beta, self.k = float(alpha), float(beta), float(k)
-        if self.size < 1 or self.k <= 0:
-            raise ValueError(f"LocalResponseNorm needs size >= 1 and k > 0: {self.extra_repr()}")
+        if not (self.k > 0 and math.isfinite(self.k) and math.isfinite(self.alpha) and math.isfinite(self.beta)):
+            raise ValueError(f"LocalResponseNorm needs finite alpha and beta and k > 0: {self.extra_repr()}")
 
     def forward(self, x):
         x = self.check_input(x, 4)
@@ -165,11 +179,12 @@ class LocalResponseNorm(Module):
         self.scale = self.ws.get("scale", x.shape, x.dtype, self.backend.empty)
         self.backend.lrn_forward(x, self.size, self.alpha, self.beta, self.k, y, self.scale)
         self.x, self.y = x, y
-        return y
+        return self.output(y)
 
     def backward(self, dy):
+        dy = self.check_grad(dy)
         dx = self.backend.empty(dy.shape, dy.dtype)
-        self.backend.lrn_backward(self.x, self.y, self.scale, dy, self.size, self.alpha, self.beta, self.k, dx)
+        self.backend.lrn_backward(self.x, self.y, self.scale, dy, self.size, self.alpha, self.beta, dx)
         return dx
 
     def extra_repr(self):
@@ -193,13 +208,14 @@ class Dropout(Module):
         x = self.check_input(x)
         self.active = self.training and self.p > 0
         if not self.active:
-            return x
+            return self.output(x)
         self.key = default_generator.next_key()
         y = self.backend.empty(x.shape, x.dtype)
         self.backend.dropout_forward(x, self.p, self.key, y)
-        return y
+        return self.output(y)
 
     def backward(self, dy):
+        dy = self.check_grad(dy)
         if not self.active:
             return dy
         dx = self.backend.empty(dy.shape, dy.dtype)
@@ -216,7 +232,7 @@ class Flatten(Module):
     def forward(self, x):
         x = self.check_input(x)
         self.x_shape = x.shape
-        return self.backend.reshape(x, (x.shape[0], int(np.prod(x.shape[1:]))))
+        return self.output(self.backend.reshape(x, (x.shape[0], int(np.prod(x.shape[1:])))))
 
     def backward(self, dy):
-        return self.backend.reshape(self.backend.contiguous(dy), self.x_shape)
+        return self.backend.reshape(self.check_grad(dy), self.x_shape)

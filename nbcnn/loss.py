@@ -24,6 +24,8 @@ def softmax_cross_entropy(logits, labels):
                          f"{tuple(logits.shape)}, got {tuple(labels.shape)}")
     if not np.issubdtype(np.dtype(labels.dtype), np.integer):
         raise TypeError(f"labels must be integers, got {labels.dtype}")
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"softmax_cross_entropy needs at least one row and one class, got logits {tuple(logits.shape)}")
     logits = backend.contiguous(logits)
     labels = backend.contiguous(labels)
     dlogits = backend.empty(logits.shape, logits.dtype)

@@ -121,14 +121,17 @@ class Module:
         if missing or unexpected:
             raise ValueError(f"state_dict does not match the model: missing keys {missing}, "
                              f"unexpected keys {unexpected}")
-        for name, p in params.items():
+        values = {}
+        for name, p in params.items():  # check every entry before changing any parameter
             value = np.asarray(state[name])
             if tuple(value.shape) != p.shape:
                 raise ValueError(f"state_dict[{name!r}] has shape {tuple(value.shape)}, "
                                  f"the model's parameter has shape {p.shape}")
             if not np.issubdtype(value.dtype, np.floating):
                 raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, expected floats")
-            p.data = p.backend.from_numpy(np.ascontiguousarray(value, dtype=p.dtype))
+            values[name] = np.ascontiguousarray(value, dtype=p.dtype)
+        for name, p in params.items():
+            p.data = p.backend.from_numpy(values[name])
 
     # -- input checks shared by the layers ---------------------------------------------
     def check_input(self, x, ndim=None, what="input"):
@@ -149,6 +152,30 @@ class Module:
             raise ValueError(f"{type(self).__name__} expects a {ndim}-D {what}, got shape {tuple(x.shape)}")
         return self.backend.contiguous(x)
 
+    def output(self, y):
+        """Record the shape and dtype of forward's result, which backward's dy must match."""
+        self._out = (tuple(y.shape), np.dtype(y.dtype))
+        return y
+
+    def check_grad(self, dy):
+        """`dy` made contiguous, or a clear error: backward before forward, wrong device, dtype or shape."""
+        name = type(self).__name__
+        out = getattr(self, "_out", None)
+        if out is None:
+            raise RuntimeError(f"{name}.backward called before forward")
+        if not self.backend.is_array(dy):
+            try:
+                where = f"a {backend_of(dy).name} array"
+            except TypeError:
+                where = f"a {type(dy).__name__}"
+            raise ValueError(f"{name} is on {self.backend.name} but the gradient passed to backward is {where}")
+        if np.dtype(dy.dtype) != out[1]:
+            raise TypeError(f"{name}.backward expects a {out[1]} gradient like its output, got {dy.dtype}")
+        if tuple(dy.shape) != out[0]:
+            raise ValueError(f"{name}.backward expects a gradient of its output's shape {out[0]}, "
+                             f"got {tuple(dy.shape)}")
+        return self.backend.contiguous(dy)
+
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
 
@@ -164,6 +191,10 @@ class Sequential(Module):
         for m in modules:
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential takes nbcnn modules, got {type(m).__name__}")
+        if len({id(m) for m in modules}) != len(modules):
+            # a layer keeps what its own backward needs from its last forward: used twice, the
+            # first use's state would be gone by the time its gradient comes back
+            raise ValueError("Sequential got the same module instance twice; make a new one for each place")
         self.modules = list(modules)
 
     def children(self):
@@ -187,6 +218,9 @@ class Sequential(Module):
         for m in reversed(self.modules):
             dy = m.backward(dy)
         return dy
+
+    def output(self, y):
+        return y  # each child checks its own gradient
 
     def __repr__(self):
         inner = "".join(f"\n  ({i}): {m!r}" for i, m in enumerate(self.modules))

@@ -237,8 +237,6 @@ class Trainer:
                     loss, logits = train_step(self.net, self.opt, batch.x, batch.y, self.device)
                 except NonFiniteLoss as exc:
                     raise TrainingError(self.nan_message(exc)) from None
-                except KeyboardInterrupt:
-                    self.interrupt()
                 except Exception as exc:
                     if is_cuda_oom(exc):
                         raise TrainingError(self.oom_message()) from None

@@ -304,6 +304,9 @@ def main(argv=None):
         print(f"\ninterrupted: checkpoint saved to {exc.path}; continue with\n"
               f"  python scripts/train_alexnet.py --resume {exc.path}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # the second Ctrl-C: the step was cut short, so nothing is saved
+        print("\ninterrupted again: quit without saving; the last checkpoint is intact", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -189,3 +189,85 @@ def test_dropout_probability_out_of_range_is_refused(kwargs):
 def test_asarray_refuses_non_numeric_data():
     with pytest.raises(TypeError, match="float or integer data"):
         nbcnn.asarray(np.array(["a"]))
+
+
+# -- backward's argument, module reuse, atomic loads ---------------------------------------
+
+LAYERS = {
+    "Conv2d": (lambda: nbcnn.Conv2d(3, 4, 3), (2, 3, 8, 8)),
+    "Linear": (lambda: nbcnn.Linear(6, 4), (2, 6)),
+    "ReLU": (nbcnn.ReLU, (2, 3, 8, 8)),
+    "MaxPool2d": (lambda: nbcnn.MaxPool2d(3, 2), (2, 3, 9, 9)),
+    "LocalResponseNorm": (lambda: nbcnn.LocalResponseNorm(3), (2, 3, 8, 8)),
+    "Dropout": (lambda: nbcnn.Dropout(0.5), (2, 3, 8, 8)),
+    "Flatten": (nbcnn.Flatten, (2, 3, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_backward_before_forward_is_named(name):
+    make, _ = LAYERS[name]
+    with pytest.raises(RuntimeError, match=f"{name}.backward called before forward"):
+        make().backward(np.zeros((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_backward_refuses_a_gradient_of_the_wrong_shape(name):
+    make, shape = LAYERS[name]
+    layer = make()
+    y = layer(nbcnn.asarray(x_of(shape)))
+    wrong = np.zeros(y.shape[:-1] + (y.shape[-1] + 1,), np.float32)  # once a segfault or a silent wrong answer
+    with pytest.raises(ValueError, match=r"expects a gradient of its output's shape"):
+        layer.backward(wrong)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_backward_refuses_a_gradient_of_another_dtype(name):
+    make, shape = LAYERS[name]
+    layer = make()
+    y = layer(nbcnn.asarray(x_of(shape)))
+    with pytest.raises(TypeError, match="expects a float32 gradient like its output, got float64"):
+        layer.backward(np.zeros(y.shape, np.float64))
+
+
+def test_backward_takes_a_non_contiguous_gradient():
+    layer = nbcnn.ReLU()
+    x = x_of((2, 3))
+    layer(nbcnn.asarray(x))
+    g = np.ones((3, 2), np.float32).T
+    np.testing.assert_array_equal(nbcnn.to_numpy(layer.backward(g)), (x > 0).astype(np.float32))
+
+
+def test_the_same_module_twice_in_a_sequential_is_refused():
+    relu = nbcnn.ReLU()
+    with pytest.raises(ValueError, match="same module instance twice"):
+        nbcnn.Sequential(nbcnn.Linear(5, 3), relu, nbcnn.Linear(3, 3), relu)
+
+
+def test_a_failed_load_state_dict_changes_nothing():
+    net = tiny_net()
+    before = net.state_dict()
+    sd = {k: np.ones_like(v) for k, v in before.items()}
+    sd["5.bias"] = np.zeros(5, np.int64)
+    with pytest.raises(TypeError, match=r"state_dict\['5.bias'\] has dtype int64"):
+        net.load_state_dict(sd)
+    assert all(np.array_equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_empty_batch_in_the_loss_is_named():
+    with pytest.raises(ValueError, match="at least one row"):
+        nbcnn.softmax_cross_entropy(nbcnn.asarray(np.zeros((0, 3), np.float32)), nbcnn.asarray(np.zeros(0, np.int64)))
+
+
+def test_sgd_refuses_what_is_not_a_parameter_and_infinite_rates():
+    with pytest.raises(TypeError, match="SGD takes nbcnn Parameters"):
+        nbcnn.SGD([np.zeros(3)], lr=0.1)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        nbcnn.SGD(tiny_net().parameters(), lr=float("inf"))
+
+
+@pytest.mark.parametrize("make", [lambda: nbcnn.Conv2d(3.7, 4, 3), lambda: nbcnn.Linear(4, 0),
+                                  lambda: nbcnn.LocalResponseNorm(2.5), lambda: nbcnn.LocalResponseNorm(3, k=float("nan"))])
+def test_layer_arguments_are_not_silently_truncated(make):
+    with pytest.raises(ValueError):
+        make()

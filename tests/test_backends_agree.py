@@ -165,7 +165,7 @@ def test_lrn_forward_and_backward_agree(case):
     def op(be, x, dy):
         y, sc, dx = (be.empty(x.shape, x.dtype) for _ in range(3))
         be.lrn_forward(x, size, a, beta, k, y, sc)
-        be.lrn_backward(x, y, sc, dy, size, a, beta, k, dx)
+        be.lrn_backward(x, y, sc, dy, size, a, beta, dx)
         return y, sc, dx
 
     # same float64 sums in the same order; only pow may differ in its last bit (libdevice vs libm)

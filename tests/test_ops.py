@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import nbcnn
 import reference as ref
-from devices import DEVICES, scale
+from devices import DEVICES, scale, simulated
 from nbcnn.random import dropout_key
 
 RTOL32 = 1e-4  # float32 kernels vs float64 references: sums of up to a few thousand products
@@ -210,7 +210,12 @@ def test_sgd_step_is_torch_rule(device):
 # -- backward against finite differences (float64) ----------------------------------------
 
 def check_gradients(device, module, x, rng, directions=2, loss_weights=None):
-    """Central differences of L = sum(G * module(x)) along random directions, vs backward."""
+    """Central differences of L = sum(G * module(x)) along random directions, vs backward.
+
+    Each direction checks the input gradient and each parameter's on its own; under the
+    simulator (a forward costs seconds there) one direction moves them all at once instead."""
+    if simulated(device):
+        return check_gradients_jointly(device, module, x, rng)
     module.to(device, np.float64)
     xd = nbcnn.asarray(x, device)
     y = nbcnn.to_numpy(module(xd))
@@ -244,6 +249,28 @@ def check_gradients(device, module, x, rng, directions=2, loss_weights=None):
             p.data = nbcnn.asarray(w0, device)
             numeric = (up - down) / (2 * eps)
             assert abs(numeric - (grads[name] * u).sum()) <= 1e-6 * max(1.0, abs(numeric)), name
+
+
+def check_gradients_jointly(device, module, x, rng):
+    """L(x + eps*u, params + eps*v) - L(x - eps*u, params - eps*v) ~ 2 eps (<dx, u> + sum <dp, v>)."""
+    module.to(device, np.float64)
+    g = rng.standard_normal(nbcnn.to_numpy(module(nbcnn.asarray(x, device))).shape)
+    module.zero_grad()
+    module(nbcnn.asarray(x, device))
+    predicted = 0.0
+    u = rng.standard_normal(x.shape)
+    predicted += (nbcnn.to_numpy(module.backward(nbcnn.asarray(g, device))) * u).sum()
+    params = [(p, nbcnn.to_numpy(p.data), rng.standard_normal(p.shape)) for p in module.parameters()]
+    predicted += sum((nbcnn.to_numpy(p.grad) * v).sum() for p, _, v in params)
+    eps = 1e-6
+
+    def loss(sign):
+        for p, w0, v in params:
+            p.data = nbcnn.asarray(w0 + sign * eps * v, device)
+        return float((nbcnn.to_numpy(module(nbcnn.asarray(x + sign * eps * u, device))) * g).sum())
+
+    numeric = (loss(1) - loss(-1)) / (2 * eps)
+    assert abs(numeric - predicted) <= 1e-6 * max(1.0, abs(numeric))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -342,3 +369,10 @@ def test_parameter_gradients_accumulate_until_zero_grad(device):
     np.testing.assert_allclose(nbcnn.to_numpy(layer.weight.grad), 2 * once)
     layer.zero_grad()
     assert not nbcnn.to_numpy(layer.weight.grad).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_relu_keeps_nan_so_divergence_shows(device):
+    x = np.array([[np.nan, -1.0, 2.0]], np.float32)
+    y = nbcnn.to_numpy(nbcnn.ReLU().to(device)(nbcnn.asarray(x, device)))
+    assert np.isnan(y[0, 0]) and y[0, 1] == 0 and y[0, 2] == 2

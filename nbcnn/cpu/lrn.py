@@ -24,12 +24,12 @@ def lrn_backward_kernel(x, y, scale, dy, size, alpha, beta, dx):
 
 
 def _flat(a):
-    return a.reshape(a.shape[0], a.shape[1], -1)
+    return a.reshape(a.shape[0], a.shape[1], a.shape[2] * a.shape[3])
 
 
 def lrn_forward(x, size, alpha, beta, k, y, scale):
     lrn_forward_kernel(_flat(x), size, alpha, beta, k, _flat(y), _flat(scale))
 
 
-def lrn_backward(x, y, scale, dy, size, alpha, beta, k, dx):
+def lrn_backward(x, y, scale, dy, size, alpha, beta, dx):
     lrn_backward_kernel(_flat(x), _flat(y), _flat(scale), _flat(dy), size, alpha, beta, _flat(dx))

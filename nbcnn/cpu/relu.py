@@ -5,10 +5,10 @@ from numba import njit, prange
 
 @njit(parallel=True, cache=True)
 def relu_forward_kernel(x, y):
-    """y = max(x, 0), flat."""
+    """y = max(x, 0), flat; NaN stays NaN."""
     for i in prange(x.shape[0]):
         v = x[i]
-        y[i] = v if v > 0 else 0
+        y[i] = v if v > 0 or v != v else 0  # NaN passes through, as in PyTorch
 
 
 @njit(parallel=True, cache=True)

@@ -35,6 +35,6 @@ def lrn_forward(x, size, alpha, beta, k, y, scale):
         lrn_forward_kernel[launch(x.size)](_flat(x), size, alpha, beta, k, _flat(y), _flat(scale))
 
 
-def lrn_backward(x, y, scale, dy, size, alpha, beta, k, dx):
+def lrn_backward(x, y, scale, dy, size, alpha, beta, dx):
     if x.size:
         lrn_backward_kernel[launch(x.size)](_flat(x), _flat(y), _flat(scale), _flat(dy), size, alpha, beta, _flat(dx))

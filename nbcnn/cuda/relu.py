@@ -7,11 +7,11 @@ from .array import flat, launch
 
 @cuda.jit(cache=True)
 def relu_forward_kernel(x, y):
-    """y = max(x, 0), flat (NaN gives 0, as on the CPU)."""
+    """y = max(x, 0), flat; NaN stays NaN."""
     start, step = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, x.shape[0], step):
         v = x[i]
-        y[i] = v if v > 0 else 0
+        y[i] = v if v > 0 or v != v else 0  # NaN passes through, as in PyTorch
 
 
 @cuda.jit(cache=True)
