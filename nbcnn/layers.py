@@ -1,7 +1,9 @@
 """The layers: parameters, forward, backward. All arithmetic is in the backend kernels.
 
 Each forward keeps what its backward needs (the input, the output, an argmax, a scale);
-backward takes dL/dy and returns dL/dx, accumulating parameter gradients into `.grad`.
+backward takes dL/dy and returns dL/dx, accumulating parameter gradients into `.grad`;
+with input_grad=False it skips dL/dx and returns None (a network's first layer: AlexNet's
+conv1 then saves a GEMM and a col2im per step).
 A layer remembers only its last forward: run backward before the next forward of the same
 layer (a validation pass between a training forward and its backward would replace it),
 and use a separate instance for each place in a network.
@@ -69,9 +71,9 @@ class Conv2d(Module):
         self.x = x
         return self.output(y)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
-        dx = self.backend.empty(self.x.shape, self.x.dtype)
+        dx = self.backend.empty(self.x.shape, self.x.dtype) if input_grad else None
         self.backend.conv2d_backward(self.x, self.weight.data, dy, self.stride, self.padding,
                                      dx, self.weight.grad, self.bias.grad, self.ws)
         return dx
@@ -102,9 +104,9 @@ class Linear(Module):
         self.x = x
         return self.output(y)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
-        dx = self.backend.empty(self.x.shape, self.x.dtype)
+        dx = self.backend.empty(self.x.shape, self.x.dtype) if input_grad else None
         self.backend.linear_backward(self.x, self.weight.data, dy, dx, self.weight.grad, self.bias.grad, self.ws)
         return dx
 
@@ -121,8 +123,10 @@ class ReLU(Module):
         self.backend.relu_forward(x, self.y)
         return self.output(self.y)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
+        if not input_grad:
+            return None
         dx = self.backend.empty(dy.shape, dy.dtype)
         self.backend.relu_backward(self.y, dy, dx)
         return dx
@@ -152,8 +156,10 @@ class MaxPool2d(Module):
         self.x_shape, self.x_dtype = x.shape, x.dtype
         return self.output(y)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
+        if not input_grad:
+            return None
         dx = self.backend.empty(self.x_shape, self.x_dtype)
         self.backend.maxpool2d_backward(dy, self.argmax, dx)
         return dx
@@ -181,8 +187,10 @@ class LocalResponseNorm(Module):
         self.x, self.y = x, y
         return self.output(y)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
+        if not input_grad:
+            return None
         dx = self.backend.empty(dy.shape, dy.dtype)
         self.backend.lrn_backward(self.x, self.y, self.scale, dy, self.size, self.alpha, self.beta, dx)
         return dx
@@ -214,8 +222,10 @@ class Dropout(Module):
         self.backend.dropout_forward(x, self.p, self.key, y)
         return self.output(y)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
+        if not input_grad:
+            return None
         if not self.active:
             return dy
         dx = self.backend.empty(dy.shape, dy.dtype)
@@ -234,5 +244,6 @@ class Flatten(Module):
         self.x_shape = x.shape
         return self.output(self.backend.reshape(x, (x.shape[0], int(np.prod(x.shape[1:])))))
 
-    def backward(self, dy):
-        return self.backend.reshape(self.check_grad(dy), self.x_shape)
+    def backward(self, dy, input_grad=True):
+        dy = self.check_grad(dy)
+        return self.backend.reshape(dy, self.x_shape) if input_grad else None

@@ -51,7 +51,8 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """dL/dx from dL/dy; parameter gradients accumulate. input_grad=False: skip dL/dx, return None."""
         raise NotImplementedError
 
     def children(self):
@@ -214,9 +215,9 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, dy):
-        for m in reversed(self.modules):
-            dy = m.backward(dy)
+    def backward(self, dy, input_grad=True):
+        for i in range(len(self.modules) - 1, -1, -1):
+            dy = self.modules[i].backward(dy, input_grad=input_grad or i > 0)
         return dy
 
     def output(self, y):

@@ -286,7 +286,7 @@ def main(argv=None):
 
     def step():
         loss, dlogits = nbcnn.softmax_cross_entropy(net(x), labels)
-        net.backward(dlogits)
+        net.backward(dlogits, input_grad=False)  # as in PyTorch, where the input needs no grad
         opt.step()
         opt.zero_grad()
 

@@ -376,3 +376,19 @@ def test_relu_keeps_nan_so_divergence_shows(device):
     x = np.array([[np.nan, -1.0, 2.0]], np.float32)
     y = nbcnn.to_numpy(nbcnn.ReLU().to(device)(nbcnn.asarray(x, device)))
     assert np.isnan(y[0, 0]) and y[0, 1] == 0 and y[0, 2] == 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(device):
+    rng = np.random.default_rng(4)
+    net = small_net().to(device)
+    x = nbcnn.asarray(rng.standard_normal((2, 2, 9, 9)).astype(np.float32), device)
+    g = nbcnn.asarray(rng.standard_normal((2, 3)).astype(np.float32), device)
+    net(x)
+    assert net.backward(g) is not None
+    full = {k: nbcnn.to_numpy(p.grad) for k, p in net.named_parameters()}
+    net.zero_grad()
+    net(x)
+    assert net.backward(g, input_grad=False) is None
+    for k, p in net.named_parameters():
+        np.testing.assert_array_equal(nbcnn.to_numpy(p.grad), full[k], err_msg=k)
