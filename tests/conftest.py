@@ -6,3 +6,11 @@ if os.environ.get("NBCNN_TEST_GPU", "0") == "1":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
 else:
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+from hypothesis import settings  # noqa: E402
+
+# CI draws the same examples every run, so a red build always reproduces; locally, new
+# examples every run keep looking for edge cases.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
