@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # On a machine with a CUDA GPU: the real-GPU test run (the simulator-tested CUDA backend on
-# hardware, larger shapes, full-size AlexNet), then the CUDA benchmark if it exists.
+# hardware, larger shapes, full-size AlexNet), then the CUDA benchmark.
 #   bash scripts/gpu_check.sh
+#
+# The device machine has no package index. numba-cuda 0.30.4 needs numpy < 2.5, and the tests
+# need a few pure-Python packages; fetch their wheels into .whl/ once, on a machine with an index:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 -d .whl numpy==2.4.4 threadpoolctl pytest pluggy iniconfig \
+#       packaging hypothesis sortedcontainers attrs
+# and pass carry: [".whl"] to the device tool (see DEVELOPERS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# numba-cuda 0.30.4 needs numpy < 2.5; a GPU image may carry the right wheel in .whl/
-# (see DEVELOPERS.md) for machines that cannot reach a package index.
-if compgen -G ".whl/numpy-*.whl" > /dev/null; then
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 NBCNN_TEST_GPU=1 python3 -m pytest tests -q
-if [ -f scripts/bench.py ]; then
-    python3 scripts/bench.py --device cuda
-fi
+python3 scripts/bench.py --device cuda --json bench_cuda.json
