@@ -66,23 +66,23 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
     ta, tb = key[0], key[1]
     i32 = np.int32
 
-    @cuda.jit(device=True)
-    def a_coords(e):
-        """(kk, mm) of the e-th element of an A tile: consecutive e run along A's stored rows (coalesced)."""
-        if ta:  # stored (K, M)
-            kk = i32(e // bm)
-            return kk, i32(e - kk * bm)
-        mm = i32(e // bk)  # stored (M, K)
-        return i32(e - mm * bk), mm
+    a_kmajor, b_kmajor = ta, not tb  # is the operand stored with K as its row index?
 
     @cuda.jit(device=True)
-    def b_coords(e):
-        """(kk, nn) of the e-th element of a B tile, likewise."""
-        if tb:  # stored (N, K)
-            nn = i32(e // bk)
-            return i32(e - nn * bk), nn
-        kk = i32(e // bn)  # stored (K, N)
-        return kk, i32(e - kk * bn)
+    def tile_coords(e, kmajor, width):
+        """(kk, x) of the e-th element of a (BK, width) operand tile: e runs along the stored rows, so loads coalesce."""
+        if kmajor:  # stored (K, X)
+            kk = i32(e // width)
+            return kk, i32(e - kk * width)
+        x = i32(e // bk)  # stored (X, K)
+        return i32(e - x * bk), x
+
+    @cuda.jit(device=True)
+    def element(src, off, x, kk, xlim, k, ld, kmajor):
+        """Element (x, kk) of the operand stored at src[off:] with leading dimension ld; zero outside (xlim, k)."""
+        if x < xlim and kk < k:
+            return src[i32(off + kk * ld + x)] if kmajor else src[i32(off + x * ld + kk)]
+        return dt(0)
 
     @cuda.jit
     def gemm_kernel(a, b, c, bias, m, n, k, sa, sb, sc, nred, alpha, beta, bias_mode):
@@ -116,21 +116,11 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
                 aoff = i32((z * nred + r) * sa)
                 boff = i32((z * nred + r) * sb)
                 for l in range(a_loads):
-                    kk, mm = a_coords(i32(tid + l * nthreads))
-                    gm = i32(m0 + mm)
-                    gk = i32(k0 + kk)
-                    v = zero
-                    if gm < m and gk < k:
-                        v = a[i32(aoff + gk * lda + gm)] if ta else a[i32(aoff + gm * lda + gk)]
-                    ra[l] = v
+                    kk, mm = tile_coords(i32(tid + l * nthreads), a_kmajor, bm)
+                    ra[l] = element(a, aoff, i32(m0 + mm), i32(k0 + kk), m, k, lda, a_kmajor)
                 for l in range(b_loads):
-                    kk, nn = b_coords(i32(tid + l * nthreads))
-                    gn = i32(n0 + nn)
-                    gk = i32(k0 + kk)
-                    v = zero
-                    if gn < n and gk < k:
-                        v = b[i32(boff + gn * ldb + gk)] if tb else b[i32(boff + gk * ldb + gn)]
-                    rb[l] = v
+                    kk, nn = tile_coords(i32(tid + l * nthreads), b_kmajor, bn)
+                    rb[l] = element(b, boff, i32(n0 + nn), i32(k0 + kk), n, k, ldb, b_kmajor)
             if t > 0:
                 abase = i32(((t - 1) % 2) * a_buf)
                 bbase = i32(((t - 1) % 2) * b_buf)
@@ -146,10 +136,10 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
                 abase = i32((t % 2) * a_buf)
                 bbase = i32((t % 2) * b_buf)
                 for l in range(a_loads):
-                    kk, mm = a_coords(i32(tid + l * nthreads))
+                    kk, mm = tile_coords(i32(tid + l * nthreads), a_kmajor, bm)
                     As[abase + kk * bmp + mm] = ra[l]
                 for l in range(b_loads):
-                    kk, nn = b_coords(i32(tid + l * nthreads))
+                    kk, nn = tile_coords(i32(tid + l * nthreads), b_kmajor, bn)
                     Bs[bbase + kk * bnp + nn] = rb[l]
             cuda.syncthreads()
         coff = i32(z * sc)
