@@ -32,7 +32,11 @@ class Backend:
         raise NotImplementedError
 
     def empty(self, shape, dtype):
-        """An uninitialised C-contiguous array."""
+        """An uninitialised C-contiguous array, from the backend's caching allocator (nbcnn.memory).
+
+        Its memory returns to the cache when the array and every view of it are gone, so
+        a training step in its steady state allocates nothing.
+        """
         raise NotImplementedError
 
     def zeros(self, shape, dtype):
@@ -65,6 +69,14 @@ class Backend:
 
     def add(self, src, dst):
         """dst += src, element-wise: gradient accumulation."""
+        raise NotImplementedError
+
+    def memory_stats(self):
+        """The caching allocator's counters: {"allocations", "reserved_bytes", "in_use_bytes"}."""
+        raise NotImplementedError
+
+    def empty_cache(self):
+        """Free the cached memory no array uses; returns the number of blocks freed."""
         raise NotImplementedError
 
     # -- GEMM --------------------------------------------------------------------------
@@ -164,7 +176,7 @@ class Backend:
 # each other file for file, and `implement` binds the ops from these files onto a class.
 OP_FILES = {
     "array": ("is_array", "empty", "zeros", "from_numpy", "to_numpy", "fill", "copy",
-              "contiguous", "reshape", "add"),
+              "contiguous", "reshape", "add", "memory_stats", "empty_cache"),
     "gemm": ("matmul",),
     "conv": ("conv2d_forward", "conv2d_backward"),
     "pool": ("maxpool2d_forward", "maxpool2d_backward"),

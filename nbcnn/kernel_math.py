@@ -8,8 +8,19 @@ would otherwise keep float32 + Python float in float32.
 """
 
 import math
+import types
 
 from numba.extending import register_jitable
+
+
+def inlined(f):
+    """A twin of register_jitable `f` that numba.njit inlines into the calling kernel.
+
+    For CPU kernels only: inlining drops a per-element call that passes whole arrays (the
+    CPU LRN runs about 1.4x faster), but numba-cuda cannot type inline="always" functions.
+    """
+    twin = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    return register_jitable(inline="always")(twin)
 
 
 @register_jitable
@@ -59,6 +70,14 @@ def maxpool_window(x, n, c, i, j, k, stride, y, argmax):
 
 
 @register_jitable
+def pow_neg(v, beta):
+    """v^-beta; AlexNet's beta = 0.75 as 1/sqrt(v*sqrt(v)), since two square roots cost far less than pow."""
+    if beta == 0.75:
+        return 1.0 / math.sqrt(v * math.sqrt(v))
+    return math.pow(v, -beta)
+
+
+@register_jitable
 def lrn_forward_at(x, n, c, s, size, alpha, beta, k, y, scale):
     """scale = k + alpha/size * sum of x^2 over channels [c-size//2, c+(size-1)//2]; y = x * scale^-beta. x (N,C,HW)."""
     C = x.shape[1]
@@ -68,7 +87,7 @@ def lrn_forward_at(x, n, c, s, size, alpha, beta, k, y, scale):
         acc += v * v
     sc = k + alpha / size * acc
     scale[n, c, s] = sc
-    y[n, c, s] = x[n, c, s] * math.pow(sc, -beta)
+    y[n, c, s] = x[n, c, s] * pow_neg(sc, beta)
 
 
 @register_jitable
@@ -79,5 +98,5 @@ def lrn_backward_at(x, y, scale, dy, n, c, s, size, alpha, beta, dx):
     # c lies in the window of c' exactly when c' is in [c-(size-1)//2, c+size//2]
     for cc in range(max(c - (size - 1) // 2, 0), min(c + size // 2, C - 1) + 1):
         acc += float(dy[n, cc, s]) * float(y[n, cc, s]) / float(scale[n, cc, s])
-    dx[n, c, s] = (float(dy[n, c, s]) * math.pow(float(scale[n, c, s]), -beta)
+    dx[n, c, s] = (float(dy[n, c, s]) * pow_neg(float(scale[n, c, s]), beta)
                    - 2.0 * alpha * beta / size * float(x[n, c, s]) * acc)

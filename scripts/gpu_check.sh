@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # On a machine with a CUDA GPU: the real-GPU test run (the simulator-tested CUDA backend on
 # hardware, larger shapes, full-size AlexNet), then the CUDA benchmark.
-#   bash scripts/gpu_check.sh
+#   bash scripts/gpu_check.sh [tests|bench|all]     (default: all)
+# Logs and bench_cuda.json go to $OUT when it is set (the device tool's folder), else to the
+# current directory. The device tool runs one command for at most 10 minutes: where both
+# halves do not fit, run `tests` and `bench` as two calls.
 #
 # The device machine has no package index. numba-cuda 0.30.4 needs numpy < 2.5, and the tests
 # need a few pure-Python packages; fetch their wheels into .whl/ once, on a machine with an index:
@@ -16,5 +19,14 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
-NBCNN_TEST_GPU=1 python3 -m pytest tests -q
-python3 scripts/bench.py --device cuda --json bench_cuda.json
+what="${1:-all}"
+out="${OUT:-.}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+rc=0
+if [[ "$what" == all || "$what" == tests ]]; then
+    NBCNN_TEST_GPU=1 python3 -m pytest tests -q -rs 2>&1 | tee "$out/gpu_tests.txt" || rc=1
+fi
+if [[ "$what" == all || "$what" == bench ]]; then  # benchmarked even after a test failure
+    python3 scripts/bench.py --device cuda --json "$out/bench_cuda.json" 2>&1 | tee "$out/bench_cuda.txt" || rc=1
+fi
+exit $rc

@@ -22,3 +22,5 @@ def test_bench_writes_the_documented_json(tmp_path):
     assert result["train_step"]["nbcnn_ms"] > 0 and result["train_step"]["torch_ms"] is None
     assert result["sgemm"]["size"] == 64 and result["sgemm"]["nbcnn_tflops"] > 0
     assert result["sgemm"]["torch_tflops"] is None and "sgemm_4096" not in result  # only a 4096^3 run claims that key
+    assert result["memory_mib"]["blocks_allocated_in_10_steps"] == 0  # the steady state allocates nothing
+    assert result["memory_mib"]["reserved"] > 0

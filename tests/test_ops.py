@@ -303,6 +303,8 @@ def test_elementwise_backward_matches_finite_differences(device):
         check_gradients(device, nbcnn.ReLU(), x.copy(), rng)
         check_gradients(device, nbcnn.LocalResponseNorm(3, alpha=0.5, beta=0.75, k=1.0), 2 * x, rng)
         check_gradients(device, nbcnn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0), x.copy(), rng)
+        # beta = 0.75 takes a square-root fast path (kernel_math.pow_neg); any other beta takes pow
+        check_gradients(device, nbcnn.LocalResponseNorm(4, alpha=0.3, beta=0.6, k=1.5), x.copy(), rng)
         check_gradients(device, nbcnn.Flatten(), x.copy(), rng)
     run(device, body, map_cases(device), cpu_examples=15, sim_examples=3)
 

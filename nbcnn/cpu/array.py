@@ -1,7 +1,16 @@
 """Array creation, host transfer and element-wise copies for the CPU backend (numpy arrays)."""
 
+import sys
+
 import numpy as np
 from numba import njit, prange
+
+from ..memory import CachingAllocator
+
+# A numpy view holds a reference to the buffer it views, so the buffer's reference count
+# counts its live views.
+cache = CachingAllocator(allocate=lambda nbytes: np.empty(nbytes, np.uint8),
+                         users=sys.getrefcount, empty_uncached=np.empty)
 
 
 def is_array(a):
@@ -9,15 +18,27 @@ def is_array(a):
 
 
 def empty(shape, dtype):
-    return np.empty(shape, dtype)
+    return cache.empty(shape, dtype)
 
 
 def zeros(shape, dtype):
-    return np.zeros(shape, dtype)
+    a = empty(shape, dtype)
+    a[...] = 0
+    return a
 
 
 def from_numpy(a):
-    return np.array(a, order="C", copy=True)
+    out = empty(np.shape(a), np.asarray(a).dtype)
+    out[...] = a
+    return out
+
+
+def memory_stats():
+    return cache.stats()
+
+
+def empty_cache():
+    return cache.release()
 
 
 def to_numpy(a):

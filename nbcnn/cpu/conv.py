@@ -9,6 +9,7 @@ reduced once at the end: no two threads write the same gradient.
 import numpy as np
 from numba import njit, prange
 
+from .array import empty
 from .gemm import add_rows, sum_rows_into
 from .threads import num_threads, single_threaded_blas
 
@@ -123,7 +124,7 @@ def _threads(x):
 
 @single_threaded_blas
 def conv2d_forward(x, w, b, stride, pad, y, ws):
-    cols = ws.get("cols", (_threads(x),) + _col_shape(w, y), x.dtype, np.empty)
+    cols = ws.get("cols", (_threads(x),) + _col_shape(w, y), x.dtype, empty)
     conv2d_forward_kernel(x, w, b, stride, pad, cols, y)
 
 
@@ -132,12 +133,12 @@ def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
     T = _threads(x)
     R, P = _col_shape(w, dy)
     O = w.shape[0]
-    cols = ws.get("cols", (T, R, P), x.dtype, np.empty)
-    dcols = ws.get("dcols", (T, R, P), x.dtype, np.empty)
-    dwtmp = ws.get("dwtmp", (T, O, R), x.dtype, np.empty)
-    dws = ws.get("dws", (T, O, R), x.dtype, np.empty)
-    dbs = ws.get("dbs", (T, O), x.dtype, np.empty)
+    cols = ws.get("cols", (T, R, P), x.dtype, empty)
+    dcols = ws.get("dcols", (T, R, P), x.dtype, empty)
+    dwtmp = ws.get("dwtmp", (T, O, R), x.dtype, empty)
+    dws = ws.get("dws", (T, O, R), x.dtype, empty)
+    dbs = ws.get("dbs", (T, O), x.dtype, empty)
     want_dx = dx is not None
     if dx is None:
-        dx = ws.get("dx_unused", (1,) + x.shape[1:], x.dtype, np.empty)
+        dx = ws.get("dx_unused", (1,) + x.shape[1:], x.dtype, empty)
     conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dwtmp, dws, dbs, dx, dw, db, want_dx)

@@ -1,9 +1,8 @@
 """Fully connected layers on the CPU: BLAS GEMMs plus the bias epilogue."""
 
-import numpy as np
 from numba import njit
 
-from .array import add_kernel
+from .array import add_kernel, empty
 from .gemm import add_cols, gemm, sum_cols_into
 from .threads import single_threaded_blas
 
@@ -32,8 +31,8 @@ def linear_forward(x, w, b, y):
 
 @single_threaded_blas
 def linear_backward(x, w, dy, dx, dw, db, ws):
-    dwtmp = ws.get("dwtmp", w.shape, w.dtype, np.empty)
+    dwtmp = ws.get("dwtmp", w.shape, w.dtype, empty)
     want_dx = dx is not None
     if dx is None:
-        dx = ws.get("dx_unused", (1, 1), x.dtype, np.empty)
+        dx = ws.get("dx_unused", (1, 1), x.dtype, empty)
     linear_backward_kernel(x, w, dy, dx, dwtmp, dw, db, want_dx)

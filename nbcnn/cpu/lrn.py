@@ -2,7 +2,10 @@
 
 from numba import njit, prange
 
-from ..kernel_math import lrn_backward_at, lrn_forward_at
+from .. import kernel_math
+
+lrn_forward_at = kernel_math.inlined(kernel_math.lrn_forward_at)
+lrn_backward_at = kernel_math.inlined(kernel_math.lrn_backward_at)
 
 
 @njit(parallel=True, cache=True)

@@ -2,7 +2,9 @@
 
 from numba import njit, prange
 
-from ..kernel_math import maxpool_window
+from .. import kernel_math
+
+maxpool_window = kernel_math.inlined(kernel_math.maxpool_window)
 
 
 @njit(parallel=True, cache=True)

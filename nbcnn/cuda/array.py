@@ -6,8 +6,12 @@ launch configuration serves every size (and the simulator, where each thread cos
 135 us, runs few threads that each do many elements).
 """
 
+import sys
+
 import numpy as np
 from numba import config, cuda
+
+from ..memory import CachingAllocator
 
 if config.ENABLE_CUDASIM:
     THREADS = 32       # simulated threads are the cost; a grid-stride loop does the rest
@@ -52,8 +56,21 @@ def is_array(a):
     return bool(cuda.devicearray.is_cuda_ndarray(a))
 
 
+if config.ENABLE_CUDASIM:
+    def _users(block):
+        """A simulated device array wraps a numpy buffer that each of its views references."""
+        return sys.getrefcount(block._ary)
+else:
+    def _users(block):
+        """numba counts the owners of a device allocation; every slice of it takes one."""
+        return block.gpu_data.refct
+
+cache = CachingAllocator(allocate=lambda nbytes: cuda.device_array(nbytes, np.uint8),
+                         users=_users, empty_uncached=cuda.device_array)
+
+
 def empty(shape, dtype):
-    return cuda.device_array(tuple(int(s) for s in shape), np.dtype(dtype))
+    return cache.empty(shape, dtype)
 
 
 def zeros(shape, dtype):
@@ -63,11 +80,23 @@ def zeros(shape, dtype):
 
 
 def from_numpy(a):
-    return cuda.to_device(np.ascontiguousarray(a))
+    a = np.ascontiguousarray(a)
+    out = empty(a.shape, a.dtype)
+    if a.size:
+        out.copy_to_device(a)  # pageable host memory: synchronous, and ordered after queued kernels
+    return out
 
 
 def to_numpy(a):
     return a.copy_to_host()
+
+
+def memory_stats():
+    return cache.stats()
+
+
+def empty_cache():
+    return cache.release()
 
 
 @cuda.jit(cache=True)

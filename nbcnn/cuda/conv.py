@@ -10,7 +10,7 @@ batch 128 take 2-3 chunks, the later layers one.
 
 from numba import config, cuda
 
-from .array import check_int32, flat, launch, unravel3, unravel4
+from .array import check_int32, empty, flat, launch, unravel3, unravel4
 from .gemm import BIAS_ROW, batch_sum_groups, gemm, gemm_batch_sum, sum_batched_rows_into
 
 COL_BUDGET = 2**16 if config.ENABLE_CUDASIM else 2**27  # elements (512 MB of float32) per column buffer
@@ -74,7 +74,7 @@ def _geometry(x, w, y):
 def conv2d_forward(x, w, b, stride, pad, y, ws):
     N, O, kh, kw, R, P, chunk = _geometry(x, w, y)
     check_int32(x, y)
-    col = ws.get("col", (chunk, R, P), x.dtype, cuda.device_array)
+    col = ws.get("col", (chunk, R, P), x.dtype, empty)
     yf = flat(y)
     for n0 in range(0, N, chunk):
         nb = min(chunk, N - n0)
@@ -88,10 +88,9 @@ def conv2d_forward(x, w, b, stride, pad, y, ws):
 def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
     N, O, kh, kw, R, P, chunk = _geometry(x, w, dy)
     check_int32(x, dy)
-    col = ws.get("col", (chunk, R, P), x.dtype, cuda.device_array)
-    dcol = ws.get("dcol", (chunk, R, P), x.dtype, cuda.device_array) if dx is not None else None
-    partial = ws.get("dw_partial", (batch_sum_groups(O, R, chunk, x.dtype) + 1, O, R), x.dtype,
-                     cuda.device_array)
+    col = ws.get("col", (chunk, R, P), x.dtype, empty)
+    dcol = ws.get("dcol", (chunk, R, P), x.dtype, empty) if dx is not None else None
+    partial = ws.get("dw_partial", (batch_sum_groups(O, R, chunk, x.dtype) + 1, O, R), x.dtype, empty)
     dyf = flat(dy)
     for n0 in range(0, N, chunk):
         nb = min(chunk, N - n0)

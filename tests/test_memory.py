@@ -1,0 +1,136 @@
+"""The caching allocator: steady-state training allocates nothing, and memory is reused only when free."""
+
+import gc
+import sys
+import weakref
+
+import numpy as np
+import pytest
+
+import nbcnn
+from nbcnn.memory import CachingAllocator
+
+from devices import DEVICES
+
+
+def fresh_blocks(backend):
+    return backend.memory_stats()["allocations"]
+
+
+def filled(backend, shape, value, dtype=np.float32):
+    a = backend.empty(shape, dtype)
+    backend.fill(a, value)
+    return a
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_step_allocates_nothing_in_steady_state(device):
+    nbcnn.manual_seed(0)
+    rng = np.random.default_rng(0)
+    net = nbcnn.Sequential(
+        nbcnn.Conv2d(1, 4, 3, padding=1), nbcnn.ReLU(), nbcnn.LocalResponseNorm(3),
+        nbcnn.MaxPool2d(3, 2), nbcnn.Flatten(), nbcnn.Dropout(0.5), nbcnn.Linear(4 * 3 * 3, 3)).to(device)
+    opt = nbcnn.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    backend = nbcnn.get_backend(device)
+
+    def step():
+        x = nbcnn.asarray(rng.standard_normal((4, 1, 8, 8)).astype(np.float32), device=device)
+        labels = nbcnn.asarray(rng.integers(0, 3, 4), device=device)
+        loss, dlogits = nbcnn.softmax_cross_entropy(net(x), labels)
+        net.backward(dlogits)
+        opt.step()
+        opt.zero_grad()
+
+    for _ in range(2):  # the second step still meets the first step's activations alive in the layers
+        step()
+    before = fresh_blocks(backend)
+    for _ in range(5):
+        step()
+    assert fresh_blocks(backend) == before
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("derive", [lambda b, a: b.reshape(a, (24,)), lambda b, a: a[1:3]],
+                         ids=["reshape", "slice"])
+def test_memory_is_not_reused_while_a_view_of_it_lives(device, derive):
+    backend = nbcnn.get_backend(device)
+    a = filled(backend, (4, 6), 1.0)
+    view = derive(backend, a)
+    del a
+    gc.collect()
+    b = filled(backend, (4, 6), 2.0)
+    assert np.all(backend.to_numpy(view) == 1.0)
+    del b
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_freed_memory_is_reused_for_any_dtype_of_the_same_size(device):
+    backend = nbcnn.get_backend(device)
+    a = backend.empty((4, 6), np.float32)
+    del a
+    gc.collect()
+    before = fresh_blocks(backend)
+    b = backend.empty((12,), np.float64)
+    assert fresh_blocks(backend) == before
+    assert b.shape == (12,) and b.dtype == np.float64
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_arrays_need_no_memory(device):
+    backend = nbcnn.get_backend(device)
+    a = backend.empty((0, 3), np.float32)
+    assert a.shape == (0, 3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_cache_frees_idle_blocks_and_keeps_busy_ones(device):
+    backend = nbcnn.get_backend(device)
+    busy = filled(backend, (1000,), 3.0)
+    idle = backend.empty((1001,), np.float32)
+    del idle
+    gc.collect()
+    backend.empty_cache()
+    stats = backend.memory_stats()
+    assert stats["reserved_bytes"] == stats["in_use_bytes"] >= busy.size * 4
+    assert np.all(backend.to_numpy(busy) == 3.0)
+
+
+def host_allocator(budget):
+    """A CachingAllocator over numpy with a memory budget, like a GPU with `budget` bytes."""
+    live = []
+
+    def allocate(nbytes):
+        live[:] = [b for b in live if b() is not None]
+        if sum(b().nbytes for b in live) + nbytes > budget:
+            raise MemoryError(f"out of memory allocating {nbytes} bytes")
+        block = np.empty(nbytes, np.uint8)
+        live.append(weakref.ref(block))
+        return block
+
+    return CachingAllocator(allocate, sys.getrefcount, np.empty)
+
+
+def test_sizes_round_up_to_the_granule_and_share_a_block():
+    cache = host_allocator(budget=1 << 20)
+    a = cache.empty((100,), np.float32)  # 400 bytes -> a 512-byte block
+    del a
+    b = cache.empty((120,), np.float32)  # 480 bytes -> the same block
+    assert cache.stats() == {"allocations": 1, "reserved_bytes": 512, "in_use_bytes": 512}
+    del b
+
+
+def test_out_of_memory_frees_idle_blocks_of_other_sizes_and_retries():
+    cache = host_allocator(budget=4096)
+    a = cache.empty((768,), np.float32)  # 3072 bytes, then idle
+    del a
+    b = cache.empty((512,), np.float32)  # 2048 more would exceed the budget with `a` cached
+    assert cache.stats()["reserved_bytes"] == 2048
+    del b
+
+
+def test_out_of_memory_with_everything_busy_raises():
+    cache = host_allocator(budget=4096)
+    a = cache.empty((768,), np.float32)
+    with pytest.raises(MemoryError, match="out of memory"):
+        cache.empty((512,), np.float32)
+    del a
