@@ -9,15 +9,41 @@ A block is a 1-D uint8 array of the backend, and every array handed out is a vie
 one. A block is busy exactly while a view of it is alive; `users(block)` counts the views
 the backend's way (Python references to a numpy buffer; numba's reference count of a
 device allocation, which slices also increment). Handing a block out again as soon as
-its last view dies is safe on the GPU because nbcnn runs every kernel and copy on one
-stream, in order: later work cannot overtake the kernels still reading the old views.
+its last view dies is safe on the GPU because nbcnn runs every kernel and copy on the
+default stream, in order: later work cannot overtake the kernels still reading the old
+views. (Code that launches nbcnn's arrays on other streams must synchronise first.)
+
+Blocks of sizes no longer asked for (another batch size, an evaluation pass) would stay
+forever; a block not handed out during the last STALE_REQUESTS requests is freed at the
+next allocation, and every idle block is freed, and the allocation retried, when memory
+runs out.
 """
 
 import threading
 
 import numpy as np
 
-GRANULE = 512  # bytes: request sizes are rounded up to a multiple of this
+GRANULE = 512           # bytes: request sizes are rounded up to a multiple of this
+STALE_REQUESTS = 4096   # a training step makes about 60 requests
+
+
+def is_cuda_out_of_memory(exc):
+    """True for numba's CudaAPIError with CUDA_ERROR_OUT_OF_MEMORY (code 2)."""
+    return (type(exc).__name__ == "CudaAPIError"
+            and (getattr(exc, "code", None) == 2 or "OUT_OF_MEMORY" in str(exc)))
+
+
+def is_out_of_memory(exc):
+    return isinstance(exc, MemoryError) or is_cuda_out_of_memory(exc)
+
+
+class _Entry:
+    __slots__ = ("block", "idle_users", "last_request")
+
+    def __init__(self, block):
+        self.block = block
+        self.idle_users = None
+        self.last_request = 0
 
 
 class CachingAllocator:
@@ -27,55 +53,76 @@ class CachingAllocator:
         self._allocate = allocate              # nbytes -> a new 1-D uint8 block
         self._users = users                    # block -> a count that rises with each live view
         self._empty_uncached = empty_uncached  # (shape, dtype) -> array, for empty arrays
-        self._blocks = {}                      # rounded size -> list of [block, users when idle]
-        self._lock = threading.Lock()          # two threads must never get the same idle block
+        self._blocks = {}                      # rounded size -> [_Entry]
+        self._lock = threading.RLock()         # two threads must never get the same idle block
+        self._requests = 0
         self.allocations = 0                   # blocks ever allocated: flat in the steady state
 
     def empty(self, shape, dtype):
         shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"negative dimensions are not allowed: shape {shape}")
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if nbytes == 0:
             return self._empty_uncached(shape, dtype)
         size = -(-nbytes // GRANULE) * GRANULE
         with self._lock:
-            block = self._idle(size)
-            if block is None:
-                block = self._new(size)
-            return block[:nbytes].view(dtype).reshape(shape)
+            self._requests += 1
+            entry = self._idle(size)
+            if entry is None:
+                self._release(lambda e: self._requests - e.last_request > STALE_REQUESTS)
+                entry = self._new(size)
+            entry.last_request = self._requests
+            return entry.block[:nbytes].view(dtype).reshape(shape)
+
+    def _state(self, entry):
+        """'idle', 'busy' or 'dead' (its memory went with its context: a CUDA reset)."""
+        try:
+            users = self._users(entry.block)
+        except ReferenceError:
+            return "dead"
+        return "idle" if users == entry.idle_users else "busy"
 
     def _idle(self, size):
-        for entry in self._blocks.get(size, ()):
-            if self._users(entry[0]) == entry[1]:
-                return entry[0]
+        entries = self._blocks.get(size, [])
+        for entry in entries:
+            state = self._state(entry)
+            if state == "idle":
+                return entry
+        entries[:] = [e for e in entries if self._state(e) != "dead"]
         return None
 
     def _new(self, size):
         try:
-            entry = [self._allocate(size), 0]
-        except Exception:
-            # Out of memory, most likely: give back the idle blocks of other sizes and retry once.
-            if not self._release_idle():
+            entry = _Entry(self._allocate(size))
+        except Exception as exc:
+            if not is_out_of_memory(exc) or not self._release(lambda e: True):
                 raise
-            entry = [self._allocate(size), 0]
-        # Counted with the same expression as in _idle, so the two agree on what "idle" reads.
-        entry[1] = self._users(entry[0])
+            entry = _Entry(self._allocate(size))
+        # Counted through entry.block as in _state, so both read the same references.
+        entry.idle_users = self._users(entry.block)
         self._blocks.setdefault(size, []).append(entry)
         self.allocations += 1
-        return entry[0]
+        return entry
 
-    def _release_idle(self):
+    def _release(self, should_free):
+        """Drop the idle (and dead) blocks for which should_free(entry) holds; returns how many."""
         released = 0
-        for size, entries in self._blocks.items():
-            busy = [e for e in entries if self._users(e[0]) != e[1]]
-            released += len(entries) - len(busy)
-            entries[:] = busy
+        for entries in self._blocks.values():
+            keep = []
+            for e in entries:
+                state = self._state(e)
+                if state == "busy" or (state == "idle" and not should_free(e)):
+                    keep.append(e)
+            released += len(entries) - len(keep)
+            entries[:] = keep
         return released
 
     def release(self):
         """Free every cached block that no array uses (PyTorch's empty_cache); returns how many."""
         with self._lock:
-            return self._release_idle()
+            return self._release(lambda e: True)
 
     def stats(self):
         """{"allocations": blocks ever allocated, "reserved_bytes": held now, "in_use_bytes": of those, busy}."""
@@ -83,7 +130,7 @@ class CachingAllocator:
             reserved = in_use = 0
             for size, entries in self._blocks.items():
                 for e in entries:
-                    reserved += size
-                    if self._users(e[0]) != e[1]:
-                        in_use += size
+                    state = self._state(e)
+                    reserved += size if state != "dead" else 0
+                    in_use += size if state == "busy" else 0
             return {"allocations": self.allocations, "reserved_bytes": reserved, "in_use_bytes": in_use}

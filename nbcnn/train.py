@@ -17,6 +17,7 @@ from .array import asarray, to_numpy
 from .checkpoint import save_checkpoint
 from .data.datasets import DataError
 from .loss import softmax_cross_entropy
+from .memory import is_cuda_out_of_memory
 
 # Stop when more than this fraction of a split's images cannot be decoded.
 MAX_UNREADABLE = 0.01
@@ -36,12 +37,6 @@ class Interrupted(Exception):
 
 class NonFiniteLoss(Exception):
     pass
-
-
-def is_cuda_oom(exc):
-    """True for numba's CudaAPIError with CUDA_ERROR_OUT_OF_MEMORY (code 2)."""
-    return (type(exc).__name__ == "CudaAPIError"
-            and (getattr(exc, "code", None) == 2 or "OUT_OF_MEMORY" in str(exc)))
 
 
 def train_step(net, opt, x, y, device):
@@ -238,7 +233,7 @@ class Trainer:
                 except NonFiniteLoss as exc:
                     raise TrainingError(self.nan_message(exc)) from None
                 except Exception as exc:
-                    if is_cuda_oom(exc):
+                    if is_cuda_out_of_memory(exc):
                         raise TrainingError(self.oom_message()) from None
                     raise
                 m = len(batch.y)

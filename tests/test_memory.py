@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import nbcnn
+from nbcnn import memory
 from nbcnn.memory import CachingAllocator
 
 from devices import DEVICES
@@ -83,6 +84,12 @@ def test_empty_arrays_need_no_memory(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_negative_dimensions_are_refused(device):
+    with pytest.raises(ValueError, match=r"negative dimensions.*\(3, -1\)"):
+        nbcnn.get_backend(device).empty((3, -1), np.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_empty_cache_frees_idle_blocks_and_keeps_busy_ones(device):
     backend = nbcnn.get_backend(device)
     busy = filled(backend, (1000,), 3.0)
@@ -134,3 +141,59 @@ def test_out_of_memory_with_everything_busy_raises():
     with pytest.raises(MemoryError, match="out of memory"):
         cache.empty((512,), np.float32)
     del a
+
+
+def test_other_allocation_errors_propagate_without_emptying_the_cache():
+    def allocate(nbytes):
+        if nbytes > 4096:
+            raise RuntimeError("driver exploded")
+        return np.empty(nbytes, np.uint8)
+    cache = CachingAllocator(allocate, sys.getrefcount, np.empty)
+    a = cache.empty((16,), np.float32)
+    del a
+    with pytest.raises(RuntimeError, match="driver exploded"):
+        cache.empty((2048,), np.float32)
+    assert cache.stats()["reserved_bytes"] == 512
+
+
+def test_blocks_of_sizes_no_longer_asked_for_are_freed_at_the_next_allocation():
+    cache = host_allocator(budget=1 << 30)
+    old = cache.empty((1000,), np.float32)
+    del old
+    for _ in range(memory.STALE_REQUESTS + 1):
+        cache.empty((10,), np.float32)  # hits on one 512-byte block: nothing allocated or freed
+    assert cache.stats()["reserved_bytes"] == 512 + 4096
+    new = cache.empty((3000,), np.float32)  # a miss: the 4096-byte block is stale by now
+    assert cache.stats()["reserved_bytes"] == 512 + 12288
+    del new
+
+
+def test_blocks_whose_memory_was_freed_under_them_are_dropped():
+    class Pointer:
+        refct = 1
+
+    class Block:
+        """Stands in for a device array whose context was reset: its pointer proxy is dead."""
+        def __init__(self, nbytes):
+            self.ptr = Pointer()
+
+        def users(self):
+            if self.ptr is None:
+                raise ReferenceError("weakly-referenced object no longer exists")
+            return self.ptr.refct
+
+        def __getitem__(self, s):
+            return self
+
+        def view(self, dtype):
+            return self
+
+        def reshape(self, shape):
+            return self
+
+    cache = CachingAllocator(Block, Block.users, np.empty)
+    cache.empty((4,), np.float32).ptr = None  # the context reset
+    before = cache.allocations
+    cache.empty((4,), np.float32)
+    assert cache.allocations == before + 1
+    assert cache.stats()["reserved_bytes"] == 512

@@ -7,8 +7,11 @@ serial because the conv kernels call them from inside their per-image parallel l
 
 import numpy as np
 from numba import njit
+from scipy.linalg import blas
 
 from .threads import single_threaded_blas
+
+_GEMM = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
 
 
 @njit(cache=True)
@@ -20,6 +23,14 @@ def gemm(a, b, c):
 @single_threaded_blas
 def matmul(a, b, c):
     gemm(a, b, c)
+
+
+def gemm_tn_accumulate(a, b, c):
+    """c += a^T @ b; a (K,M), b (K,N), c (M,N) C-contiguous: BLAS's beta=1, no temporary for the product."""
+    # Fortran BLAS reads a C-contiguous array as its transpose: c^T (N,M) += b^T (N,K) @ a (K,M).
+    out = _GEMM[c.dtype](1.0, b.T, a.T, beta=1.0, c=c.T, trans_b=True, overwrite_c=True)
+    if not np.shares_memory(out, c):  # f2py copies an argument it cannot use in place
+        raise AssertionError("BLAS gemm did not accumulate in place")
 
 
 @njit(cache=True)

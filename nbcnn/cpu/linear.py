@@ -2,8 +2,8 @@
 
 from numba import njit
 
-from .array import add_kernel, empty
-from .gemm import add_cols, gemm, sum_cols_into
+from .array import empty
+from .gemm import add_cols, gemm, gemm_tn_accumulate, sum_cols_into
 from .threads import single_threaded_blas
 
 
@@ -15,12 +15,10 @@ def linear_forward_kernel(x, w, b, y):
 
 
 @njit(cache=True)
-def linear_backward_kernel(x, w, dy, dx, dwtmp, dw, db, want_dx):
-    """dx = dy @ w; dw += dy^T @ x; db += column sums of dy."""
+def linear_backward_kernel(w, dy, dx, db, want_dx):
+    """dx = dy @ w; db += column sums of dy (dw is linear_backward's BLAS call)."""
     if want_dx:
         gemm(dy, w, dx)
-    gemm(dy.T, x, dwtmp)
-    add_kernel(dwtmp.reshape(-1), dw.reshape(-1))
     sum_cols_into(dy, db)
 
 
@@ -31,8 +29,8 @@ def linear_forward(x, w, b, y):
 
 @single_threaded_blas
 def linear_backward(x, w, dy, dx, dw, db, ws):
-    dwtmp = ws.get("dwtmp", w.shape, w.dtype, empty)
     want_dx = dx is not None
     if dx is None:
         dx = ws.get("dx_unused", (1, 1), x.dtype, empty)
-    linear_backward_kernel(x, w, dy, dx, dwtmp, dw, db, want_dx)
+    linear_backward_kernel(w, dy, dx, db, want_dx)
+    gemm_tn_accumulate(dy, x, dw)  # dw += dy^T @ x

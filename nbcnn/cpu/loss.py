@@ -4,6 +4,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..kernel_math import softmax_cross_entropy_row
+from .array import empty
 
 
 @njit(parallel=True, cache=True)
@@ -15,7 +16,7 @@ def softmax_cross_entropy_kernel(logits, labels, dlogits, row_loss, row_bad):
 
 def softmax_cross_entropy(logits, labels, dlogits):
     n = logits.shape[0]
-    row_loss = np.empty(n, np.float64)
-    row_bad = np.empty(n, np.int64)
+    row_loss = empty((n,), np.float64)
+    row_bad = empty((n,), np.int64)
     softmax_cross_entropy_kernel(logits, labels, dlogits, row_loss, row_bad)
     return float(row_loss.sum() / n), int(row_bad.sum())

@@ -62,7 +62,10 @@ if config.ENABLE_CUDASIM:
         return sys.getrefcount(block._ary)
 else:
     def _users(block):
-        """numba counts the owners of a device allocation; every slice of it takes one."""
+        """numba counts the owners of a device allocation; every slice of it takes one.
+
+        Raises ReferenceError once a context reset (cuda.close()) has freed the allocation.
+        """
         return block.gpu_data.refct
 
 cache = CachingAllocator(allocate=lambda nbytes: cuda.device_array(nbytes, np.uint8),

@@ -4,7 +4,7 @@ import numpy as np
 from numba import cuda
 
 from ..kernel_math import softmax_cross_entropy_row
-from .array import launch
+from .array import empty, launch
 
 
 @cuda.jit(cache=True)
@@ -34,8 +34,7 @@ _scratch = {}
 def _buffers(n):
     """Per-batch-size device scratch, allocated once: (row_loss, row_bad, out)."""
     if n not in _scratch:
-        _scratch[n] = (cuda.device_array(n, np.float64), cuda.device_array(n, np.int64),
-                       cuda.device_array(2, np.float64))
+        _scratch[n] = (empty((n,), np.float64), empty((n,), np.int64), empty((2,), np.float64))
     return _scratch[n]
 
 
