@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with a CUDA GPU: the real-GPU test run (the simulator-tested CUDA backend on
 # hardware, larger shapes, full-size AlexNet), then the CUDA benchmark.
-#   bash scripts/gpu_check.sh [tests|bench|all]     (default: all)
+#   bash scripts/gpu_check.sh [tests|bench|gemm|all]     (default: all)
+# gemm: the candidate SGEMM versions of dev/cuda/sgemm.py, checked and timed side by side.
 # Logs and bench_cuda.json go to $OUT when it is set (the device tool's folder), else to the
 # current directory. The device tool runs one command for at most 10 minutes: where both
 # halves do not fit, run `tests` and `bench` as two calls.
@@ -28,5 +29,8 @@ if [[ "$what" == all || "$what" == tests ]]; then
 fi
 if [[ "$what" == all || "$what" == bench ]]; then  # benchmarked even after a test failure
     python3 scripts/bench.py --device cuda --json "$out/bench_cuda.json" 2>&1 | tee "$out/bench_cuda.txt" || rc=1
+fi
+if [[ "$what" == all || "$what" == gemm ]]; then
+    python3 dev/cuda/sgemm.py 2>&1 | tee "$out/sgemm_versions.txt" || rc=1
 fi
 exit $rc

@@ -50,6 +50,14 @@ def kernels():
                 out.append((f"gemm_{'T' if ta else 'N'}{'T' if tb else 'N'}", k,
                             f"void({v}, {v}, {v}, {v}, " + "int32, " * 7 + f"{dt}, {dt}, int32)"))
     out.append(("loss_sum", loss.sum_rows_kernel, "void(float64[::1], int64[::1], float64[::1])"))
+    # the candidate GEMM versions of dev/cuda/sgemm.py, so a GPU session can time them as they are
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev", "cuda"))
+    import sgemm
+    flat3 = "void(float32[::1], float32[::1], float32[::1], int32, int32, int32)"
+    out.append(("dev_sgemm_v1", sgemm.naive_kernel, flat3))
+    for version, width in ((3, 2), (4, 4)):
+        kernel, _ = sgemm.make_packed_kernel(gemm.GPU_TILES[np.dtype(np.float32)], width)
+        out.append((f"dev_sgemm_v{version}", kernel, flat3))
     return out
 
 
@@ -88,6 +96,16 @@ def test_every_kernel_compiles_for_sm90():
         pytest.skip(proc.stderr[-300:])
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
     assert proc.stdout.count("\n") >= 30
+
+
+def test_dev_sgemm_versions_agree_with_numpy():
+    """dev/cuda/sgemm.py --check: every candidate GEMM against a float64 product (simulator or GPU)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, os.path.join(root, "dev", "cuda", "sgemm.py"), "--check"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "check passed" in proc.stdout
 
 
 if __name__ == "__main__":
