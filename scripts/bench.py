@@ -267,6 +267,10 @@ def main(argv=None):
     unset = os.environ.get("NBCNN_BENCH_UNSET_OPENBLAS")
     if args.device == "cpu":
         print(f"OpenBLAS env: {'unset for this run (' + unset + ')' if unset else 'not set' if not any(v in os.environ for v in OPENBLAS_VARS) else 'kept as set'}")
+    gemm_width = None
+    if args.device == "cuda":
+        from nbcnn.cuda.gemm import GEMM_WIDTH as gemm_width
+        print(f"GEMM pack width: {gemm_width} (NBCNN_GEMM_WIDTH picks 1, 2 or 4)")
     print(f"PyTorch: {torch.__version__ + ' (FP32, TF32 off)' if use_torch else 'not available'}")
 
     nbcnn.manual_seed(0)
@@ -341,7 +345,7 @@ def main(argv=None):
         print(f"  GEMM {name:<20} M={m:<6}N={nn:<6}K={k:<6} {tf:.2f} TFLOP/s")
 
     result = {
-        "device": args.device, "batch": batch, "input_size": args.input_size,
+        "device": args.device, "batch": batch, "input_size": args.input_size, "gemm_width": gemm_width,
         "machine": platform.node(), "openblas_env_unset": unset,
         "layers": rows,
         "train_step": {"nbcnn_ms": step_ms, "torch_ms": torch_step_ms, "torch_over_nbcnn": ratio,

@@ -254,11 +254,12 @@ def test_array_ops_agree(shape, dt, value, seed):
 @given(m=st.integers(1, 20 + 200 * BIG), n=st.integers(1, 20 + 200 * BIG), k=st.integers(1, 12 + 300 * BIG),
        batch=st.integers(1, 3), ta=st.booleans(), tb=st.booleans(), reduce=st.booleans(),
        beta=st.sampled_from([0.0, 1.0]), bias=st.sampled_from([0, 1, 2]), dt=DTYPES,
-       seed=st.integers(0, 2**31))
-def test_gemm_matches_numpy(m, n, k, batch, ta, tb, reduce, beta, bias, dt, seed):
+       width=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**31))
+def test_gemm_matches_numpy(m, n, k, batch, ta, tb, reduce, beta, bias, dt, width, seed):
     from numba import cuda
 
     from nbcnn.cuda.gemm import batch_sum_groups, gemm, gemm_batch_sum
+    width = width if dt == np.float32 else 1  # packs of 2 and 4 are float32 only
     a = data(seed, (batch,) + ((k, m) if ta else (m, k)), dt)
     b = data(seed + 1, (batch,) + ((n, k) if tb else (k, n)), dt)
     c0 = data(seed + 2, (1 if reduce else batch, m, n), dt)
@@ -269,17 +270,17 @@ def test_gemm_matches_numpy(m, n, k, batch, ta, tb, reduce, beta, bias, dt, seed
         expect = prod.sum(0, keepdims=True) + c0
         partial = cuda.device_array((batch_sum_groups(m, n, batch, dt) + 1, m, n), dt)
         gemm_batch_sum(cuda.to_device(a), cuda.to_device(b), c, partial, m, n, k, ta, tb, batch=batch,
-                       strides=(m * k, n * k))
+                       strides=(m * k, n * k), width=width)
     else:
         expect = prod + beta * c0
         expect += v[None, :, None] if bias == 1 else v[None, None, :] if bias == 2 else 0
         gemm(cuda.to_device(a), cuda.to_device(b), c, m, n, k, ta, tb, beta=beta, bias=cuda.to_device(v),
-             bias_mode=bias, batch=batch, strides=(m * k, n * k, m * n))
+             bias_mode=bias, batch=batch, strides=(m * k, n * k, m * n), width=width)
     assert_close(c.copy_to_host().astype(np.float64), expect, rtol=CHAIN[dt] / 10)
 
 
-@pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_gemm_with_the_gpu_tiles(dt):
+@pytest.mark.parametrize("dt, width", [(np.float32, 1), (np.float32, 2), (np.float32, 4), (np.float64, 1)])
+def test_gemm_with_the_gpu_tiles(dt, width):
     """The real-GPU tile configurations (float32: 256 threads of 8x8), ragged in every dimension."""
     from numba import cuda
 
@@ -288,7 +289,7 @@ def test_gemm_with_the_gpu_tiles(dt):
     a, b, v = data(0, (k, m), dt), data(1, (k, n), dt), data(2, (n,), dt)
     c = cuda.device_array((m, n), dt)
     gemm(cuda.to_device(a), cuda.to_device(b), c, m, n, k, trans_a=True, bias=cuda.to_device(v),
-         bias_mode=BIAS_COL, tiles=GPU_TILES[np.dtype(dt)])
+         bias_mode=BIAS_COL, tiles=GPU_TILES[np.dtype(dt)], width=width)
     assert_close(c.copy_to_host().astype(np.float64), a.T.astype(np.float64) @ b + v, rtol=CHAIN[dt] / 10)
 
 

@@ -44,20 +44,18 @@ def kernels():
              f"void({dt}[:, ::1], int64[::1], {dt}[:, ::1], float64[::1], int64[::1])"),
             ("sgd", sgd.sgd_kernel, f"void({v}, {v}, {v}, float64, float64, float64)"),
         ]
-        for ta in (False, True):
-            for tb in (False, True):
-                k, _ = gemm.make_gemm_kernel(ta, tb, dt, gemm.GPU_TILES[np.dtype(dt)])
-                out.append((f"gemm_{'T' if ta else 'N'}{'T' if tb else 'N'}", k,
-                            f"void({v}, {v}, {v}, {v}, " + "int32, " * 7 + f"{dt}, {dt}, int32)"))
+        for width in ((1, 2, 4) if dt == "float32" else (1,)):
+            for ta in (False, True):
+                for tb in (False, True):
+                    k, _ = gemm.make_gemm_kernel(ta, tb, dt, gemm.GPU_TILES[np.dtype(dt)], width)
+                    out.append((f"gemm_{'T' if ta else 'N'}{'T' if tb else 'N'}_w{width}", k,
+                                f"void({v}, {v}, {v}, {v}, " + "int32, " * 7 + f"{dt}, {dt}, int32)"))
     out.append(("loss_sum", loss.sum_rows_kernel, "void(float64[::1], int64[::1], float64[::1])"))
-    # the candidate GEMM versions of dev/cuda/sgemm.py, so a GPU session can time them as they are
+    # the naive baseline of dev/cuda/sgemm.py (its other versions are the kernels above)
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev", "cuda"))
     import sgemm
-    flat3 = "void(float32[::1], float32[::1], float32[::1], int32, int32, int32)"
-    out.append(("dev_sgemm_v1", sgemm.naive_kernel, flat3))
-    for version, width in ((3, 2), (4, 4)):
-        kernel, _ = sgemm.make_packed_kernel(gemm.GPU_TILES[np.dtype(np.float32)], width)
-        out.append((f"dev_sgemm_v{version}", kernel, flat3))
+    out.append(("dev_sgemm_naive", sgemm.naive_kernel,
+                "void(float32[::1], float32[::1], float32[::1], int32, int32, int32)"))
     return out
 
 

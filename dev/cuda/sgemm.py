@@ -5,18 +5,18 @@
 
 C = A @ B, float32, row-major: A (M, K), B (K, N), C (M, N). Versions:
   1  one thread per output element, reading A and B from global memory: the floor.
-  2  nbcnn's kernel (nbcnn/cuda/gemm.py): 128x128x16 block tiles, 8x8 outputs per thread at
-     interleaved rows/columns, double-buffered shared tiles, float32 shared loads
-     (measured 14.9 TFLOP/s for this structure on the H100; cuBLAS 51.6).
-  3  as 2, but each thread's 8x8 outputs sit in pairs of adjacent rows and columns, so the
-     shared tiles hold complex64 pairs and the inner loop reads two floats per load
-     (LDS.64: half of version 2's shared-load instructions; TOOLCHAIN.md measured the
-     complex64 trick). Prediction: the inner loop stops being bound by load issue.
-  4  as 3 with groups of four: complex128 shared tiles, four floats per load (LDS.128), the
-     doubles split back into floats by bit reinterpretation. Prediction: a quarter of
-     version 2's shared loads; faster than 3 if 3 is still load-bound.
-A version that wins here goes into nbcnn/cuda/gemm.py (all transposes, batching, epilogue)
-with its measured numbers in docs/performance.md.
+  2  nbcnn's kernel (nbcnn/cuda/gemm.py) at pack width 1: 128x128x16 block tiles, 8x8
+     outputs per thread at interleaved rows/columns, double-buffered shared tiles, float32
+     shared loads (measured 14.9 TFLOP/s for this structure on the H100; cuBLAS 51.6).
+  3  the same kernel at pack width 2: each thread's outputs in pairs of adjacent rows and
+     columns, shared tiles of complex64 read two floats per load (LDS.64: half of version
+     2's shared-load instructions; TOOLCHAIN.md measured the complex64 trick).
+     Prediction: the inner loop stops being bound by load issue.
+  4  pack width 4: complex128 shared words split back into four floats by bit casts
+     (LDS.128). Prediction: a quarter of version 2's shared loads; faster than 3 if 3 is
+     still load-bound.
+The winner becomes the default (GEMM_WIDTH in nbcnn/cuda/gemm.py; NBCNN_GEMM_WIDTH=w runs
+the whole benchmark at width w first), with its numbers in docs/performance.md.
 """
 
 import argparse
@@ -28,9 +28,9 @@ import numpy as np
 from numba import config, cuda
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from nbcnn.cuda.gemm import default_tiles, gemm as nbcnn_gemm  # noqa: E402
+from nbcnn.cuda.gemm import gemm as nbcnn_gemm  # noqa: E402
 
-f32, c64, i32 = numba.float32, numba.complex64, np.int32
+f32, i32 = numba.float32, np.int32
 
 
 # -- version 1 ---------------------------------------------------------------------------
@@ -49,158 +49,14 @@ def v1(a, b, c, m, n, k):
     naive_kernel[((n + 15) // 16, (m + 15) // 16), (16, 16)](a, b, c, i32(m), i32(n), i32(k))
 
 
-# -- version 2 ---------------------------------------------------------------------------
-def v2(a, b, c, m, n, k):
-    nbcnn_gemm(a, b, c, m, n, k)
-
-
-# -- versions 3 and 4 ----------------------------------------------------------------------
-# numba emits 32-bit shared loads for float32 arrays; a shared array of complex64 is read two
-# floats per load (LDS.64), one of complex128 four (LDS.128) once its two doubles are split
-# back into floats by bit reinterpretation (libdevice; numpy views in the simulator, which
-# has no libdevice). The storage dtype and the pack/unpack pair depend on the pack width.
-if config.ENABLE_CUDASIM:
-    def pack4(xs):
-        d = np.array([xs[0], xs[1], xs[2], xs[3]], np.float32).view(np.float64)
-        return complex(d[0], d[1])
-
-    def unpack4(v, out, o):
-        fs = np.array([v.real, v.imag], np.float64).view(np.float32)
-        for s in range(4):
-            out[o + s] = fs[s]
-else:
-    from numba.cuda import libdevice
-
-    @cuda.jit(device=True)
-    def pack4(xs):
-        """Four floats as one complex128: the low and high words of each double are two floats."""
-        f2i = libdevice.float_as_int
-        return complex(libdevice.hiloint2double(f2i(xs[1]), f2i(xs[0])),
-                       libdevice.hiloint2double(f2i(xs[3]), f2i(xs[2])))
-
-    @cuda.jit(device=True)
-    def unpack4(v, out, o):
-        i2f = libdevice.int_as_float
-        out[o] = i2f(libdevice.double2loint(v.real))
-        out[o + 1] = i2f(libdevice.double2hiint(v.real))
-        out[o + 2] = i2f(libdevice.double2loint(v.imag))
-        out[o + 3] = i2f(libdevice.double2hiint(v.imag))
-
-
-@cuda.jit(device=True)
-def pack2(xs):
-    return complex(xs[0], xs[1])
-
-
-@cuda.jit(device=True)
-def unpack2(v, out, o):
-    out[o] = v.real
-    out[o + 1] = v.imag
-
-
-PACKS = {2: (numba.complex64, pack2, unpack2), 4: (numba.complex128, pack4, unpack4)}
-_packed = {}
-
-
-def make_packed_kernel(tiles, width):
-    """Versions 3 (width 2) and 4 (width 4) for (BM, BN, BK, TM, TN) tiles; TM, TN multiples of width."""
-    key = (tuple(tiles), width)
-    if key in _packed:
-        return _packed[key]
-    bm, bn, bk, tm, tn = tiles
-    store_t, pack, unpack = PACKS[width]
-    tx_n, ty_n = bn // tn, bm // tm
-    nthreads = tx_n * ty_n
-    pm, pn = bm // width, bn // width  # packs along a tile's M and N
-    pmp, pnp = pm + 1, pn + 1          # one pack of padding: the k-strided A stores hit distinct banks
-    a_buf, b_buf = bk * pmp, bk * pnp
-    a_smem, b_smem = 2 * a_buf, 2 * b_buf
-    a_packs, b_packs = pm * bk // nthreads, pn * bk // nthreads
-    gi, gj, acc_n = tm // width, tn // width, tm * tn
-
-    @cuda.jit
-    def packed_kernel(a, b, c, m, n, k):
-        """C = A @ B; thread (ty, tx) owns rows W*(g*ty_n + ty) + s and columns W*(g*tx_n + tx) + s, s < W."""
-        As = cuda.shared.array(a_smem, store_t)  # As[buf][kk][p]: tile rows W*p .. W*p+W-1 at k = kk
-        Bs = cuda.shared.array(b_smem, store_t)  # Bs[buf][kk][q]: tile columns W*q .. W*q+W-1
-        ra = cuda.local.array(a_packs, store_t)
-        rb = cuda.local.array(b_packs, store_t)
-        xs = cuda.local.array(width, f32)
-        fa = cuda.local.array(tm, f32)
-        fb = cuda.local.array(tn, f32)
-        acc = cuda.local.array(acc_n, f32)
-        tid = i32(cuda.threadIdx.x)
-        tx = i32(tid % tx_n)
-        ty = i32(tid // tx_n)
-        m0 = i32(cuda.blockIdx.y * bm)
-        n0 = i32(cuda.blockIdx.x * bn)
-        for i in range(acc_n):
-            acc[i] = f32(0)
-        ktiles = i32((k + bk - 1) // bk)
-        for t in range(ktiles + 1):
-            if t < ktiles:  # fetch tile t into registers: consecutive threads walk along stored rows
-                k0 = i32(t * bk)
-                for l in range(a_packs):
-                    e = i32(tid + l * nthreads)
-                    p = i32(e // bk)
-                    gk = i32(k0 + e - p * bk)
-                    for s in range(width):
-                        gm = i32(m0 + width * p + s)
-                        xs[s] = a[i32(gm * k + gk)] if gm < m and gk < k else f32(0)
-                    ra[l] = pack(xs)
-                for l in range(b_packs):
-                    e = i32(tid + l * nthreads)
-                    kk = i32(e // pn)
-                    gk = i32(k0 + kk)
-                    for s in range(width):
-                        gn = i32(n0 + width * (e - kk * pn) + s)
-                        xs[s] = b[i32(gk * n + gn)] if gk < k and gn < n else f32(0)
-                    rb[l] = pack(xs)
-            if t > 0:  # multiply tile t-1 from shared memory, `width` floats per load
-                abase = i32(((t - 1) % 2) * a_buf)
-                bbase = i32(((t - 1) % 2) * b_buf)
-                for kk in range(bk):
-                    for g in range(gi):
-                        unpack(As[abase + kk * pmp + g * ty_n + ty], fa, width * g)
-                    for g in range(gj):
-                        unpack(Bs[bbase + kk * pnp + g * tx_n + tx], fb, width * g)
-                    for i in range(tm):
-                        for j in range(tn):
-                            acc[i * tn + j] += fa[i] * fb[j]
-            if t < ktiles:  # store tile t into the buffer tile t-1 did not use
-                abase = i32((t % 2) * a_buf)
-                bbase = i32((t % 2) * b_buf)
-                for l in range(a_packs):
-                    e = i32(tid + l * nthreads)
-                    p = i32(e // bk)
-                    As[abase + (e - p * bk) * pmp + p] = ra[l]
-                for l in range(b_packs):
-                    e = i32(tid + l * nthreads)
-                    kk = i32(e // pn)
-                    Bs[bbase + kk * pnp + e - kk * pn] = rb[l]
-            cuda.syncthreads()
-        for i in range(tm):
-            gm = i32(m0 + width * ((i // width) * ty_n + ty) + i % width)
-            if gm < m:
-                for j in range(tn):
-                    gn = i32(n0 + width * ((j // width) * tx_n + tx) + j % width)
-                    if gn < n:
-                        c[i32(gm * n + gn)] = acc[i * tn + j]
-
-    _packed[key] = (packed_kernel, nthreads)
-    return _packed[key]
-
-
-def packed(width):
+# -- versions 2-4: nbcnn's kernel at pack widths 1, 2, 4 -------------------------------------
+def production(width):
     def run(a, b, c, m, n, k):
-        tiles = default_tiles(np.float32)
-        kernel, nthreads = make_packed_kernel(tiles, width)
-        grid = ((n + tiles[1] - 1) // tiles[1], (m + tiles[0] - 1) // tiles[0], 1)
-        kernel[grid, nthreads](a, b, c, i32(m), i32(n), i32(k))
+        nbcnn_gemm(a, b, c, m, n, k, width=width)
     return run
 
 
-VERSIONS = {1: v1, 2: v2, 3: packed(2), 4: packed(4)}
+VERSIONS = {1: v1, 2: production(1), 3: production(2), 4: production(4)}
 
 # 4096^3, then AlexNet's GEMMs at batch 128: conv forward per image (O, OH*OW, C*KH*KW), fc6.
 GPU_SHAPES = [(4096, 4096, 4096), (96, 3025, 363), (256, 729, 2400), (384, 169, 2304),

@@ -2,13 +2,15 @@
 
 Design (the kernel `make_gemm_kernel` builds):
 - A block computes a BM x BN tile of C with (BM/TM) * (BN/TN) threads; each thread holds a
-  TM x TN register sub-tile (rows ty + i*BM/TM, columns tx + j*BN/TN: interleaved, so a
-  warp reads consecutive shared words and writes consecutive C columns).
+  TM x TN register sub-tile in groups of W adjacent rows and columns (W, the pack width,
+  is 1, 2 or 4), the groups interleaved with the other threads' (rows W*(g*BM/TM + ty) + s),
+  so a warp reads consecutive shared words and writes consecutive C columns. Shared tiles
+  hold W-float packs (float32, complex64 or complex128 words), read with one load each.
 - K advances BK at a time through two shared-memory buffers per operand (double
   buffering): the next tile is fetched into registers while the current one is multiplied,
   then stored into the other buffer; one syncthreads per tile.
 - Operands are flat 1-D arrays; transposition is a compile-time constant of the kernel
-  (one specialisation per (trans_a, trans_b, dtype)), choosing the element order of the
+  (one specialisation per (trans_a, trans_b, dtype, tiles, W)), choosing the element order of the
   tile loads so global reads stay coalesced in either layout.
 - Index arithmetic is int32 (arrays are limited to 2**31 elements): int64 costs a lot.
 - Batching: grid z walks independent problems (conv forward: one image each); each
@@ -21,6 +23,8 @@ Design (the kernel `make_gemm_kernel` builds):
 M, N, K need not be multiples of the tile: the loads and the epilogue are bounds-checked.
 """
 
+import os
+
 import numpy as np
 import numba
 from numba import config, cuda
@@ -28,7 +32,7 @@ from numba import config, cuda
 from .array import check_int32, flat, launch
 
 # (BM, BN, BK, TM, TN) per dtype. float32 on a GPU: 256 threads, 8x8 outputs each, BK=16
-# (measured 14.9 TFLOP/s on an H100 with this structure; 33 KB of shared memory).
+# (measured 14.9 TFLOP/s on an H100 with this structure at width 1; 33 KB of shared memory).
 # float64 (gradient checks) halves the tile: 8x8 doubles would take 256 registers and the
 # float32 tile shape 68 KB, over the 48 KB of static shared memory a block may have.
 # The simulator costs ~135 us per thread and runs each thread's loops in Python, so it
@@ -41,27 +45,108 @@ def default_tiles(dtype):
     return SIM_TILES if config.ENABLE_CUDASIM else GPU_TILES[np.dtype(dtype)]
 
 
-PAD = 4  # shared rows padded so the k-major stores of a row-major tile spread over banks
+# The pack width: a thread's outputs come in groups of WIDTH adjacent rows and columns, and
+# the shared tiles hold WIDTH-float packs, read with one load each. numba emits 32-bit
+# shared loads for float32 arrays; complex64 storage gives LDS.64 and complex128 LDS.128
+# (TOOLCHAIN.md). Width 1 is the measured kernel; 2 and 4 are candidates awaiting a GPU
+# (dev/cuda/sgemm.py times them; NBCNN_GEMM_WIDTH picks one for a whole benchmark run).
+# float64 always uses width 1.
+GEMM_WIDTH = int(os.environ.get("NBCNN_GEMM_WIDTH", "1"))
+if GEMM_WIDTH not in (1, 2, 4):
+    raise ValueError(f"NBCNN_GEMM_WIDTH must be 1, 2 or 4, got {GEMM_WIDTH}")
+
+
+def default_width(dtype):
+    return GEMM_WIDTH if np.dtype(dtype) == np.float32 else 1
+
+
+@cuda.jit(device=True)
+def pack1(xs):
+    return xs[0]
+
+
+@cuda.jit(device=True)
+def unpack1(v, out, o):
+    out[o] = v
+
+
+@cuda.jit(device=True)
+def pack2(xs):
+    return complex(xs[0], xs[1])
+
+
+@cuda.jit(device=True)
+def unpack2(v, out, o):
+    out[o] = v.real
+    out[o + 1] = v.imag
+
+
+if config.ENABLE_CUDASIM:  # no libdevice in the simulator: the same bit casts through numpy views
+    def pack4(xs):
+        d = np.array([xs[0], xs[1], xs[2], xs[3]], np.float32).view(np.float64)
+        return complex(d[0], d[1])
+
+    def unpack4(v, out, o):
+        fs = np.array([v.real, v.imag], np.float64).view(np.float32)
+        for s in range(4):
+            out[o + s] = fs[s]
+else:
+    from numba.cuda import libdevice
+
+    @cuda.jit(device=True)
+    def pack4(xs):
+        """Four floats as one complex128: each double's low and high words are two of them."""
+        f2i = libdevice.float_as_int
+        return complex(libdevice.hiloint2double(f2i(xs[1]), f2i(xs[0])),
+                       libdevice.hiloint2double(f2i(xs[3]), f2i(xs[2])))
+
+    @cuda.jit(device=True)
+    def unpack4(v, out, o):
+        i2f = libdevice.int_as_float
+        out[o] = i2f(libdevice.double2loint(v.real))
+        out[o + 1] = i2f(libdevice.double2hiint(v.real))
+        out[o + 2] = i2f(libdevice.double2loint(v.imag))
+        out[o + 3] = i2f(libdevice.double2hiint(v.imag))
+
+
+def _packing(dtype, width):
+    """(shared storage type, pack, unpack) for `width` elements of `dtype` per shared word."""
+    if width == 1:
+        return numba.from_dtype(np.dtype(dtype)), pack1, unpack1
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"GEMM pack width {width} is for float32, got {np.dtype(dtype)}")
+    return {2: (numba.complex64, pack2, unpack2), 4: (numba.complex128, pack4, unpack4)}[width]
+
+
+# Shared rows are padded so that the k-strided tile stores spread over the banks: by 4
+# floats at width 1 (the measured kernel), by one 8- or 16-byte word at widths 2 and 4
+# (stride 65 or 33 words: consecutive k land in distinct banks within a store phase).
+PAD_PACKS = {1: 4, 2: 1, 4: 1}
 
 BIAS_NONE, BIAS_ROW, BIAS_COL = 0, 1, 2
 
 _kernels = {}
 
 
-def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
-    """The GEMM kernel specialised for transposition, dtype and tile sizes (cached)."""
-    key = (bool(trans_a), bool(trans_b), np.dtype(dtype), tuple(tiles))
+def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
+    """The GEMM kernel specialised for transposition, dtype, tile sizes and pack width (cached)."""
+    key = (bool(trans_a), bool(trans_b), np.dtype(dtype), tuple(tiles), int(width))
     if key in _kernels:
         return _kernels[key]
     bm, bn, bk, tm, tn = tiles
     tx_n, ty_n = bn // tn, bm // tm
     nthreads = tx_n * ty_n
-    if bm % tm or bn % tn or (bm * bk) % nthreads or (bn * bk) % nthreads:
-        raise ValueError(f"GEMM tiles {tiles}: each tile load must split evenly over the {nthreads} threads")
-    bmp, bnp = bm + PAD, bn + PAD
-    a_loads, b_loads = bm * bk // nthreads, bn * bk // nthreads
-    a_buf, b_buf = bk * bmp, bk * bnp
+    pm, pn = bm // width, bn // width  # packs along a tile's M and N
+    if (bm % tm or bn % tn or tm % width or tn % width
+            or (pm * bk) % nthreads or (pn * bk) % nthreads):
+        raise ValueError(f"GEMM tiles {tiles}, width {width}: outputs must group by the width and "
+                         f"each tile load must split evenly over the {nthreads} threads")
+    store_t, pack, unpack = _packing(dtype, width)
+    pmp, pnp = pm + PAD_PACKS[width], pn + PAD_PACKS[width]
+    a_loads, b_loads = pm * bk // nthreads, pn * bk // nthreads
+    a_buf, b_buf = bk * pmp, bk * pnp
     a_smem, b_smem, acc_n = 2 * a_buf, 2 * b_buf, tm * tn
+    gi, gj = tm // width, tn // width
     dt = numba.from_dtype(np.dtype(dtype))
     ta, tb = key[0], key[1]
     i32 = np.int32
@@ -69,13 +154,13 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
     a_kmajor, b_kmajor = ta, not tb  # is the operand stored with K as its row index?
 
     @cuda.jit(device=True)
-    def tile_coords(e, kmajor, width):
-        """(kk, x) of the e-th element of a (BK, width) operand tile: e runs along the stored rows, so loads coalesce."""
-        if kmajor:  # stored (K, X)
-            kk = i32(e // width)
-            return kk, i32(e - kk * width)
-        x = i32(e // bk)  # stored (X, K)
-        return i32(e - x * bk), x
+    def tile_coords(e, kmajor, packs):
+        """(kk, p) of the e-th pack of a (BK, packs) operand tile: e runs along the stored rows, so loads coalesce."""
+        if kmajor:  # stored (K, X): a pack is `width` neighbours along a row
+            kk = i32(e // packs)
+            return kk, i32(e - kk * packs)
+        p = i32(e // bk)  # stored (X, K): consecutive e walk along k
+        return i32(e - p * bk), p
 
     @cuda.jit(device=True)
     def element(src, off, x, kk, xlim, k, ld, kmajor):
@@ -86,11 +171,15 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
 
     @cuda.jit
     def gemm_kernel(a, b, c, bias, m, n, k, sa, sb, sc, nred, alpha, beta, bias_mode):
-        """c[z*sc + i*n + j] = alpha * sum_{r<nred} op(A_{z*nred+r}) @ op(B_{z*nred+r}) + beta*c + bias; A_z at a[z*sa:], row-major."""
-        As = cuda.shared.array(a_smem, dt)
-        Bs = cuda.shared.array(b_smem, dt)
-        ra = cuda.local.array(a_loads, dt)
-        rb = cuda.local.array(b_loads, dt)
+        """c[z*sc + i*n + j] = alpha * sum_{r<nred} op(A_{z*nred+r}) @ op(B_{z*nred+r}) + beta*c + bias; A_z at a[z*sa:], row-major.
+
+        Thread (ty, tx) owns rows W*(g*ty_n + ty) + s and columns W*(g*tx_n + tx) + s, s < W.
+        """
+        As = cuda.shared.array(a_smem, store_t)  # As[buf][kk][p]: tile rows W*p .. W*p+W-1 at k0 + kk
+        Bs = cuda.shared.array(b_smem, store_t)  # Bs[buf][kk][q]: tile columns W*q .. W*q+W-1
+        ra = cuda.local.array(a_loads, store_t)
+        rb = cuda.local.array(b_loads, store_t)
+        xs = cuda.local.array(width, dt)
         fa = cuda.local.array(tm, dt)
         fb = cuda.local.array(tn, dt)
         acc = cuda.local.array(acc_n, dt)
@@ -116,19 +205,23 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
                 aoff = i32((z * nred + r) * sa)
                 boff = i32((z * nred + r) * sb)
                 for l in range(a_loads):
-                    kk, mm = tile_coords(i32(tid + l * nthreads), a_kmajor, bm)
-                    ra[l] = element(a, aoff, i32(m0 + mm), i32(k0 + kk), m, k, lda, a_kmajor)
+                    kk, p = tile_coords(i32(tid + l * nthreads), a_kmajor, pm)
+                    for s in range(width):
+                        xs[s] = element(a, aoff, i32(m0 + p * width + s), i32(k0 + kk), m, k, lda, a_kmajor)
+                    ra[l] = pack(xs)
                 for l in range(b_loads):
-                    kk, nn = tile_coords(i32(tid + l * nthreads), b_kmajor, bn)
-                    rb[l] = element(b, boff, i32(n0 + nn), i32(k0 + kk), n, k, ldb, b_kmajor)
+                    kk, q = tile_coords(i32(tid + l * nthreads), b_kmajor, pn)
+                    for s in range(width):
+                        xs[s] = element(b, boff, i32(n0 + q * width + s), i32(k0 + kk), n, k, ldb, b_kmajor)
+                    rb[l] = pack(xs)
             if t > 0:
                 abase = i32(((t - 1) % 2) * a_buf)
                 bbase = i32(((t - 1) % 2) * b_buf)
                 for kk in range(bk):
-                    for i in range(tm):
-                        fa[i] = As[abase + kk * bmp + ty + i * ty_n]
-                    for j in range(tn):
-                        fb[j] = Bs[bbase + kk * bnp + tx + j * tx_n]
+                    for g in range(gi):
+                        unpack(As[abase + kk * pmp + g * ty_n + ty], fa, g * width)
+                    for g in range(gj):
+                        unpack(Bs[bbase + kk * pnp + g * tx_n + tx], fb, g * width)
                     for i in range(tm):
                         for j in range(tn):
                             acc[i * tn + j] += fa[i] * fb[j]
@@ -136,18 +229,18 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
                 abase = i32((t % 2) * a_buf)
                 bbase = i32((t % 2) * b_buf)
                 for l in range(a_loads):
-                    kk, mm = tile_coords(i32(tid + l * nthreads), a_kmajor, bm)
-                    As[abase + kk * bmp + mm] = ra[l]
+                    kk, p = tile_coords(i32(tid + l * nthreads), a_kmajor, pm)
+                    As[abase + kk * pmp + p] = ra[l]
                 for l in range(b_loads):
-                    kk, nn = tile_coords(i32(tid + l * nthreads), b_kmajor, bn)
-                    Bs[bbase + kk * bnp + nn] = rb[l]
+                    kk, q = tile_coords(i32(tid + l * nthreads), b_kmajor, pn)
+                    Bs[bbase + kk * pnp + q] = rb[l]
             cuda.syncthreads()
         coff = i32(z * sc)
         for i in range(tm):
-            gm = i32(m0 + ty + i * ty_n)
+            gm = i32(m0 + ((i // width) * ty_n + ty) * width + i % width)
             if gm < m:
                 for j in range(tn):
-                    gn = i32(n0 + tx + j * tx_n)
+                    gn = i32(n0 + ((j // width) * tx_n + tx) * width + j % width)
                     if gn < n:
                         idx = i32(coff + gm * n + gn)
                         v = alpha * acc[i * tn + j]
@@ -164,19 +257,21 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
 
 
 def gemm(a, b, c, m, n, k, trans_a=False, trans_b=False, beta=0.0, alpha=1.0, bias=None,
-         bias_mode=BIAS_NONE, batch=1, strides=(0, 0, 0), nred=1, tiles=None):
+         bias_mode=BIAS_NONE, batch=1, strides=(0, 0, 0), nred=1, tiles=None, width=None):
     """C = alpha * op(A) @ op(B) + beta*C (+ bias) on row-major device arrays of one dtype.
 
     op(A) is (m, k): A stored (m, k), or (k, m) when trans_a; op(B) is (k, n): B stored
     (k, n), or (n, k) when trans_b; C is (m, n). With batch > 1, problem z writes C at flat
     offset z*strides[2] and sums, over r < nred, the products of the A and B slices at
     offsets (z*nred + r)*strides[0] and (z*nred + r)*strides[1]. bias_mode BIAS_ROW adds
-    bias[i] to row i, BIAS_COL adds bias[j] to column j. `tiles` overrides default_tiles(dtype).
+    bias[i] to row i, BIAS_COL adds bias[j] to column j. `tiles` and `width` override
+    default_tiles(dtype) and default_width(dtype).
     """
     if m == 0 or n == 0:
         return
     tiles = default_tiles(c.dtype) if tiles is None else tiles
-    kernel, nthreads = make_gemm_kernel(trans_a, trans_b, c.dtype, tiles)
+    width = default_width(c.dtype) if width is None else width
+    kernel, nthreads = make_gemm_kernel(trans_a, trans_b, c.dtype, tiles, width)
     check_int32(a, b, c)
     bm, bn = tiles[0], tiles[1]
     grid = ((n + bn - 1) // bn, (m + bm - 1) // bm, batch)
@@ -202,7 +297,7 @@ def batch_sum_groups(m, n, batch, dtype):
     return max(1, min(batch, -(-TARGET_BLOCKS // tiles)))
 
 
-def gemm_batch_sum(a, b, c, partial, m, n, k, trans_a=False, trans_b=False, batch=1, strides=(0, 0)):
+def gemm_batch_sum(a, b, c, partial, m, n, k, trans_a=False, trans_b=False, batch=1, strides=(0, 0), width=None):
     """c += sum_{z<batch} op(A_z) @ op(B_z) (the conv weight gradient, summed over images).
 
     The batch is split into G = batch_sum_groups(...) groups over grid z, each summing its
@@ -211,13 +306,14 @@ def gemm_batch_sum(a, b, c, partial, m, n, k, trans_a=False, trans_b=False, batc
     """
     groups = batch_sum_groups(m, n, batch, c.dtype)
     per = batch // groups
-    gemm(a, b, partial, m, n, k, trans_a, trans_b, batch=groups, strides=(strides[0], strides[1], m * n), nred=per)
+    gemm(a, b, partial, m, n, k, trans_a, trans_b, batch=groups, strides=(strides[0], strides[1], m * n), nred=per,
+         width=width)
     used = groups
     rest = batch - groups * per
     if rest:
         done = groups * per
         gemm(flat(a)[done * strides[0]:], flat(b)[done * strides[1]:], partial[groups], m, n, k,
-             trans_a, trans_b, strides=(strides[0], strides[1], 0), nred=rest)
+             trans_a, trans_b, strides=(strides[0], strides[1], 0), nred=rest, width=width)
         used += 1
     sum_slices_into(partial, used, c)
 
