@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from .array import empty
-from .gemm import add_rows, sum_rows_into
+from .gemm import gemm_rm, sum_rows_into
 from .threads import num_threads, single_threaded_blas
 
 
@@ -75,19 +75,22 @@ def conv2d_forward_kernel(x, w, b, stride, pad, cols, y):
     N = x.shape[0]
     O, C, kh, kw = w.shape
     T = cols.shape[0]
-    wmat = w.reshape(O, C * kh * kw)
+    R = C * kh * kw
+    wmat = w.reshape(O, R)
     for n0 in range(0, N, T):
         for t in prange(min(T, N - n0)):
             n = n0 + t
             col = cols[t]
             im2col(x[n], kh, kw, stride, pad, col)
-            yn = y[n].reshape(O, col.shape[1])
-            np.dot(wmat, col, yn)
-            add_rows(yn, b)
+            P = col.shape[1]
+            yn = y[n].reshape(O, P)
+            for o in range(O):
+                yn[o] = b[o]
+            gemm_rm(False, False, O, P, R, 1.0, wmat, R, col, P, 1.0, yn, P)  # yn = b + W @ col
 
 
 @njit(parallel=True, cache=True)
-def conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dwtmp, dws, dbs, dx, dw, db, want_dx):
+def conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dws, dbs, dx, dw, db, want_dx):
     """dw += sum_n dy[n] @ im2col(x[n])^T; db += sum of dy; dx[n] = col2im(W^T @ dy[n]); thread t uses buffers [t]."""
     N = x.shape[0]
     O, C, kh, kw = w.shape
@@ -102,8 +105,7 @@ def conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dwtmp, dws, dbs, 
             col = cols[t]
             dyn = dy[n].reshape(O, col.shape[1])
             im2col(x[n], kh, kw, stride, pad, col)  # recomputed: keeping N column buffers costs N times the memory
-            np.dot(dyn, col.T, dwtmp[t])
-            dws[t] += dwtmp[t]
+            gemm_rm(False, True, O, R, col.shape[1], 1.0, dyn, col.shape[1], col, col.shape[1], 1.0, dws[t], R)
             sum_rows_into(dyn, dbs[t])
             if want_dx:
                 np.dot(wmat.T, dyn, dcols[t])
@@ -135,10 +137,9 @@ def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
     O = w.shape[0]
     cols = ws.get("cols", (T, R, P), x.dtype, empty)
     dcols = ws.get("dcols", (T, R, P), x.dtype, empty)
-    dwtmp = ws.get("dwtmp", (T, O, R), x.dtype, empty)
     dws = ws.get("dws", (T, O, R), x.dtype, empty)
     dbs = ws.get("dbs", (T, O), x.dtype, empty)
     want_dx = dx is not None
     if dx is None:
         dx = ws.get("dx_unused", (1,) + x.shape[1:], x.dtype, empty)
-    conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dwtmp, dws, dbs, dx, dw, db, want_dx)
+    conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dws, dbs, dx, dw, db, want_dx)

@@ -1,53 +1,62 @@
-"""GEMM on the CPU: numpy's dot inside njit, which calls scipy's BLAS (OpenBLAS).
+"""GEMM on the CPU: scipy's BLAS (OpenBLAS), called from inside njit kernels.
 
 The CUDA twin (nbcnn/cuda/gemm.py) is our own tiled kernel; here BLAS already is what a
-hand-written kernel would try to be. The helpers below are the GEMM epilogues; they are
-serial because the conv kernels call them from inside their per-image parallel loop.
+hand-written kernel would try to be. `gemm_rm` is BLAS's full gemm on row-major blocks
+(leading dimensions, alpha, beta) through numba's own BLAS entry point, `numba_xxgemm`, so
+kernels accumulate in place (dw += ..., beta = 1) and split one product over threads by
+blocks of rows or columns without copies. The helpers below it are serial epilogues.
 """
 
+import numba.np.linalg
 import numpy as np
-from numba import njit
-from scipy.linalg import blas
+from numba import njit, prange, types
 
-from .threads import single_threaded_blas
+from .threads import num_threads, single_threaded_blas
 
-_GEMM = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
+numba.np.linalg._BLAS()  # loads scipy's BLAS for numba_xxgemm (numba's np.dot does the same)
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char,              # kind ('s'/'d'), transa, transb
+    types.intp, types.intp, types.intp,              # m, n, k
+    types.voidptr, types.voidptr, types.intp,        # alpha, a, lda
+    types.voidptr, types.intp, types.voidptr,        # b, ldb, beta
+    types.voidptr, types.intp))                      # c, ldc
 
 
 @njit(cache=True)
-def gemm(a, b, c):
-    """c = a @ b; a (M,K), b (K,N), c (M,N) C-contiguous; a and b may be transposed views."""
-    np.dot(a, b, c)
+def gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """c = alpha * op(a) @ op(b) + beta * c on row-major blocks: c (m, n) with row stride ldc.
+
+    op(a) is (m, k): a stored (m, k) with row stride lda, or (k, m) when ta; op(b) is (k, n)
+    likewise. a, b, c are contiguous arrays whose first element is the block's first.
+    """
+    if m == 0 or n == 0:
+        return
+    scal = np.empty(2, c.dtype)
+    scal[0] = alpha
+    scal[1] = beta
+    # Fortran BLAS reads a row-major block as its transpose: c^T = op(b)^T @ op(a)^T.
+    status = _xxgemm(ord("s") if c.itemsize == 4 else ord("d"), ord("t") if tb else ord("n"),
+                     ord("t") if ta else ord("n"), n, m, k, scal[0:].ctypes, b.ctypes, max(ldb, 1),
+                     a.ctypes, max(lda, 1), scal[1:].ctypes, c.ctypes, max(ldc, 1))
+    if status != 0:
+        raise RuntimeError("BLAS gemm failed")
+
+
+@njit(parallel=True, cache=True)
+def matmul_kernel(a, b, c, T):
+    """c = a @ b, thread t computing rows [m0, m1) of c with a single-threaded BLAS call."""
+    m, k = a.shape
+    n = b.shape[1]
+    step = (m + T - 1) // T
+    for t in prange(T):
+        m0, m1 = min(m, t * step), min(m, (t + 1) * step)
+        if m0 < m1:
+            gemm_rm(False, False, m1 - m0, n, k, 1.0, a[m0:], k, b, n, 0.0, c[m0:], n)
 
 
 @single_threaded_blas
 def matmul(a, b, c):
-    gemm(a, b, c)
-
-
-def gemm_tn_accumulate(a, b, c):
-    """c += a^T @ b; a (K,M), b (K,N), c (M,N) C-contiguous: BLAS's beta=1, no temporary for the product."""
-    # Fortran BLAS reads a C-contiguous array as its transpose: c^T (N,M) += b^T (N,K) @ a (K,M).
-    out = _GEMM[c.dtype](1.0, b.T, a.T, beta=1.0, c=c.T, trans_b=True, overwrite_c=True)
-    if not np.shares_memory(out, c):  # f2py copies an argument it cannot use in place
-        raise AssertionError("BLAS gemm did not accumulate in place")
-
-
-@njit(cache=True)
-def add_rows(c, v):
-    """c[m, n] += v[m] (the conv bias: one value per output-channel row)."""
-    for m in range(c.shape[0]):
-        vm = v[m]
-        for n in range(c.shape[1]):
-            c[m, n] += vm
-
-
-@njit(cache=True)
-def add_cols(c, v):
-    """c[m, n] += v[n] (the linear bias: one value per output-feature column)."""
-    for m in range(c.shape[0]):
-        for n in range(c.shape[1]):
-            c[m, n] += v[n]
+    matmul_kernel(a, b, c, num_threads())
 
 
 @njit(cache=True)

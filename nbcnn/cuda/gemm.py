@@ -123,6 +123,11 @@ def _packing(dtype, width):
 # (stride 65 or 33 words: consecutive k land in distinct banks within a store phase).
 PAD_PACKS = {1: 4, 2: 1, 4: 1}
 
+# 16-byte aligned shared tiles let NVVM emit vector shared loads for the packs itself
+# (ld.shared.v2) instead of relying on ptxas to merge scalar ones; the simulator refuses
+# the argument.
+SMEM_ALIGN = None if config.ENABLE_CUDASIM else 16
+
 BIAS_NONE, BIAS_ROW, BIAS_COL = 0, 1, 2
 
 _kernels = {}
@@ -137,10 +142,10 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
     tx_n, ty_n = bn // tn, bm // tm
     nthreads = tx_n * ty_n
     pm, pn = bm // width, bn // width  # packs along a tile's M and N
-    if (bm % tm or bn % tn or tm % width or tn % width
+    if (bm % tm or bn % tn or tm % width or tn % width or bk % 4
             or (pm * bk) % nthreads or (pn * bk) % nthreads):
-        raise ValueError(f"GEMM tiles {tiles}, width {width}: outputs must group by the width and "
-                         f"each tile load must split evenly over the {nthreads} threads")
+        raise ValueError(f"GEMM tiles {tiles}, width {width}: outputs must group by the width, BK be a "
+                         f"multiple of 4 and each tile load split evenly over the {nthreads} threads")
     store_t, pack, unpack = _packing(dtype, width)
     pmp, pnp = pm + PAD_PACKS[width], pn + PAD_PACKS[width]
     a_loads, b_loads = pm * bk // nthreads, pn * bk // nthreads
@@ -150,6 +155,11 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
     dt = numba.from_dtype(np.dtype(dtype))
     ta, tb = key[0], key[1]
     i32 = np.int32
+    # Array indices as uint32: numba adds a negative-index wrap-around (and 64-bit address
+    # arithmetic) to every signed index, about 7 instructions per shared load in the SASS
+    # (a review measured the W=1 inner loop at 192 instructions with int32 indices, 123 with
+    # uint32, for the same 64 FMAs). Every index here is non-negative and below 2**31.
+    u32 = np.uint32
 
     a_kmajor, b_kmajor = ta, not tb  # is the operand stored with K as its row index?
 
@@ -166,8 +176,19 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
     def element(src, off, x, kk, xlim, k, ld, kmajor):
         """Element (x, kk) of the operand stored at src[off:] with leading dimension ld; zero outside (xlim, k)."""
         if x < xlim and kk < k:
-            return src[i32(off + kk * ld + x)] if kmajor else src[i32(off + x * ld + kk)]
+            return src[u32(off + kk * ld + x)] if kmajor else src[u32(off + x * ld + kk)]
         return dt(0)
+
+    @cuda.jit(device=True)
+    def outer_product(As, Bs, arow, brow, kk, fa, fb, acc):
+        """acc += (column kk of the A tile) x (row kk of the B tile), this thread's TM x TN part."""
+        for g in range(gi):
+            unpack(As[arow + u32(kk * pmp + g * ty_n)], fa, g * width)
+        for g in range(gj):
+            unpack(Bs[brow + u32(kk * pnp + g * tx_n)], fb, g * width)
+        for i in range(tm):
+            for j in range(tn):
+                acc[i * tn + j] += fa[i] * fb[j]
 
     @cuda.jit
     def gemm_kernel(a, b, c, bias, m, n, k, sa, sb, sc, nred, alpha, beta, bias_mode):
@@ -175,8 +196,8 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
 
         Thread (ty, tx) owns rows W*(g*ty_n + ty) + s and columns W*(g*tx_n + tx) + s, s < W.
         """
-        As = cuda.shared.array(a_smem, store_t)  # As[buf][kk][p]: tile rows W*p .. W*p+W-1 at k0 + kk
-        Bs = cuda.shared.array(b_smem, store_t)  # Bs[buf][kk][q]: tile columns W*q .. W*q+W-1
+        As = cuda.shared.array(a_smem, store_t, alignment=SMEM_ALIGN)  # As[buf][kk][p]: rows W*p.. at k0+kk
+        Bs = cuda.shared.array(b_smem, store_t, alignment=SMEM_ALIGN)  # Bs[buf][kk][q]: columns W*q..
         ra = cuda.local.array(a_loads, store_t)
         rb = cuda.local.array(b_loads, store_t)
         xs = cuda.local.array(width, dt)
@@ -215,25 +236,23 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
                         xs[s] = element(b, boff, i32(n0 + q * width + s), i32(k0 + kk), n, k, ldb, b_kmajor)
                     rb[l] = pack(xs)
             if t > 0:
-                abase = i32(((t - 1) % 2) * a_buf)
-                bbase = i32(((t - 1) % 2) * b_buf)
-                for kk in range(bk):
-                    for g in range(gi):
-                        unpack(As[abase + kk * pmp + g * ty_n + ty], fa, g * width)
-                    for g in range(gj):
-                        unpack(Bs[bbase + kk * pnp + g * tx_n + tx], fb, g * width)
-                    for i in range(tm):
-                        for j in range(tn):
-                            acc[i * tn + j] += fa[i] * fb[j]
+                arow = u32(((t - 1) % 2) * a_buf + ty)  # this thread's first pack of row kk = 0
+                brow = u32(((t - 1) % 2) * b_buf + tx)
+                for kq in range(bk // 4):  # four k per iteration, written out: NVVM does not unroll this loop
+                    k4 = u32(4 * kq)
+                    outer_product(As, Bs, arow, brow, k4, fa, fb, acc)
+                    outer_product(As, Bs, arow, brow, k4 + u32(1), fa, fb, acc)
+                    outer_product(As, Bs, arow, brow, k4 + u32(2), fa, fb, acc)
+                    outer_product(As, Bs, arow, brow, k4 + u32(3), fa, fb, acc)
             if t < total:
                 abase = i32((t % 2) * a_buf)
                 bbase = i32((t % 2) * b_buf)
                 for l in range(a_loads):
                     kk, p = tile_coords(i32(tid + l * nthreads), a_kmajor, pm)
-                    As[abase + kk * pmp + p] = ra[l]
+                    As[u32(abase + kk * pmp + p)] = ra[l]
                 for l in range(b_loads):
                     kk, q = tile_coords(i32(tid + l * nthreads), b_kmajor, pn)
-                    Bs[bbase + kk * pnp + q] = rb[l]
+                    Bs[u32(bbase + kk * pnp + q)] = rb[l]
             cuda.syncthreads()
         coff = i32(z * sc)
         for i in range(tm):
@@ -242,7 +261,7 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
                 for j in range(tn):
                     gn = i32(n0 + ((j // width) * tx_n + tx) * width + j % width)
                     if gn < n:
-                        idx = i32(coff + gm * n + gn)
+                        idx = u32(coff + gm * n + gn)
                         v = alpha * acc[i * tn + j]
                         if beta != 0:  # beta == 0 must not read c: it may hold NaN garbage
                             v += beta * c[idx]
