@@ -173,11 +173,19 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
         return i32(e - p * bk), p
 
     @cuda.jit(device=True)
-    def element(src, off, x, kk, xlim, k, ld, kmajor):
-        """Element (x, kk) of the operand stored at src[off:] with leading dimension ld; zero outside (xlim, k)."""
-        if x < xlim and kk < k:
-            return src[u32(off + kk * ld + x)] if kmajor else src[u32(off + x * ld + kk)]
-        return dt(0)
+    def fetch(src, off, x0, k0, xlim, k, ld, kmajor, packs, loads, regs, xs, tid, checked):
+        """regs[l] = this thread's l-th pack of the (BK, packs) operand tile at (x0, k0), stored at src[off:]
+        with leading dimension ld; `checked`: zeros outside (xlim, k). Interior tiles skip the checks."""
+        for l in range(loads):
+            kk, p = tile_coords(i32(tid + l * nthreads), kmajor, packs)
+            kq = i32(k0 + kk)
+            for s in range(width):
+                x = i32(x0 + p * width + s)
+                if not checked or (x < xlim and kq < k):
+                    xs[s] = src[u32(off + kq * ld + x)] if kmajor else src[u32(off + x * ld + kq)]
+                else:
+                    xs[s] = dt(0)
+            regs[l] = pack(xs)
 
     @cuda.jit(device=True)
     def outer_product(As, Bs, arow, brow, kk, fa, fb, acc):
@@ -217,24 +225,27 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
             acc[i] = zero
         ktiles = i32((k + bk - 1) // bk)
         total = i32(nred * ktiles)
+        r = i32(0)   # the operand slice (of nred) and first k of tile t, advanced without a division
+        k0 = i32(0)
         for t in range(total + 1):
             # t < total: fetch tile t into registers; t > 0: multiply tile t-1 from shared;
             # then store tile t into the buffer tile t-1 did not use.
             if t < total:
-                r = i32(t // ktiles)
-                k0 = i32((t - r * ktiles) * bk)
                 aoff = i32((z * nred + r) * sa)
                 boff = i32((z * nred + r) * sb)
-                for l in range(a_loads):
-                    kk, p = tile_coords(i32(tid + l * nthreads), a_kmajor, pm)
-                    for s in range(width):
-                        xs[s] = element(a, aoff, i32(m0 + p * width + s), i32(k0 + kk), m, k, lda, a_kmajor)
-                    ra[l] = pack(xs)
-                for l in range(b_loads):
-                    kk, q = tile_coords(i32(tid + l * nthreads), b_kmajor, pn)
-                    for s in range(width):
-                        xs[s] = element(b, boff, i32(n0 + q * width + s), i32(k0 + kk), n, k, ldb, b_kmajor)
-                    rb[l] = pack(xs)
+                inside_k = k0 + bk <= k
+                if inside_k and m0 + bm <= m:
+                    fetch(a, aoff, m0, k0, m, k, lda, a_kmajor, pm, a_loads, ra, xs, tid, False)
+                else:
+                    fetch(a, aoff, m0, k0, m, k, lda, a_kmajor, pm, a_loads, ra, xs, tid, True)
+                if inside_k and n0 + bn <= n:
+                    fetch(b, boff, n0, k0, n, k, ldb, b_kmajor, pn, b_loads, rb, xs, tid, False)
+                else:
+                    fetch(b, boff, n0, k0, n, k, ldb, b_kmajor, pn, b_loads, rb, xs, tid, True)
+                k0 = i32(k0 + bk)
+                if k0 >= k:
+                    k0 = i32(0)
+                    r = i32(r + 1)
             if t > 0:
                 arow = u32(((t - 1) % 2) * a_buf + ty)  # this thread's first pack of row kk = 0
                 brow = u32(((t - 1) % 2) * b_buf + tx)
