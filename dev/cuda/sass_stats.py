@@ -2,12 +2,15 @@
 instructions in the inner loop (how many of them are FFMA), per pack width and transposition.
 
     python dev/cuda/sass_stats.py [--dtype float32] [--widths 1 2 4]
+    python dev/cuda/sass_stats.py --all      # every kernel of nbcnn/cuda: registers, size, calls
 
 Needs the CUDA toolkit's NVVM, libdevice and ptxas (found under $CUDA_HOME, default
 /usr/local/cuda-13.0) and nvdisasm (the toolkit's, or `pip install nvidia-cuda-nvdisasm`).
 numba-cuda compiles the kernels to PTX for sm_90, ptxas assembles them, nvdisasm lists
-the SASS, and the innermost loop that holds FFMAs is counted. Timings still need a GPU
-(dev/cuda/sgemm.py); this shows where a kernel's issue slots go before one is available.
+the SASS, and the innermost loop that holds FFMAs is counted. With --all, every kernel's
+registers, SASS size and CALLs (subroutine calls: numba's int64 division is one, ~70
+instructions each) are listed. Timings still need a GPU (dev/cuda/sgemm.py); this shows
+where a kernel's issue slots go before one is available.
 """
 
 import argparse
@@ -79,17 +82,44 @@ def inner_loop_mix(sass):
     return best or collections.Counter()
 
 
+def assemble(ptx, tmp):
+    """(ptxas -v log, SASS listing) of a PTX module for sm_90."""
+    src, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+    with open(src, "w") as f:
+        f.write(ptx)
+    log = subprocess.run([tool("ptxas"), "-arch=sm_90", "-v", src, "-o", cubin],
+                         capture_output=True, text=True, check=True).stderr
+    return log, subprocess.run([tool("nvdisasm"), "-c", cubin], capture_output=True, text=True, check=True).stdout
+
+
+def all_kernels():
+    """Registers, spills, SASS size and CALLs of every kernel tests/test_cuda_compiles.py compiles."""
+    from numba import cuda
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+    from test_cuda_compiles import kernels
+    print(f"{'kernel':<22}{'signature':<60}{'regs':>5}{'spill B':>8}{'SASS':>6}{'CALLs':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kernel, sig in kernels():
+            log, sass = assemble(cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))[0], tmp)
+            regs = re.search(r"Used (\d+) registers", log).group(1)
+            spill = re.search(r"(\d+) bytes spill stores", log).group(1)
+            size = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, re.M))
+            print(f"{name:<22}{sig[:58]:<60}{regs:>5}{spill:>8}{size:>6}{sass.count('CALL'):>6}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--widths", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--all", action="store_true", help="every kernel, not the GEMM's inner loop")
     args = parser.parse_args()
     use_toolkit_libdevice()
+    if args.all:
+        return all_kernels()
     import numpy as np
     from numba import cuda
 
     from nbcnn.cuda import gemm
-    ptxas, nvdisasm = tool("ptxas"), tool("nvdisasm")
     dt = args.dtype
     v = f"{dt}[::1]"
     sig = f"void({v}, {v}, {v}, {v}, " + "int32, " * 7 + f"{dt}, {dt}, int32)"
@@ -99,16 +129,10 @@ def main():
             for ta in (False, True):
                 for tb in (False, True):
                     kernel, _ = gemm.make_gemm_kernel(ta, tb, dt, gemm.GPU_TILES[np.dtype(dt)], width)
-                    ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
-                    src, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
-                    with open(src, "w") as f:
-                        f.write(ptx)
-                    log = subprocess.run([ptxas, "-arch=sm_90", "-v", src, "-o", cubin],
-                                         capture_output=True, text=True, check=True).stderr
+                    log, sass = assemble(cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))[0], tmp)
                     regs = re.search(r"Used (\d+) registers", log).group(1)
                     spill = re.search(r"(\d+) bytes spill stores", log).group(1)
-                    mix = inner_loop_mix(subprocess.run([nvdisasm, "-c", cubin], capture_output=True,
-                                                        text=True, check=True).stdout)
+                    mix = inner_loop_mix(sass)
                     n, ffma, lds = sum(mix.values()), mix["FFMA"], mix["LDS"]
                     op = ("T" if ta else "N") + ("T" if tb else "N")
                     print(f"{width:>2} {op:>3} {regs:>5} {spill:>8} {n:>5} {ffma:>5} {lds:>4} "

@@ -36,15 +36,28 @@ def check_int32(*arrays):
 
 
 @cuda.jit(device=True, cache=True)
+def divmod32(a, b):
+    """(a // b, a % b) as int32, for 0 <= a < 2**31 and 0 < b, divided in unsigned 32 bits:
+    numba's default int64 division is a ~70-instruction subroutine call on the GPU."""
+    q = np.uint32(np.uint32(a) // np.uint32(b))
+    return np.int32(q), np.int32(np.uint32(a) - q * np.uint32(b))
+
+
+@cuda.jit(device=True, cache=True)
 def unravel3(e, B, C):
     """(b, c, s) of flat index e in a C-contiguous (A, B, C) array."""
-    return e // (B * C), (e // C) % B, e % C
+    a, rest = divmod32(e, B * C)
+    b, c = divmod32(rest, C)
+    return a, b, c
 
 
 @cuda.jit(device=True, cache=True)
 def unravel4(e, C, H, W):
     """(n, c, h, w) of flat index e in a C-contiguous (N, C, H, W) array."""
-    return e // (W * H * C), (e // (W * H)) % C, (e // W) % H, e % W
+    n, rest = divmod32(e, C * H * W)
+    c, rest = divmod32(rest, H * W)
+    h, w = divmod32(rest, W)
+    return n, c, h, w
 
 
 def flat(a):

@@ -10,7 +10,7 @@ batch 128 take 2-3 chunks, the later layers one.
 
 from numba import config, cuda
 
-from .array import check_int32, empty, flat, launch, unravel3, unravel4
+from .array import check_int32, divmod32, empty, flat, launch, unravel3, unravel4
 from .gemm import BIAS_ROW, batch_sum_groups, gemm, gemm_batch_sum, sum_batched_rows_into
 
 COL_BUDGET = 2**16 if config.ENABLE_CUDASIM else 2**27  # elements (512 MB of float32) per column buffer
@@ -25,11 +25,11 @@ def im2col_kernel(x, n0, kh, kw, stride, pad, col):
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, B * R * P, step):
         b, r, s = unravel3(e, R, P)
-        q = r % kw
-        p = (r // kw) % kh
-        c = r // (kw * kh)
-        h = (s // ow) * stride + p - pad
-        w = (s % ow) * stride + q - pad
+        cp, q = divmod32(r, kw)
+        c, p = divmod32(cp, kh)
+        i, j = divmod32(s, ow)
+        h = i * stride + p - pad
+        w = j * stride + q - pad
         if 0 <= h < H and 0 <= w < W:
             col[b, r, s] = x[n0 + b, c, h, w]
         else:
@@ -47,19 +47,20 @@ def col2im_kernel(col, n0, kh, kw, stride, pad, x):
     for e in range(start, B * C * H * W, step):
         b, c, h, w = unravel4(e, C, H, W)
         acc = 0.0  # float64: at most KH*KW terms, cheap, and no worse than the CPU's float32 sum
+        hp, wp = h + pad, w + pad  # this pixel in the padded image; window (i, p) holds it when i*stride + p == hp
         # p, q ascending as in the CPU's col2im, so the sums add in the same order
-        for p in range((h + pad) % stride, kh, stride):
-            i = (h + pad - p) // stride
-            if i < 0:
-                break
-            if i >= oh:
-                continue
-            for q in range((w + pad) % stride, kw, stride):
-                j = (w + pad - q) // stride
-                if j < 0:
-                    break
-                if j < ow:
-                    acc += col[b, (c * kh + p) * kw + q, i * ow + j]
+        # while loops, not range(start, stop, stride): numba's strided range divides in int64
+        p = divmod32(hp, stride)[1]
+        while p < kh and p <= hp:
+            i = divmod32(hp - p, stride)[0]
+            if i < oh:
+                q = divmod32(wp, stride)[1]
+                while q < kw and q <= wp:
+                    j = divmod32(wp - q, stride)[0]
+                    if j < ow:
+                        acc += col[b, (c * kh + p) * kw + q, i * ow + j]
+                    q += stride
+            p += stride
         x[n0 + b, c, h, w] = acc
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import numba
 from numba import config, cuda
 
-from .array import check_int32, flat, launch
+from .array import check_int32, divmod32, flat, launch
 
 # (BM, BN, BK, TM, TN) per dtype. float32 on a GPU: 256 threads, 8x8 outputs each, BK=16
 # (measured 14.9 TFLOP/s on an H100 with this structure at width 1; 33 KB of shared memory).
@@ -379,7 +379,8 @@ def sum_batched_rows_kernel(a, out):
     tid = cuda.threadIdx.x
     s = 0.0
     for i in range(tid, B * S, REDUCE_THREADS):
-        s += a[i // S, r, i % S]
+        bi, si = divmod32(i, S)
+        s += a[bi, r, si]
     part[tid] = s
     cuda.syncthreads()
     width = REDUCE_THREADS // 2

@@ -3,7 +3,7 @@
 from numba import cuda
 
 from ..kernel_math import maxpool_window
-from .array import fill, launch, unravel4
+from .array import divmod32, fill, launch, unravel4
 
 
 @cuda.jit(cache=True)
@@ -30,7 +30,8 @@ def maxpool2d_backward_kernel(dy, argmax, dx):
     for e in range(start, N * C * OH * OW, step):
         n, c, i, j = unravel4(e, C, OH, OW)
         a = argmax[n, c, i, j]
-        cuda.atomic.add(dx, (n, c, a // W, a % W), dy[n, c, i, j])
+        h, w = divmod32(a, W)
+        cuda.atomic.add(dx, (n, c, h, w), dy[n, c, i, j])
 
 
 def maxpool2d_forward(x, k, stride, y, argmax):
