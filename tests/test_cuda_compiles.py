@@ -60,27 +60,48 @@ def kernels():
 
 
 def main():
-    """Compile every kernel for sm_90; print one line per kernel; exit 1 on a compile error."""
+    """Compile every kernel for sm_90; print one line per kernel; exit 1 on a compile error.
+
+    With a CUDA toolkit on the machine (libdevice under $CUDA_HOME, default
+    /usr/local/cuda-13.0) the kernels go to PTX, and through ptxas where it is found: that
+    also checks what only the assembler sees (shared memory and register limits).
+    """
+    import subprocess
+    import tempfile
+
     from numba import config, cuda
     assert not config.ENABLE_CUDASIM
-    import numba.cuda.api as api
-    import numba.cuda.dispatcher as dispatcher
-
-    class H100:  # device functions (the dropout hash) ask the current device for its CC
-        compute_capability = (9, 0)
-    api.get_current_device = dispatcher.get_current_device = lambda: H100()
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev", "cuda"))
+    import sass_stats
+    sass_stats.use_toolkit_libdevice()
+    ptxas = sass_stats.find_tool("ptxas")
     failed = 0
-    for name, kernel, sig in kernels():
-        try:
-            cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
-            print("ptx", name)
-        except Exception as e:  # noqa: BLE001 - sorted into "no compiler library" and real errors
-            text = f"{type(e).__name__}: {e}"
-            if any(s in text for s in ("libnvrtc", "libnvvm", "NVVM", "NVRTC", "DynamicLibNotFound")):
-                print("lowered", name)
-            else:
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kernel, sig in kernels():
+            try:
+                ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+            except Exception as e:  # noqa: BLE001 - sorted into "no compiler library" and real errors
+                text = f"{type(e).__name__}: {e}"
+                if any(s in text for s in ("libnvrtc", "libnvvm", "NVVM", "NVRTC", "DynamicLibNotFound")):
+                    print("lowered", name)
+                else:
+                    failed += 1
+                    print("FAILED", name, sig, text[:2000])
+                continue
+            if ptxas is None:
+                print("ptx", name)
+                continue
+            src = os.path.join(tmp, "k.ptx")
+            with open(src, "w") as f:
+                f.write(ptx)
+            proc = subprocess.run([ptxas, "-arch=sm_90", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
+                                  capture_output=True, text=True)
+            if proc.returncode:
                 failed += 1
-                print("FAILED", name, sig, text[:2000])
+                print("FAILED", name, sig, "ptxas:", proc.stderr[-2000:])
+            else:
+                used = [line.split(":", 1)[1].strip() for line in proc.stderr.splitlines() if "Used" in line]
+                print("sass", name, used[-1] if used else "")
     sys.exit(1 if failed else 0)
 
 

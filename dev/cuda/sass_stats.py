@@ -29,18 +29,26 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda-13.0")
 
 
-def tool(name):
+def find_tool(name):
+    """The path of a CUDA tool (ptxas, nvdisasm): PATH, $CUDA_HOME/bin, or an nvidia-* wheel; else None."""
     found = shutil.which(name) or shutil.which(os.path.join(CUDA_HOME, "bin", name))
-    if not found:  # nvdisasm from the nvidia-cuda-nvdisasm wheel
+    if not found:
         found = next(iter(glob.glob(os.path.join(sys.prefix, "lib", "python*", "site-packages", "nvidia",
                                                  "*", "bin", name))), None)
+    return found
+
+
+def tool(name):
+    found = find_tool(name)
     if not found:
         sys.exit(f"sass_stats.py: {name} not found (CUDA_HOME={CUDA_HOME})")
     return found
 
 
 def use_toolkit_libdevice():
-    """Point numba-cuda at the toolkit's libdevice and let it target sm_90 without NVRTC."""
+    """Compile for an sm_90 device without one: numba-cuda asks the current device for its
+    compute capability, and NVRTC for the targets it supports. Where the CUDA toolkit's
+    libdevice exists, point numba-cuda at it too; returns whether it does."""
     import numba.cuda.api as api
     import numba.cuda.cudadrv.libs as libs
     import numba.cuda.cudadrv.nvrtc as nvrtc
@@ -51,9 +59,12 @@ def use_toolkit_libdevice():
         compute_capability = (9, 0)
     api.get_current_device = dispatcher.get_current_device = lambda: H100()
     path = os.path.join(CUDA_HOME, "nvvm", "libdevice", "libdevice.10.bc")
+    if not os.path.exists(path):
+        return False
     libs.get_libdevice = nvvm.get_libdevice = lambda: path
     libs.open_libdevice = nvvm.open_libdevice = lambda: open(path, "rb").read()
     nvrtc.get_supported_ccs = lambda: [(9, 0)]
+    return True
 
 
 def inner_loop_mix(sass):
@@ -113,7 +124,8 @@ def main():
     parser.add_argument("--widths", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--all", action="store_true", help="every kernel, not the GEMM's inner loop")
     args = parser.parse_args()
-    use_toolkit_libdevice()
+    if not use_toolkit_libdevice():
+        sys.exit(f"sass_stats.py: no CUDA toolkit libdevice under CUDA_HOME={CUDA_HOME}")
     if args.all:
         return all_kernels()
     import numpy as np
