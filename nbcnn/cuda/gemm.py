@@ -12,7 +12,10 @@ Design (the kernel `make_gemm_kernel` builds):
 - Operands are flat 1-D arrays; transposition is a compile-time constant of the kernel
   (one specialisation per (trans_a, trans_b, dtype, tiles, W)), choosing the element order of the
   tile loads so global reads stay coalesced in either layout.
-- Index arithmetic is int32 (arrays are limited to 2**31 elements): int64 costs a lot.
+- Index arithmetic is int32 and array indices uint32 (arrays are limited to 2**31 elements):
+  int64 arithmetic costs a lot, and numba guards every signed index against wrap-around.
+- The k loop over a shared tile is unrolled by four by hand and reads at offsets hoisted out
+  of it; interior tiles load without bounds checks (dev/cuda/sass_stats.py counts the SASS).
 - Batching: grid z walks independent problems (conv forward: one image each); each
   problem may also sum `nred` consecutive operand slices inside the kernel. The conv weight
   gradient (`gemm_batch_sum`) uses both: the images are split into groups over grid z, so
@@ -32,7 +35,8 @@ from numba import config, cuda
 from .array import check_int32, divmod32, flat, launch
 
 # (BM, BN, BK, TM, TN) per dtype. float32 on a GPU: 256 threads, 8x8 outputs each, BK=16
-# (measured 14.9 TFLOP/s on an H100 with this structure at width 1; 33 KB of shared memory).
+# (14.9 TFLOP/s measured on an H100 for this tiling before the SASS-level changes of
+# 2026-11-24, which are untimed; 33 KB of shared memory).
 # float64 (gradient checks) halves the tile: 8x8 doubles would take 256 registers and the
 # float32 tile shape 68 KB, over the 48 KB of static shared memory a block may have.
 # The simulator costs ~135 us per thread and runs each thread's loops in Python, so it
