@@ -172,6 +172,24 @@ class Backend:
         raise NotImplementedError
 
 
+def check_matmul(a, b, c):
+    """matmul's arguments: 2-D, C-contiguous, one float dtype, shapes (M,K) @ (K,N) -> (M,N).
+
+    Raises ValueError naming what is wrong: the BLAS and GPU kernels behind matmul read raw
+    memory and would otherwise compute garbage from a transposed view or a mixed dtype.
+    """
+    for name, x in (("a", a), ("b", b), ("c", c)):
+        if x.ndim != 2:
+            raise ValueError(f"matmul: {name} must be 2-D, got shape {tuple(x.shape)}")
+        contiguous = x.flags.c_contiguous if hasattr(x, "flags") else x.is_c_contiguous()
+        if not contiguous:
+            raise ValueError(f"matmul: {name} must be C-contiguous (got a strided view of shape {tuple(x.shape)})")
+    if not a.dtype == b.dtype == c.dtype or np.dtype(c.dtype) not in FLOAT_DTYPES:
+        raise ValueError(f"matmul: a, b, c must share float32 or float64, got {a.dtype}, {b.dtype}, {c.dtype}")
+    if a.shape[1] != b.shape[0] or c.shape != (a.shape[0], b.shape[1]):
+        raise ValueError(f"matmul: shapes {tuple(a.shape)} @ {tuple(b.shape)} -> {tuple(c.shape)} do not fit")
+
+
 # Which file of a backend package implements each op: nbcnn/cpu/ and nbcnn/cuda/ mirror
 # each other file for file, and `implement` binds the ops from these files onto a class.
 OP_FILES = {

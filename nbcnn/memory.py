@@ -19,6 +19,8 @@ next allocation, and every idle block is freed, and the allocation retried, when
 runs out.
 """
 
+import math
+import operator
 import threading
 
 import numpy as np
@@ -59,11 +61,11 @@ class CachingAllocator:
         self.allocations = 0                   # blocks ever allocated: flat in the steady state
 
     def empty(self, shape, dtype):
-        shape = tuple(int(s) for s in shape)
+        shape = (operator.index(shape),) if np.ndim(shape) == 0 else tuple(operator.index(s) for s in shape)
         if any(s < 0 for s in shape):
             raise ValueError(f"negative dimensions are not allowed: shape {shape}")
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no int64 wrap-around
         if nbytes == 0:
             return self._empty_uncached(shape, dtype)
         size = -(-nbytes // GRANULE) * GRANULE

@@ -64,23 +64,33 @@ def test_memory_is_not_reused_while_a_view_of_it_lives(device, derive):
     del b
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_freed_memory_is_reused_for_any_dtype_of_the_same_size(device):
-    backend = nbcnn.get_backend(device)
-    a = backend.empty((4, 6), np.float32)
+def test_freed_memory_is_reused_for_any_dtype_of_the_same_size():
+    cache = host_allocator(budget=1 << 20)
+    a = cache.empty((4, 6), np.float32)
+    where = a.__array_interface__["data"][0]
     del a
-    gc.collect()
-    before = fresh_blocks(backend)
-    b = backend.empty((12,), np.float64)
-    assert fresh_blocks(backend) == before
+    b = cache.empty((12,), np.float64)
+    assert b.__array_interface__["data"][0] == where and cache.allocations == 1
     assert b.shape == (12,) and b.dtype == np.float64
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_arrays_need_no_memory(device):
     backend = nbcnn.get_backend(device)
+    before = backend.memory_stats()
     a = backend.empty((0, 3), np.float32)
     assert a.shape == (0, 3)
+    after = backend.memory_stats()
+    assert after["allocations"] == before["allocations"] and after["reserved_bytes"] == before["reserved_bytes"]
+
+
+def test_shapes_are_checked_like_numpy():
+    cache = host_allocator(budget=1 << 20)
+    assert cache.empty(5, np.float32).shape == (5,)
+    with pytest.raises(TypeError):
+        cache.empty((2.7,), np.float32)
+    with pytest.raises(MemoryError):  # 2**64 + ... elements: refused by the budget, not wrapped around
+        cache.empty((2**32 + 1, 2**32), np.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -394,3 +394,18 @@ def test_backward_without_input_grad_gives_the_same_parameter_gradients(device):
     assert net.backward(g, input_grad=False) is None
     for k, p in net.named_parameters():
         np.testing.assert_array_equal(nbcnn.to_numpy(p.grad), full[k], err_msg=k)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matmul_refuses_strided_mixed_or_misfit_arguments(device):
+    be = nbcnn.get_backend(device)
+    a, b = nbcnn.asarray(np.ones((4, 3), np.float32), device), nbcnn.asarray(np.ones((3, 5), np.float32), device)
+    c = be.empty((4, 5), np.float32)
+    be.matmul(a, b, c)
+    assert np.all(nbcnn.to_numpy(c) == 3)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        be.matmul(a, nbcnn.asarray(np.ones((5, 3), np.float32), device).T, c)
+    with pytest.raises(ValueError, match="share float32 or float64"):
+        be.matmul(a, nbcnn.asarray(np.ones((3, 5), np.float64), device), c)
+    with pytest.raises(ValueError, match="do not fit"):
+        be.matmul(a, b, be.empty((4, 4), np.float32))

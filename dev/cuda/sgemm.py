@@ -10,7 +10,7 @@ C = A @ B, float32, row-major: A (M, K), B (K, N), C (M, N). Versions:
      shared loads (measured 14.9 TFLOP/s for this structure on the H100; cuBLAS 51.6).
   3  the same kernel at pack width 2: each thread's outputs in pairs of adjacent rows and
      columns, shared tiles of complex64 read two floats per load (LDS.64: half of version
-     2's shared-load instructions; TOOLCHAIN.md measured the complex64 trick).
+     2's shared-load instructions; the complex64 trick was measured on the H100 earlier).
      Prediction: the inner loop stops being bound by load issue.
   4  pack width 4: complex128 shared words split back into four floats by bit casts
      (LDS.128). Prediction: a quarter of version 2's shared loads; faster than 3 if 3 is

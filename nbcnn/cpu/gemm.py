@@ -11,6 +11,7 @@ import numba.np.linalg
 import numpy as np
 from numba import njit, prange, types
 
+from ..backend import check_matmul
 from .threads import num_threads, single_threaded_blas
 
 numba.np.linalg._BLAS()  # loads scipy's BLAS for numba_xxgemm (numba's np.dot does the same)
@@ -42,20 +43,27 @@ def gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         raise RuntimeError("BLAS gemm failed")
 
 
+@njit(cache=True)
+def block(t, T, size):
+    """[lo, hi) of block t when `size` is cut into T near-equal blocks (one per thread)."""
+    step = (size + T - 1) // T
+    return min(size, t * step), min(size, (t + 1) * step)
+
+
 @njit(parallel=True, cache=True)
 def matmul_kernel(a, b, c, T):
     """c = a @ b, thread t computing rows [m0, m1) of c with a single-threaded BLAS call."""
     m, k = a.shape
     n = b.shape[1]
-    step = (m + T - 1) // T
     for t in prange(T):
-        m0, m1 = min(m, t * step), min(m, (t + 1) * step)
+        m0, m1 = block(t, T, m)
         if m0 < m1:
             gemm_rm(False, False, m1 - m0, n, k, 1.0, a[m0:], k, b, n, 0.0, c[m0:], n)
 
 
 @single_threaded_blas
 def matmul(a, b, c):
+    check_matmul(a, b, c)
     matmul_kernel(a, b, c, num_threads())
 
 

@@ -8,15 +8,8 @@ per thread, each a single-threaded BLAS call on its part of the arrays, in place
 from numba import njit, prange
 
 from .array import empty
-from .gemm import gemm_rm, sum_cols_into
+from .gemm import block, gemm_rm, sum_cols_into
 from .threads import num_threads, single_threaded_blas
-
-
-@njit(cache=True)
-def _block(t, T, size):
-    """[lo, hi) of block t when `size` is cut into T near-equal blocks."""
-    step = (size + T - 1) // T
-    return min(size, t * step), min(size, (t + 1) * step)
 
 
 @njit(parallel=True, cache=True)
@@ -25,7 +18,7 @@ def linear_forward_kernel(x, w, b, y, T):
     N, I = x.shape
     O = w.shape[0]
     for t in prange(T):
-        o0, o1 = _block(t, T, O)
+        o0, o1 = block(t, T, O)
         if o0 < o1:
             for n in range(N):
                 y[n, o0:o1] = b[o0:o1]
@@ -39,12 +32,12 @@ def linear_backward_kernel(x, w, dy, dx, dw, db, want_dx, T):
     O = w.shape[0]
     if want_dx:
         for t in prange(T):
-            i0, i1 = _block(t, T, I)
+            i0, i1 = block(t, T, I)
             if i0 < i1:
                 gemm_rm(False, False, N, i1 - i0, O, 1.0, dy, O, w.reshape(-1)[i0:], I, 0.0,
                         dx.reshape(-1)[i0:], I)
     for t in prange(T):
-        o0, o1 = _block(t, T, O)
+        o0, o1 = block(t, T, O)
         if o0 < o1:
             gemm_rm(True, False, o1 - o0, I, N, 1.0, dy.reshape(-1)[o0:], O, x, I, 1.0, dw[o0:], I)
     sum_cols_into(dy, db)

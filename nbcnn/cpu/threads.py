@@ -4,7 +4,8 @@ OpenBLAS's threads spin for a while after each call, and numba's threads spin be
 parallel regions: on few cores the two pools starve each other (an AlexNet step went from
 2.3 s to 4.1 s on 2 cores, a small-network step from 0.3 s to 20 s when other work ran).
 So each op that calls BLAS runs with OpenBLAS limited to one thread (threadpoolctl, about
-20 us per call) and parallelises over images in numba instead. The limit is lifted on
+20 us per call) and numba's threads split the work instead: images in the convolutions,
+blocks of rows or columns in the FC layers and matmul. The limit is lifted on
 return, so the user's own numpy keeps its threads.
 """
 
@@ -30,5 +31,5 @@ def single_threaded_blas(fn):
 
 
 def num_threads():
-    """How many images the CPU kernels process at once: numba's thread count."""
+    """How many pieces the CPU kernels split their work into: numba's thread count."""
     return numba.get_num_threads()

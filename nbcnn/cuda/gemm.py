@@ -23,7 +23,7 @@ Design (the kernel `make_gemm_kernel` builds):
   adds the groups' partial sums into dw in a fixed order (deterministic, no atomics).
 - Epilogue: alpha, optional beta * C (accumulation: dw += ...), optional bias per row
   (conv, one per output channel) or per column (linear, one per output feature).
-M, N, K need not be multiples of the tile: the loads and the epilogue are bounds-checked.
+M, N, K need not be multiples of the tile: loads of edge tiles and the epilogue are bounds-checked.
 """
 
 import os
@@ -32,6 +32,7 @@ import numpy as np
 import numba
 from numba import config, cuda
 
+from ..backend import check_matmul
 from .array import check_int32, divmod32, flat, launch
 
 # (BM, BN, BK, TM, TN) per dtype. float32 on a GPU: 256 threads, 8x8 outputs each, BK=16
@@ -52,7 +53,7 @@ def default_tiles(dtype):
 # The pack width: a thread's outputs come in groups of WIDTH adjacent rows and columns, and
 # the shared tiles hold WIDTH-float packs, read with one load each. numba emits 32-bit
 # shared loads for float32 arrays; complex64 storage gives LDS.64 and complex128 LDS.128
-# (TOOLCHAIN.md). Width 1 is the measured kernel; 2 and 4 are candidates awaiting a GPU
+# (measured on the H100 by an earlier session). Width 1 is the measured kernel; 2 and 4 are candidates awaiting a GPU
 # (dev/cuda/sgemm.py times them; NBCNN_GEMM_WIDTH picks one for a whole benchmark run).
 # float64 always uses width 1.
 GEMM_WIDTH = int(os.environ.get("NBCNN_GEMM_WIDTH", "1"))
@@ -405,4 +406,5 @@ def sum_batched_rows_into(a, out):
 
 def matmul(a, b, c):
     """c = a @ b for C-contiguous 2-D device arrays."""
+    check_matmul(a, b, c)
     gemm(a, b, c, a.shape[0], b.shape[1], a.shape[1])
