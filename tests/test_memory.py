@@ -207,3 +207,64 @@ def test_blocks_whose_memory_was_freed_under_them_are_dropped():
     cache.empty((4,), np.float32)
     assert cache.allocations == before + 1
     assert cache.stats()["reserved_bytes"] == 512
+
+
+# Device memory as numba-cuda hands it out, on fake addresses: its real DeviceNDArray and
+# pointer classes, so the GPU's way of counting views (`gpu_data.refct`, which the simulator
+# replaces) is exercised without a GPU. Runs in a subprocess with the simulator off.
+REAL_REFCOUNTS = r"""
+import contextlib
+import numpy as np
+from numba import cuda
+from numba.cuda.cudadrv import devicearray, devices, driver
+
+devices._runtime.ensure_context = contextlib.nullcontext  # slicing asks for a context; there is no GPU
+allocations = {}  # what a context holds: resetting it frees every allocation
+next_address = [1 << 40]
+
+def device_array(nbytes, dtype):
+    # numba's memalloc: the context keeps the allocation, the array gets an owned reference to it
+    pointer = driver.binding.CUdeviceptr(next_address[0])
+    next_address[0] += 1 << 20
+    mem = driver.AutoFreePointer(None, pointer, nbytes, finalizer=None)
+    allocations[pointer] = mem
+    return devicearray.DeviceNDArray((nbytes,), (1,), np.dtype(dtype), gpu_data=mem.own())
+
+cuda.device_array = device_array
+from nbcnn.cuda import array
+
+def address(a):
+    return a.device_ctypes_pointer.value
+
+a = array.empty((4, 6), np.float32)
+first, before = address(a), array.cache.allocations
+views = [a[1:3], array.reshape(a, (24,)), array.flat(a).view(np.int32)]
+del a
+b = array.empty((4, 6), np.float32)
+assert address(b) != first, "handed out while a slice, reshape or dtype view of it lived"
+del b
+views.pop()
+views.pop()
+c = array.empty((4, 6), np.float32)
+assert address(c) != first, "handed out while a slice of it lived"
+del views, c
+d = array.empty((6, 4), np.float32)
+assert address(d) == first, "an idle block was not reused"
+assert array.cache.allocations == before + 1  # b and c shared the second block
+del d
+
+allocations.clear()  # cuda.close(): the context frees everything under the cache
+e = array.empty((4, 6), np.float32)
+assert address(e) != first, "a block freed by a context reset was handed out"
+print("ok")
+"""
+
+
+def test_device_arrays_count_their_views_the_way_the_allocator_expects():
+    import os
+    import subprocess
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", REAL_REFCOUNTS], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
