@@ -78,25 +78,53 @@ def pow_neg(v, beta):
 
 
 @register_jitable
+def lrn_window(c, size, C):
+    """The channels [lo, hi) whose squares scale channel c: c - size//2 .. c + (size-1)//2, within [0, C)."""
+    return max(c - size // 2, 0), min(c + (size - 1) // 2, C - 1) + 1
+
+
+@register_jitable
+def lrn_adjoint_window(c, size, C):
+    """The channels [lo, hi) whose windows hold channel c: c - (size-1)//2 .. c + size//2, within [0, C)."""
+    return max(c - (size - 1) // 2, 0), min(c + size // 2, C - 1) + 1
+
+
+@register_jitable
+def lrn_scale(sumsq, size, alpha, k):
+    """k + alpha/size * (the sum of squares over the window)."""
+    return k + alpha / size * sumsq
+
+
+@register_jitable
+def lrn_backward_term(dy, y, scale):
+    """dy*y/scale of one channel: its share of the gradient of each channel in its window."""
+    return float(dy) * float(y) / float(scale)
+
+
+@register_jitable
+def lrn_dx(x, dy, scale, terms, size, alpha, beta):
+    """dL/dx = dy*scale^-beta - 2*alpha*beta/size * x * (the sum of lrn_backward_term over lrn_adjoint_window)."""
+    return float(dy) * pow_neg(float(scale), beta) - 2.0 * alpha * beta / size * float(x) * terms
+
+
+@register_jitable
 def lrn_forward_at(x, n, c, s, size, alpha, beta, k, y, scale):
-    """scale = k + alpha/size * sum of x^2 over channels [c-size//2, c+(size-1)//2]; y = x * scale^-beta. x (N,C,HW)."""
-    C = x.shape[1]
+    """scale = k + alpha/size * sum of x^2 over lrn_window(c); y = x * scale^-beta. x (N,C,HW)."""
+    lo, hi = lrn_window(c, size, x.shape[1])
     acc = 0.0
-    for cc in range(max(c - size // 2, 0), min(c + (size - 1) // 2, C - 1) + 1):
+    for cc in range(lo, hi):
         v = float(x[n, cc, s])
         acc += v * v
-    sc = k + alpha / size * acc
+    sc = lrn_scale(acc, size, alpha, k)
     scale[n, c, s] = sc
     y[n, c, s] = x[n, c, s] * pow_neg(sc, beta)
 
 
 @register_jitable
 def lrn_backward_at(x, y, scale, dy, n, c, s, size, alpha, beta, dx):
-    """dx[c] = dy[c]*scale[c]^-beta - 2*alpha*beta/size * x[c] * sum over c' whose window holds c of dy[c']*y[c']/scale[c']."""
-    C = x.shape[1]
+    """dx[n, c, s] = lrn_dx(...), the terms summed over lrn_adjoint_window(c) in channel order."""
+    lo, hi = lrn_adjoint_window(c, size, x.shape[1])
     acc = 0.0
-    # c lies in the window of c' exactly when c' is in [c-(size-1)//2, c+size//2]
-    for cc in range(max(c - (size - 1) // 2, 0), min(c + size // 2, C - 1) + 1):
-        acc += float(dy[n, cc, s]) * float(y[n, cc, s]) / float(scale[n, cc, s])
-    dx[n, c, s] = (float(dy[n, c, s]) * pow_neg(float(scale[n, c, s]), beta)
-                   - 2.0 * alpha * beta / size * float(x[n, c, s]) * acc)
+    for cc in range(lo, hi):
+        acc += lrn_backward_term(dy[n, cc, s], y[n, cc, s], scale[n, cc, s])
+    dx[n, c, s] = lrn_dx(x[n, c, s], dy[n, c, s], scale[n, c, s], acc, size, alpha, beta)

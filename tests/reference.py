@@ -22,6 +22,20 @@ def maxpool2d(x, k, stride):
     return win[:, :, ::stride, ::stride].max(axis=(-1, -2))
 
 
+def maxpool2d_argmax(x, k, stride):
+    """(y, argmax): the first maximum of each window in row-major order (np.argmax: a NaN counts as
+    the largest), its value bit for bit (-0.0 stays -0.0) and its flat index h*W + w in the plane."""
+    n, c, h, w = x.shape
+    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    oh, ow = win.shape[2], win.shape[3]
+    first = win.reshape(n, c, oh, ow, k * k).argmax(axis=-1)
+    p, q = np.divmod(first, k)
+    i, j = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
+    rows, cols = i * stride + p, j * stride + q
+    y = np.take_along_axis(x.reshape(n, c, h * w), (rows * w + cols).reshape(n, c, -1), axis=2)
+    return y.reshape(n, c, oh, ow), (rows * w + cols).astype(np.int32)
+
+
 def relu(x):
     return np.maximum(x, 0)
 

@@ -100,6 +100,23 @@ def test_maxpool2d_forward_matches_sliding_window_max(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k,stride", [(3, 2), (2, 2), (3, 1), (1, 1)])
+def test_maxpool2d_picks_the_first_maximum_of_each_window_and_a_nan_wins(device, k, stride):
+    rng = np.random.default_rng(k * 10 + stride)
+    # few distinct values, so windows tie; zeros of both signs; a NaN in some windows
+    x = rng.integers(-1, 2, size=(2, 3, 9, 8)).astype(np.float32)
+    x[rng.random(x.shape) < 0.5] *= -1
+    x.reshape(-1)[rng.choice(x.size, 4, replace=False)] = np.nan
+    be = nbcnn.get_backend(device)
+    oh, ow = (9 - k) // stride + 1, (8 - k) // stride + 1
+    y, argmax = be.empty((2, 3, oh, ow), np.float32), be.empty((2, 3, oh, ow), np.int32)
+    be.maxpool2d_forward(be.from_numpy(x), k, stride, y, argmax)
+    ref_y, ref_argmax = ref.maxpool2d_argmax(x, k, stride)
+    np.testing.assert_array_equal(be.to_numpy(argmax), ref_argmax)
+    np.testing.assert_array_equal(be.to_numpy(y).view(np.int32), ref_y.view(np.int32))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("h", [13, 14, 27, 55])
 def test_overlapping_3_2_pooling_on_odd_and_even_maps(device, h):
     h = scale(device, h, min(h, 7))

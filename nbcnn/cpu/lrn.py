@@ -1,11 +1,30 @@
-"""Local response normalisation across channels on the CPU, one (n, c) plane per parallel iteration."""
+"""Local response normalisation across channels on the CPU, one (n, c) plane per parallel iteration.
 
+The CUDA kernels run nbcnn.kernel_math's per-pixel rule (lrn_forward_at, lrn_backward_at),
+a thread a pixel. Here a plane's window sums run channel by channel over whole rows of
+pixels instead, so the pixel loops vectorise (6x faster on AlexNet's LRN1): the same terms,
+added in the same order, from the same shared pieces.
+"""
+
+import numpy as np
 from numba import njit, prange
+from numba.extending import register_jitable
 
-from .. import kernel_math
+from ..kernel_math import lrn_adjoint_window, lrn_backward_term, lrn_dx, lrn_scale, lrn_window, pow_neg
 
-lrn_forward_at = kernel_math.inlined(kernel_math.lrn_forward_at)
-lrn_backward_at = kernel_math.inlined(kernel_math.lrn_backward_at)
+
+@register_jitable(inline="always")
+def forward_plane(x, n, c, sumsq, size, alpha, beta, k, y, scale):
+    for s in range(x.shape[2]):
+        sc = lrn_scale(sumsq[s], size, alpha, k)
+        scale[n, c, s] = sc
+        y[n, c, s] = x[n, c, s] * pow_neg(sc, beta)
+
+
+@register_jitable(inline="always")
+def backward_plane(x, dy, scale, terms, n, c, size, alpha, beta, dx):
+    for s in range(x.shape[2]):
+        dx[n, c, s] = lrn_dx(x[n, c, s], dy[n, c, s], scale[n, c, s], terms[s], size, alpha, beta)
 
 
 @njit(parallel=True, cache=True)
@@ -13,17 +32,35 @@ def lrn_forward_kernel(x, size, alpha, beta, k, y, scale):
     """scale = k + alpha/size * sum of x^2 over channels [c-size//2, c+(size-1)//2]; y = x * scale^-beta. x (N,C,HW)."""
     N, C, HW = x.shape
     for nc in prange(N * C):
-        for s in range(HW):
-            lrn_forward_at(x, nc // C, nc % C, s, size, alpha, beta, k, y, scale)
+        n, c = nc // C, nc % C
+        lo, hi = lrn_window(c, size, C)
+        sumsq = np.zeros(HW)  # float64, as the shared rule
+        for cc in range(lo, hi):
+            for s in range(HW):
+                v = float(x[n, cc, s])
+                sumsq[s] += v * v
+        # with beta a literal the compiler folds pow_neg's branch; left inside the loop it stops vectorisation (5x)
+        if beta == 0.75:
+            forward_plane(x, n, c, sumsq, size, alpha, 0.75, k, y, scale)
+        else:
+            forward_plane(x, n, c, sumsq, size, alpha, beta, k, y, scale)
 
 
 @njit(parallel=True, cache=True)
 def lrn_backward_kernel(x, y, scale, dy, size, alpha, beta, dx):
-    """dx = dL/dx of the LRN from dy, the forward's y and scale (nbcnn.kernel_math.lrn_backward_at)."""
+    """dx = dL/dx of the LRN from dy, the forward's y and scale (nbcnn.kernel_math.lrn_dx)."""
     N, C, HW = x.shape
     for nc in prange(N * C):
-        for s in range(HW):
-            lrn_backward_at(x, y, scale, dy, nc // C, nc % C, s, size, alpha, beta, dx)
+        n, c = nc // C, nc % C
+        lo, hi = lrn_adjoint_window(c, size, C)
+        terms = np.zeros(HW)
+        for cc in range(lo, hi):
+            for s in range(HW):
+                terms[s] += lrn_backward_term(dy[n, cc, s], y[n, cc, s], scale[n, cc, s])
+        if beta == 0.75:
+            backward_plane(x, dy, scale, terms, n, c, size, alpha, 0.75, dx)
+        else:
+            backward_plane(x, dy, scale, terms, n, c, size, alpha, beta, dx)
 
 
 def _flat(a):
