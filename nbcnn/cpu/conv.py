@@ -15,63 +15,69 @@ from .threads import num_threads, single_threaded_blas
 
 
 @njit(cache=True)
-def valid_cols(q, pad, stride, w, ow):
-    """The output columns [j0, j1) whose input column j*stride+q-pad lies in [0, w)."""
-    j0 = 0
-    if pad - q > 0:
-        j0 = (pad - q + stride - 1) // stride
-    j1 = (w - 1 + pad - q) // stride + 1
-    j1 = min(max(j1, j0), ow)
-    return min(j0, ow), j1
+def im2col(x, kh, kw, stride, pad, col, xp):
+    """col[(c*KH+p)*KW+q, i*OW+j] = xpad[c, i*stride+p, j*stride+q]; x (C,H,W), col (C*KH*KW, OH*OW).
 
-
-@njit(cache=True)
-def im2col(x, kh, kw, stride, pad, col):
-    """col[(c*KH+p)*KW+q, i*OW+j] = xpad[c, i*stride+p, j*stride+q]; x (C,H,W), col (C*KH*KW, OH*OW)."""
+    xp (C, H+2*pad, W+2*pad) is scratch for the zero-padded image: copying from it needs no
+    bounds tests, so the row copies vectorise (1.4-1.8x over testing each row's edges).
+    """
     C, H, W = x.shape
     oh = (H + 2 * pad - kh) // stride + 1
     ow = (W + 2 * pad - kw) // stride + 1
+    xp[:] = 0
+    for c in range(C):
+        for h in range(H):
+            for w in range(W):
+                xp[c, h + pad, w + pad] = x[c, h, w]
     for r in range(C * kh * kw):
         c = r // (kh * kw)
         p = (r // kw) % kh
         q = r % kw
-        j0, j1 = valid_cols(q, pad, stride, W, ow)  # bounds hoisted out of the pixel loop
+        dst = col[r]
         for i in range(oh):
-            h = i * stride + p - pad
+            src = xp[c, i * stride + p]
             base = i * ow
-            if h < 0 or h >= H:
-                col[r, base:base + ow] = 0
-                continue
-            col[r, base:base + j0] = 0
-            for j in range(j0, j1):
-                col[r, base + j] = x[c, h, j * stride + q - pad]
-            col[r, base + j1:base + ow] = 0
+            if stride == 1:  # unit stride: contiguous rows the compiler vectorises
+                for j in range(ow):
+                    dst[base + j] = src[j + q]
+            else:
+                for j in range(ow):
+                    dst[base + j] = src[j * stride + q]
 
 
 @njit(cache=True)
-def col2im(col, kh, kw, stride, pad, x):
-    """x[c, h, w] = sum of the col entries im2col would read from (c, h, w); the adjoint of im2col."""
+def col2im(col, kh, kw, stride, pad, x, xp):
+    """x[c, h, w] = sum of the col entries im2col would read from (c, h, w); the adjoint of im2col.
+
+    Sums into the zero-padded scratch xp (C, H+2*pad, W+2*pad), then copies its interior to x.
+    """
     C, H, W = x.shape
     oh = (H + 2 * pad - kh) // stride + 1
     ow = (W + 2 * pad - kw) // stride + 1
-    x[:] = 0
+    xp[:] = 0
+    for r in range(C * kh * kw):
+        c = r // (kh * kw)
+        p = (r // kw) % kh
+        q = r % kw
+        src = col[r]
+        for i in range(oh):
+            dst = xp[c, i * stride + p]
+            base = i * ow
+            if stride == 1:
+                for j in range(ow):
+                    dst[j + q] += src[base + j]
+            else:
+                for j in range(ow):
+                    dst[j * stride + q] += src[base + j]
     for c in range(C):
-        for p in range(kh):
-            for q in range(kw):
-                r = (c * kh + p) * kw + q
-                j0, j1 = valid_cols(q, pad, stride, W, ow)
-                for i in range(oh):
-                    h = i * stride + p - pad
-                    if h < 0 or h >= H:
-                        continue
-                    base = i * ow
-                    for j in range(j0, j1):
-                        x[c, h, j * stride + q - pad] += col[r, base + j]
+        for h in range(H):
+            for w in range(W):
+                x[c, h, w] = xp[c, h + pad, w + pad]
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward_kernel(x, w, b, stride, pad, cols, y):
-    """y[n] = W(O, C*KH*KW) @ im2col(x[n]) + b; thread t uses cols[t]."""
+def conv2d_forward_kernel(x, w, b, stride, pad, cols, xps, y):
+    """y[n] = W(O, C*KH*KW) @ im2col(x[n]) + b; thread t uses cols[t] and xps[t]."""
     N = x.shape[0]
     O, C, kh, kw = w.shape
     T = cols.shape[0]
@@ -81,7 +87,7 @@ def conv2d_forward_kernel(x, w, b, stride, pad, cols, y):
         for t in prange(min(T, N - n0)):
             n = n0 + t
             col = cols[t]
-            im2col(x[n], kh, kw, stride, pad, col)
+            im2col(x[n], kh, kw, stride, pad, col, xps[t])
             P = col.shape[1]
             yn = y[n].reshape(O, P)
             for o in range(O):
@@ -90,7 +96,7 @@ def conv2d_forward_kernel(x, w, b, stride, pad, cols, y):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dws, dbs, dx, dw, db, want_dx):
+def conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, xps, dws, dbs, dx, dw, db, want_dx):
     """dw += sum_n dy[n] @ im2col(x[n])^T; db += sum of dy; dx[n] = col2im(W^T @ dy[n]); thread t uses buffers [t]."""
     N = x.shape[0]
     O, C, kh, kw = w.shape
@@ -104,12 +110,12 @@ def conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dws, dbs, dx, dw,
             n = n0 + t
             col = cols[t]
             dyn = dy[n].reshape(O, col.shape[1])
-            im2col(x[n], kh, kw, stride, pad, col)  # recomputed: keeping N column buffers costs N times the memory
+            im2col(x[n], kh, kw, stride, pad, col, xps[t])  # recomputed: keeping N column buffers costs N times the memory
             gemm_rm(False, True, O, R, col.shape[1], 1.0, dyn, col.shape[1], col, col.shape[1], 1.0, dws[t], R)
             sum_rows_into(dyn, dbs[t])
             if want_dx:
                 np.dot(wmat.T, dyn, dcols[t])
-                col2im(dcols[t], kh, kw, stride, pad, dx[n])
+                col2im(dcols[t], kh, kw, stride, pad, dx[n], xps[t])
     dwmat = dw.reshape(O, R)
     for t in range(T):
         dwmat += dws[t]
@@ -124,10 +130,16 @@ def _threads(x):
     return max(1, min(num_threads(), x.shape[0]))
 
 
+def _padded(x, pad, T, ws):
+    """Per-thread scratch for one zero-padded image."""
+    return ws.get("xps", (T, x.shape[1], x.shape[2] + 2 * pad, x.shape[3] + 2 * pad), x.dtype, empty)
+
+
 @single_threaded_blas
 def conv2d_forward(x, w, b, stride, pad, y, ws):
-    cols = ws.get("cols", (_threads(x),) + _col_shape(w, y), x.dtype, empty)
-    conv2d_forward_kernel(x, w, b, stride, pad, cols, y)
+    T = _threads(x)
+    cols = ws.get("cols", (T,) + _col_shape(w, y), x.dtype, empty)
+    conv2d_forward_kernel(x, w, b, stride, pad, cols, _padded(x, pad, T, ws), y)
 
 
 @single_threaded_blas
@@ -142,4 +154,4 @@ def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
     want_dx = dx is not None
     if dx is None:
         dx = ws.get("dx_unused", (1,) + x.shape[1:], x.dtype, empty)
-    conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, dws, dbs, dx, dw, db, want_dx)
+    conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, _padded(x, pad, T, ws), dws, dbs, dx, dw, db, want_dx)
