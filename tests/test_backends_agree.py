@@ -279,18 +279,38 @@ def test_gemm_matches_numpy(m, n, k, batch, ta, tb, reduce, beta, bias, dt, widt
     assert_close(c.copy_to_host().astype(np.float64), expect, rtol=CHAIN[dt] / 10)
 
 
-@pytest.mark.parametrize("dt, width", [(np.float32, 1), (np.float32, 2), (np.float32, 4), (np.float64, 1)])
-def test_gemm_with_the_gpu_tiles(dt, width):
-    """The real-GPU tile configurations (float32: 256 threads of 8x8), ragged in every dimension."""
+GPU_TILE_CASES = [("f32", np.float32, 1), ("f32", np.float32, 2), ("f32", np.float32, 4), ("f64", np.float64, 1),
+                  ("f32_small", np.float32, 1), ("f32_small", np.float32, 2), ("f32_small", np.float32, 4)]
+
+
+@pytest.mark.parametrize("config, dt, width", GPU_TILE_CASES)
+def test_gemm_with_the_gpu_tiles(config, dt, width):
+    """The real-GPU tile configurations (float32: 256 threads of 8x8, or of 4x4 for small grids), ragged in every dimension."""
     from numba import cuda
 
-    from nbcnn.cuda.gemm import BIAS_COL, GPU_TILES, gemm
+    from nbcnn.cuda.gemm import BIAS_COL, GPU_TILES, SMALL_TILES, gemm
+    tiles = (SMALL_TILES if config.endswith("small") else GPU_TILES)[np.dtype(dt)]
     m, n, k = 130, 129, 21  # the last row and column of tiles mostly outside; K ragged too
+    if config.endswith("small"):
+        m, n = 66, 65
     a, b, v = data(0, (k, m), dt), data(1, (k, n), dt), data(2, (n,), dt)
     c = cuda.device_array((m, n), dt)
     gemm(cuda.to_device(a), cuda.to_device(b), c, m, n, k, trans_a=True, bias=cuda.to_device(v),
-         bias_mode=BIAS_COL, tiles=GPU_TILES[np.dtype(dt)], width=width)
+         bias_mode=BIAS_COL, tiles=tiles, width=width)
     assert_close(c.copy_to_host().astype(np.float64), a.T.astype(np.float64) @ b + v, rtol=CHAIN[dt] / 10)
+
+
+def test_small_grids_get_the_small_tiles():
+    """Below one block per SM the quarter tile is chosen; float64 has none; batches count as blocks."""
+    from nbcnn.cuda.gemm import GPU_TILES, SMALL_TILES, pick_tiles
+    big, small = GPU_TILES[np.dtype(np.float32)], SMALL_TILES[np.dtype(np.float32)]
+    assert pick_tiles(128, 4096, 1, big, small, sms=132) == small       # fc6 forward: 32 blocks
+    assert pick_tiles(128, 9216, 1, big, small, sms=132) == small       # fc6 dx: 72 blocks
+    assert pick_tiles(4096, 9216, 1, big, small, sms=132) == big        # fc6 dw: 2304 blocks
+    assert pick_tiles(384, 169, 128, big, small, sms=132) == big        # conv3, one image per grid z
+    assert pick_tiles(384, 169, 1, big, small, sms=132) == small
+    assert pick_tiles(128, 128 * 132, 1, big, small, sms=132) == big    # exactly one block per SM
+    assert pick_tiles(128, 4096, 1, GPU_TILES[np.dtype(np.float64)], None, sms=132) == GPU_TILES[np.dtype(np.float64)]
 
 
 # -- whole networks and moving between devices -------------------------------------------

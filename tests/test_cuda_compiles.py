@@ -44,12 +44,16 @@ def kernels():
              f"void({dt}[:, ::1], int64[::1], {dt}[:, ::1], float64[::1], int64[::1])"),
             ("sgd", sgd.sgd_kernel, f"void({v}, {v}, {v}, float64, float64, float64)"),
         ]
-        for width in ((1, 2, 4) if dt == "float32" else (1,)):
-            for ta in (False, True):
-                for tb in (False, True):
-                    k, _ = gemm.make_gemm_kernel(ta, tb, dt, gemm.GPU_TILES[np.dtype(dt)], width)
-                    out.append((f"gemm_{'T' if ta else 'N'}{'T' if tb else 'N'}_w{width}", k,
-                                f"void({v}, {v}, {v}, {v}, " + "int32, " * 7 + f"{dt}, {dt}, int32)"))
+        tile_sets = [("", gemm.GPU_TILES[np.dtype(dt)])]
+        if np.dtype(dt) in gemm.SMALL_TILES:
+            tile_sets.append(("_small", gemm.SMALL_TILES[np.dtype(dt)]))
+        for suffix, tiles in tile_sets:
+            for width in ((1, 2, 4) if dt == "float32" else (1,)):
+                for ta in (False, True):
+                    for tb in (False, True):
+                        k, _ = gemm.make_gemm_kernel(ta, tb, dt, tiles, width)
+                        out.append((f"gemm_{'T' if ta else 'N'}{'T' if tb else 'N'}_w{width}{suffix}", k,
+                                    f"void({v}, {v}, {v}, {v}, " + "int32, " * 7 + f"{dt}, {dt}, int32)"))
     out.append(("loss_sum", loss.sum_rows_kernel, "void(float64[::1], int64[::1], float64[::1])"))
     # the naive baseline of dev/cuda/sgemm.py (its other versions are the kernels above)
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev", "cuda"))

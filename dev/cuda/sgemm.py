@@ -15,6 +15,9 @@ C = A @ B, float32, row-major: A (M, K), B (K, N), C (M, N). Versions:
   4  pack width 4: complex128 shared words split back into four floats by bit casts
      (LDS.128). Prediction: a quarter of version 2's shared loads; faster than 3 if 3 is
      still load-bound.
+  5  version 2 on the quarter tile nbcnn picks for grids of fewer blocks than SMs
+     (SMALL_TILES: 64x64x16, 256 threads of 4x4). Prediction: slower than 2 at 4096^3,
+     2-3x faster on fc6's (128, 4096) and (128, 9216) outputs, where 2 runs 32 and 72 blocks.
 The winner becomes the default (GEMM_WIDTH in nbcnn/cuda/gemm.py; NBCNN_GEMM_WIDTH=w runs
 the whole benchmark at width w first), with its numbers in docs/performance.md.
 """
@@ -28,6 +31,7 @@ import numpy as np
 from numba import config, cuda
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from nbcnn.cuda.gemm import SIM_TILES, SMALL_TILES, default_tiles  # noqa: E402
 from nbcnn.cuda.gemm import gemm as nbcnn_gemm  # noqa: E402
 
 f32, i32 = numba.float32, np.int32
@@ -49,18 +53,20 @@ def v1(a, b, c, m, n, k):
     naive_kernel[((n + 15) // 16, (m + 15) // 16), (16, 16)](a, b, c, i32(m), i32(n), i32(k))
 
 
-# -- versions 2-4: nbcnn's kernel at pack widths 1, 2, 4 -------------------------------------
-def production(width):
+# -- versions 2-5: nbcnn's kernel at pack widths 1, 2, 4, and on the small-grid tile ----------
+def production(width, tiles=None):
     def run(a, b, c, m, n, k):
-        nbcnn_gemm(a, b, c, m, n, k, width=width)
+        nbcnn_gemm(a, b, c, m, n, k, width=width, tiles=tiles or default_tiles(np.float32))
     return run
 
 
-VERSIONS = {1: v1, 2: production(1), 3: production(2), 4: production(4)}
+VERSIONS = {1: v1, 2: production(1), 3: production(2), 4: production(4),
+            5: production(1, SIM_TILES if config.ENABLE_CUDASIM else SMALL_TILES[np.dtype(np.float32)])}
 
-# 4096^3, then AlexNet's GEMMs at batch 128: conv forward per image (O, OH*OW, C*KH*KW), fc6.
+# 4096^3, then AlexNet's GEMMs at batch 128: conv forward per image (O, OH*OW, C*KH*KW),
+# fc6 forward and dx (as NN products of the same sizes).
 GPU_SHAPES = [(4096, 4096, 4096), (96, 3025, 363), (256, 729, 2400), (384, 169, 2304),
-              (384, 169, 3456), (128, 4096, 9216)]
+              (384, 169, 3456), (128, 4096, 9216), (128, 9216, 4096)]
 SIM_SHAPES = [(16, 16, 4), (17, 33, 9), (5, 3, 20)]  # exact tiles, ragged edges, K > N
 
 

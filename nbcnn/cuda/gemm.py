@@ -50,6 +50,36 @@ def default_tiles(dtype):
     return SIM_TILES if config.ENABLE_CUDASIM else GPU_TILES[np.dtype(dtype)]
 
 
+# Grids the default tile would leave mostly idle get a quarter-size tile: 64x64, 256 threads
+# of 4x4. AlexNet's FC layers at batch 128 are the case: fc6 forward (128 x 4096) makes 32
+# blocks of 128x128 for 132 SMs, 128 of 64x64. A 4x4 thread reads twice the shared words per
+# FMA of an 8x8 one, so the small tile is only for grids below one block per SM.
+SMALL_TILES = {np.dtype(np.float32): (64, 64, 16, 4, 4)}
+
+_sm_count = []
+
+
+def sm_count():
+    """Streaming multiprocessors of the current GPU (asked once)."""
+    if not _sm_count:
+        _sm_count.append(int(cuda.get_current_device().MULTIPROCESSOR_COUNT))
+    return _sm_count[0]
+
+
+def choose_tiles(m, n, batch, dtype):
+    """The tiles of an (m, n) product repeated `batch` times: see pick_tiles."""
+    if config.ENABLE_CUDASIM:
+        return SIM_TILES
+    dtype = np.dtype(dtype)
+    return pick_tiles(m, n, batch, GPU_TILES[dtype], SMALL_TILES.get(dtype), sm_count())
+
+
+def pick_tiles(m, n, batch, tiles, small, sms):
+    """`tiles`, or `small` (where there is one) when `tiles` would make fewer blocks than `sms`."""
+    blocks = -(-m // tiles[0]) * -(-n // tiles[1]) * batch
+    return small if small is not None and blocks < sms else tiles
+
+
 # The pack width: a thread's outputs come in groups of WIDTH adjacent rows and columns, and
 # the shared tiles hold WIDTH-float packs, read with one load each. numba emits 32-bit
 # shared loads for float32 arrays; complex64 storage gives LDS.64 and complex128 LDS.128
@@ -300,11 +330,11 @@ def gemm(a, b, c, m, n, k, trans_a=False, trans_b=False, beta=0.0, alpha=1.0, bi
     offset z*strides[2] and sums, over r < nred, the products of the A and B slices at
     offsets (z*nred + r)*strides[0] and (z*nred + r)*strides[1]. bias_mode BIAS_ROW adds
     bias[i] to row i, BIAS_COL adds bias[j] to column j. `tiles` and `width` override
-    default_tiles(dtype) and default_width(dtype).
+    choose_tiles(m, n, batch, dtype) and default_width(dtype).
     """
     if m == 0 or n == 0:
         return
-    tiles = default_tiles(c.dtype) if tiles is None else tiles
+    tiles = choose_tiles(m, n, batch, c.dtype) if tiles is None else tiles
     width = default_width(c.dtype) if width is None else width
     kernel, nthreads = make_gemm_kernel(trans_a, trans_b, c.dtype, tiles, width)
     check_int32(a, b, c)
