@@ -181,8 +181,7 @@ def check_matmul(a, b, c):
     for name, x in (("a", a), ("b", b), ("c", c)):
         if x.ndim != 2:
             raise ValueError(f"matmul: {name} must be 2-D, got shape {tuple(x.shape)}")
-        contiguous = x.flags.c_contiguous if hasattr(x, "flags") else x.is_c_contiguous()
-        if not contiguous:
+        if not x.flags["C_CONTIGUOUS"]:  # numpy's flags and numba device arrays' flags dict both take this key
             raise ValueError(f"matmul: {name} must be C-contiguous (got a strided view of shape {tuple(x.shape)})")
     if not a.dtype == b.dtype == c.dtype or np.dtype(c.dtype) not in FLOAT_DTYPES:
         raise ValueError(f"matmul: a, b, c must share float32 or float64, got {a.dtype}, {b.dtype}, {c.dtype}")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nbcnn
+import fake_device
 import reference as ref
 from devices import DEVICES, scale, simulated
 from nbcnn.random import dropout_key
@@ -413,6 +414,22 @@ def test_backward_without_input_grad_gives_the_same_parameter_gradients(device):
         np.testing.assert_array_equal(nbcnn.to_numpy(p.grad), full[k], err_msg=k)
 
 
+def test_matmul_checks_real_gpu_arrays_too():
+    """numba-cuda's device arrays report their layout differently from the simulator's (fake_device)."""
+    out = fake_device.run("""
+import numpy as np
+from nbcnn.backend import check_matmul
+from nbcnn.cuda import array
+a, b, c = array.empty((4, 3), np.float32), array.empty((3, 5), np.float32), array.empty((4, 5), np.float32)
+check_matmul(a, b, c)
+try:
+    check_matmul(a, array.empty((3, 10), np.float32)[:, ::2], c)
+except ValueError as e:
+    print(e)
+""")
+    assert "must be C-contiguous" in out
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_matmul_refuses_strided_mixed_or_misfit_arguments(device):
     be = nbcnn.get_backend(device)
@@ -421,7 +438,8 @@ def test_matmul_refuses_strided_mixed_or_misfit_arguments(device):
     be.matmul(a, b, c)
     assert np.all(nbcnn.to_numpy(c) == 3)
     with pytest.raises(ValueError, match="C-contiguous"):
-        be.matmul(a, nbcnn.asarray(np.ones((5, 3), np.float32), device).T, c)
+        # a slice, not .T: a GPU array's .T is a contiguous copy (the simulator's is a view)
+        be.matmul(a, nbcnn.asarray(np.ones((3, 10), np.float32), device)[:, ::2], c)
     with pytest.raises(ValueError, match="share float32 or float64"):
         be.matmul(a, nbcnn.asarray(np.ones((3, 5), np.float64), device), c)
     with pytest.raises(ValueError, match="do not fit"):

@@ -5,9 +5,16 @@ loss value cross to the host. Runs under numba's CUDA simulator (NUMBA_ENABLE_CU
 without a GPU; see docs/cuda.md.
 """
 
+import os
+
 from numba import config, cuda
 
 from ..backend import Backend, implement
+
+# numba warns at every launch of fewer than 128 blocks; nbcnn makes such launches on purpose
+# (bias sums, the loss, small layers), every step. A user's own setting wins.
+if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
+    config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 
 def _gpu_present():

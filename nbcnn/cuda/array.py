@@ -112,7 +112,11 @@ def memory_stats():
 
 
 def empty_cache():
-    return cache.release()
+    freed = cache.release()
+    if not config.ENABLE_CUDASIM:
+        # numba batches cuMemFree calls; flush them so the memory really returns to the driver
+        cuda.current_context().deallocations.clear()
+    return freed
 
 
 @cuda.jit(cache=True)

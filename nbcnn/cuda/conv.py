@@ -11,7 +11,7 @@ batch 128 take 2-3 chunks, the later layers one.
 from numba import config, cuda
 
 from .array import check_int32, divmod32, empty, flat, launch, unravel3, unravel4
-from .gemm import BIAS_ROW, batch_sum_groups, gemm, gemm_batch_sum, sum_batched_rows_into
+from .gemm import BIAS_ROW, MAX_GRID_Z, batch_sum_groups, gemm, gemm_batch_sum, sum_batched_rows_into
 
 COL_BUDGET = 2**16 if config.ENABLE_CUDASIM else 2**27  # elements (512 MB of float32) per column buffer
 
@@ -68,7 +68,7 @@ def _geometry(x, w, y):
     N = x.shape[0]
     O, C, kh, kw = w.shape
     R, P = C * kh * kw, y.shape[2] * y.shape[3]
-    chunk = max(1, min(N, COL_BUDGET // max(1, R * P)))
+    chunk = max(1, min(N, MAX_GRID_Z, COL_BUDGET // max(1, R * P)))  # a chunk is grid z of its GEMM
     return N, O, kh, kw, R, P, chunk
 
 

@@ -164,6 +164,7 @@ PAD_PACKS = {1: 4, 2: 1, 4: 1}
 SMEM_ALIGN = None if config.ENABLE_CUDASIM else 16
 
 BIAS_NONE, BIAS_ROW, BIAS_COL = 0, 1, 2
+MAX_GRID_Z = 65535  # CUDA's limit on grid z (and y): the batch of one launch
 
 _kernels = {}
 
@@ -340,6 +341,8 @@ def gemm(a, b, c, m, n, k, trans_a=False, trans_b=False, beta=0.0, alpha=1.0, bi
     check_int32(a, b, c)
     bm, bn = tiles[0], tiles[1]
     grid = ((n + bn - 1) // bn, (m + bm - 1) // bm, batch)
+    if grid[1] > MAX_GRID_Z or grid[2] > MAX_GRID_Z:
+        raise ValueError(f"GEMM of {m} rows x batch {batch} exceeds CUDA's grid limit of {MAX_GRID_Z} blocks in y and z")
     if bias is None:
         bias = c  # never read with BIAS_NONE; the kernel needs an array of the right type
         bias_mode = BIAS_NONE
