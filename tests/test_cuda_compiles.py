@@ -141,5 +141,15 @@ def test_dev_sgemm_versions_agree_with_numpy():
     assert "check passed" in proc.stdout
 
 
+def test_dev_host_overhead_counts_the_launches_of_a_step():
+    """dev/cuda/host_overhead.py: nbcnn's host code on numba-cuda's real arrays, launches stubbed."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "dev", "cuda", "host_overhead.py"),
+                           "--arch", "alexnet-small", "--batch", "4", "--steps", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " launches, " in proc.stdout and "gemm_kernel" in proc.stdout
+
+
 if __name__ == "__main__":
     main()
