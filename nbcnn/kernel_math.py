@@ -8,19 +8,8 @@ would otherwise keep float32 + Python float in float32.
 """
 
 import math
-import types
 
 from numba.extending import register_jitable
-
-
-def inlined(f):
-    """A twin of register_jitable `f` that numba.njit inlines into the calling kernel.
-
-    For CPU kernels only: inlining drops a per-element call that passes whole arrays (the
-    CPU LRN runs about 1.4x faster), but numba-cuda cannot type inline="always" functions.
-    """
-    twin = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
-    return register_jitable(inline="always")(twin)
 
 
 @register_jitable
@@ -53,7 +42,10 @@ def softmax_cross_entropy_row(logits, labels, dlogits, n):
 
 @register_jitable
 def maxpool_window(x, n, c, i, j, k, stride, y, argmax):
-    """y[n,c,i,j] = max of the k*k window at (i*stride, j*stride); argmax = h*W + w of the first maximum (NaN wins, as in PyTorch)."""
+    """y[n,c,i,j] = max of the k*k window at (i*stride, j*stride); argmax = h*W + w of the first maximum (NaN wins, as in PyTorch).
+
+    The CUDA kernel's rule; the CPU computes it in two branch-free passes (cpu/pool.py) and
+    calls this for windows holding a NaN."""
     W = x.shape[3]
     h0 = i * stride
     w0 = j * stride
@@ -69,10 +61,13 @@ def maxpool_window(x, n, c, i, j, k, stride, y, argmax):
     argmax[n, c, i, j] = idx
 
 
+FAST_BETA = 0.75  # AlexNet's LRN exponent, which pow_neg computes without pow
+
+
 @register_jitable
 def pow_neg(v, beta):
     """v^-beta; AlexNet's beta = 0.75 as 1/sqrt(v*sqrt(v)), since two square roots cost far less than pow."""
-    if beta == 0.75:
+    if beta == FAST_BETA:
         return 1.0 / math.sqrt(v * math.sqrt(v))
     return math.pow(v, -beta)
 
@@ -93,6 +88,12 @@ def lrn_adjoint_window(c, size, C):
 def lrn_scale(sumsq, size, alpha, k):
     """k + alpha/size * (the sum of squares over the window)."""
     return k + alpha / size * sumsq
+
+
+@register_jitable
+def lrn_output(x, scale, beta):
+    """y = x * scale^-beta."""
+    return x * pow_neg(scale, beta)
 
 
 @register_jitable
@@ -117,7 +118,7 @@ def lrn_forward_at(x, n, c, s, size, alpha, beta, k, y, scale):
         acc += v * v
     sc = lrn_scale(acc, size, alpha, k)
     scale[n, c, s] = sc
-    y[n, c, s] = x[n, c, s] * pow_neg(sc, beta)
+    y[n, c, s] = lrn_output(x[n, c, s], sc, beta)
 
 
 @register_jitable

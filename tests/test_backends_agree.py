@@ -313,6 +313,28 @@ def test_small_grids_get_the_small_tiles():
     assert pick_tiles(128, 4096, 1, GPU_TILES[np.dtype(np.float64)], None, sms=132) == GPU_TILES[np.dtype(np.float64)]
 
 
+def test_launches_beyond_cudas_grid_limit_are_refused_or_split():
+    """grid z (and y) hold at most 65535 blocks: a GEMM batch beyond it is an error, a conv splits into chunks."""
+    from numba import cuda
+
+    from nbcnn.cuda import conv
+    from nbcnn.cuda.gemm import MAX_GRID_Z, gemm
+    a = cuda.device_array(4, np.float32)
+    with pytest.raises(ValueError, match="grid limit of 65535"):
+        gemm(a, a, a, 1, 1, 1, batch=MAX_GRID_Z + 1)
+    x, w, y = np.empty((70000, 1, 1, 1)), np.empty((1, 1, 1, 1)), np.empty((70000, 1, 1, 1))
+    assert conv._geometry(x, w, y)[-1] == MAX_GRID_Z  # 1-element columns: the budget alone would allow 70000
+
+
+def test_numbas_low_occupancy_warning_stays_off():
+    """nbcnn launches small grids on purpose every step; numba's warning about them would flood the output."""
+    from numba.core import config
+
+    import nbcnn.cuda  # noqa: F401  (turns it off, unless the user set it)
+    config.reload_config()  # numba re-reads the environment whenever a NUMBA_ variable changes
+    assert config.CUDA_LOW_OCCUPANCY_WARNINGS == 0
+
+
 # -- whole networks and moving between devices -------------------------------------------
 
 def small_net(dtype=np.float32):

@@ -241,6 +241,12 @@ print("ok")
     assert out.strip() == "ok"
 
 
+def test_importing_fake_device_patches_nothing():
+    """A real-GPU test run imports tests/fake_device.py too: only install() may touch numba."""
+    from numba import cuda
+    assert cuda.device_array.__module__ != "fake_device"
+
+
 def test_empty_cache_returns_the_memory_to_the_driver_at_once():
     """numba batches frees; empty_cache flushes them, or the driver would still count the blocks as used."""
     out = fake_device.run("""

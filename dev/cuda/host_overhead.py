@@ -5,11 +5,12 @@
 Runs nbcnn's real CUDA-backend host code (layers, workspaces, the caching allocator, launch
 configuration) on numba-cuda's real device-array classes over fake addresses
 (tests/fake_device.py), with kernel launches and host copies stubbed out. Prints the Python
-time per step, the kernel launches per step by kernel, and the allocator requests. A
-launch itself costs 30-50 us of host time on the H100 machine (114 us with 12 arguments;
-../shared/TOOLCHAIN.md), which comes on top of the time printed here. The GPU runs
-launches asynchronously, so host time is hidden while it stays below the GPU time of a
-step (the loss read after the forward is the one synchronisation).
+time per step, the kernel launches per step by kernel, and the allocator requests.
+
+Each launch itself costs host time on top of this: 30-50 us on the H100 machine, 114 us
+with 12 arguments, so at least that for the 14-argument GEMM (docs/performance.md). The
+GPU runs launches asynchronously, so host time is hidden while it stays below the GPU time
+of a step (the loss read after the forward is the one synchronisation).
 """
 
 import argparse
@@ -24,11 +25,12 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "0":  # numba reads it at import: r
     os.execv(sys.executable, [sys.executable] + sys.argv)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-import fake_device  # noqa: E402,F401  (must come before nbcnn touches numba.cuda)
+import fake_device  # noqa: E402
 import numpy as np  # noqa: E402
 from numba.cuda import dispatcher  # noqa: E402
 from numba.cuda.cudadrv import devicearray  # noqa: E402
 
+fake_device.install()  # before nbcnn touches numba.cuda
 LAUNCHES = collections.Counter()
 
 

@@ -15,9 +15,10 @@ C = A @ B, float32, row-major: A (M, K), B (K, N), C (M, N). Versions:
   4  pack width 4: complex128 shared words split back into four floats by bit casts
      (LDS.128). Prediction: a quarter of version 2's shared loads; faster than 3 if 3 is
      still load-bound.
-  5  version 2 on the quarter tile nbcnn picks for grids of fewer blocks than SMs
-     (SMALL_TILES: 64x64x16, 256 threads of 4x4). Prediction: slower than 2 at 4096^3,
-     2-3x faster on fc6's (128, 4096) and (128, 9216) outputs, where 2 runs 32 and 72 blocks.
+  5  version 2 on the quarter tile nbcnn can pick for grids of fewer blocks than SMs
+     (SMALL_TILES: 64x64x16, 256 threads of 4x4; off until this is timed:
+     NBCNN_GEMM_SMALL_TILES=1). Prediction: slower than 2 at 4096^3, 2-3x faster on fc6's
+     (128, 4096) and (128, 9216) outputs, where 2 runs 32 and 72 blocks.
 The winner becomes the default (GEMM_WIDTH in nbcnn/cuda/gemm.py; NBCNN_GEMM_WIDTH=w runs
 the whole benchmark at width w first), with its numbers in docs/performance.md.
 """

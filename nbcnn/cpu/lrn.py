@@ -10,19 +10,21 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
 
-from ..kernel_math import lrn_adjoint_window, lrn_backward_term, lrn_dx, lrn_scale, lrn_window, pow_neg
+from ..kernel_math import FAST_BETA, lrn_adjoint_window, lrn_backward_term, lrn_dx, lrn_output, lrn_scale, lrn_window
 
 
 @register_jitable(inline="always")
 def forward_plane(x, n, c, sumsq, size, alpha, beta, k, y, scale):
+    """scale and y of plane (n, c) from its window sums of squares."""
     for s in range(x.shape[2]):
         sc = lrn_scale(sumsq[s], size, alpha, k)
         scale[n, c, s] = sc
-        y[n, c, s] = x[n, c, s] * pow_neg(sc, beta)
+        y[n, c, s] = lrn_output(x[n, c, s], sc, beta)
 
 
 @register_jitable(inline="always")
 def backward_plane(x, dy, scale, terms, n, c, size, alpha, beta, dx):
+    """dx of plane (n, c) from the sums of its window's backward terms."""
     for s in range(x.shape[2]):
         dx[n, c, s] = lrn_dx(x[n, c, s], dy[n, c, s], scale[n, c, s], terms[s], size, alpha, beta)
 
@@ -40,8 +42,8 @@ def lrn_forward_kernel(x, size, alpha, beta, k, y, scale):
                 v = float(x[n, cc, s])
                 sumsq[s] += v * v
         # with beta a literal the compiler folds pow_neg's branch; left inside the loop it stops vectorisation (5x)
-        if beta == 0.75:
-            forward_plane(x, n, c, sumsq, size, alpha, 0.75, k, y, scale)
+        if beta == FAST_BETA:
+            forward_plane(x, n, c, sumsq, size, alpha, FAST_BETA, k, y, scale)
         else:
             forward_plane(x, n, c, sumsq, size, alpha, beta, k, y, scale)
 
@@ -57,8 +59,8 @@ def lrn_backward_kernel(x, y, scale, dy, size, alpha, beta, dx):
         for cc in range(lo, hi):
             for s in range(HW):
                 terms[s] += lrn_backward_term(dy[n, cc, s], y[n, cc, s], scale[n, cc, s])
-        if beta == 0.75:
-            backward_plane(x, dy, scale, terms, n, c, size, alpha, 0.75, dx)
+        if beta == FAST_BETA:
+            backward_plane(x, dy, scale, terms, n, c, size, alpha, FAST_BETA, dx)
         else:
             backward_plane(x, dy, scale, terms, n, c, size, alpha, beta, dx)
 

@@ -1,23 +1,21 @@
 """Max pooling on the CPU (no padding, floor mode), one (n, c) plane per parallel iteration."""
 
+import functools
+
 from numba import njit, prange
 
-from .. import kernel_math
-
-maxpool_window = kernel_math.inlined(kernel_math.maxpool_window)
-
-_forward_kernels = {}
+from ..kernel_math import maxpool_window
 
 
+@functools.cache
 def forward_kernel(k):
     """The forward kernel for k x k windows, compiled once per k (and cached on disk).
 
     With k known to the compiler the window loops unroll and the max becomes branch-free:
-    6x faster than a runtime k on AlexNet's pool1 (tests against kernel_math's rule below).
+    6x faster than a runtime k on AlexNet's pool1. It computes kernel_math.maxpool_window's
+    rule (the CUDA kernel's) in another way; tests/test_ops.py holds both to a reference.
     """
-    if k not in _forward_kernels:
-        _forward_kernels[k] = _make_forward_kernel(k)
-    return _forward_kernels[k]
+    return _make_forward_kernel(k)
 
 
 def _make_forward_kernel(K):

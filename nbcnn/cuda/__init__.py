@@ -12,8 +12,11 @@ from numba import config, cuda
 from ..backend import Backend, implement
 
 # numba warns at every launch of fewer than 128 blocks; nbcnn makes such launches on purpose
-# (bias sums, the loss, small layers), every step. A user's own setting wins.
+# (bias sums, the loss, small layers), every step. Set in the environment as well as in
+# numba's config, which numba re-reads from the environment now and then. A user's own
+# setting wins.
 if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
+    os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"] = "0"
     config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 

@@ -50,17 +50,20 @@ def default_tiles(dtype):
     return SIM_TILES if config.ENABLE_CUDASIM else GPU_TILES[np.dtype(dtype)]
 
 
-# Grids the default tile would leave mostly idle get a quarter-size tile: 64x64, 256 threads
-# of 4x4. AlexNet's FC layers at batch 128 are the case: fc6 forward (128 x 4096) makes 32
-# blocks of 128x128 for 132 SMs, 128 of 64x64. A 4x4 thread reads twice the shared words per
-# FMA of an 8x8 one, so the small tile is only for grids below one block per SM.
+# Grids the default tile would leave mostly idle can take a quarter-size tile: 64x64, 256
+# threads of 4x4. AlexNet's FC layers at batch 128 are the case: fc6 forward (128 x 4096)
+# makes 32 blocks of 128x128 for 132 SMs, 128 of 64x64. A 4x4 thread reads twice the shared
+# words per FMA of an 8x8 one, so the small tile is only for grids below one block per SM.
+# Off until a GPU has timed it (dev/cuda/sgemm.py, version 5 against 2 on the fc6 shapes);
+# NBCNN_GEMM_SMALL_TILES=1 turns it on for a run.
 SMALL_TILES = {np.dtype(np.float32): (64, 64, 16, 4, 4)}
+USE_SMALL_TILES = os.environ.get("NBCNN_GEMM_SMALL_TILES", "0") == "1"
 
 _sm_count = []
 
 
 def sm_count():
-    """Streaming multiprocessors of the current GPU (asked once)."""
+    """Streaming multiprocessors of the current GPU, asked once (nbcnn runs on one GPU)."""
     if not _sm_count:
         _sm_count.append(int(cuda.get_current_device().MULTIPROCESSOR_COUNT))
     return _sm_count[0]
@@ -71,7 +74,9 @@ def choose_tiles(m, n, batch, dtype):
     if config.ENABLE_CUDASIM:
         return SIM_TILES
     dtype = np.dtype(dtype)
-    return pick_tiles(m, n, batch, GPU_TILES[dtype], SMALL_TILES.get(dtype), sm_count())
+    if not USE_SMALL_TILES or dtype not in SMALL_TILES:
+        return GPU_TILES[dtype]
+    return pick_tiles(m, n, batch, GPU_TILES[dtype], SMALL_TILES[dtype], sm_count())
 
 
 def pick_tiles(m, n, batch, tiles, small, sms):
