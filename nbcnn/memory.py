@@ -48,13 +48,19 @@ class _Entry:
         self.last_request = 0
 
 
+def slice_view(block, nbytes, shape, dtype):
+    """The array (shape, dtype) over the first nbytes of block: a slice, a dtype view, a reshape."""
+    return block[:nbytes].view(dtype).reshape(shape)
+
+
 class CachingAllocator:
     """`empty(shape, dtype)` served from cached blocks; `stats()` and `release()` to inspect and trim."""
 
-    def __init__(self, allocate, users, empty_uncached):
+    def __init__(self, allocate, users, empty_uncached, view=slice_view):
         self._allocate = allocate              # nbytes -> a new 1-D uint8 block
         self._users = users                    # block -> a count that rises with each live view
         self._empty_uncached = empty_uncached  # (shape, dtype) -> array, for empty arrays
+        self._view = view                      # (block, nbytes, shape, dtype) -> array over the block
         self._blocks = {}                      # rounded size -> [_Entry]
         self._lock = threading.RLock()         # two threads must never get the same idle block
         self._requests = 0
@@ -76,7 +82,7 @@ class CachingAllocator:
                 self._release(lambda e: self._requests - e.last_request > STALE_REQUESTS)
                 entry = self._new(size)
             entry.last_request = self._requests
-            return entry.block[:nbytes].view(dtype).reshape(shape)
+            return self._view(entry.block, nbytes, shape, dtype)
 
     def _state(self, entry):
         """'idle', 'busy' or 'dead' (its memory went with its context: a CUDA reset)."""

@@ -430,6 +430,23 @@ except ValueError as e:
     assert "must be C-contiguous" in out
 
 
+def test_flat_views_of_real_gpu_arrays_share_memory_and_refuse_strides():
+    """cuda.array.flat builds numba's array directly on a GPU (fake_device): same allocation, C order only."""
+    out = fake_device.run("""
+import numpy as np
+from fake_device import address
+from nbcnn.cuda import array
+a = array.empty((4, 6), np.float32)
+f = array.flat(a)
+assert f.shape == (24,) and f.strides == (4,) and address(f) == address(a) and f.gpu_data is a.gpu_data
+try:
+    array.flat(a[:, ::2])
+except ValueError as e:
+    print(e)
+""")
+    assert "needs a C-contiguous array" in out
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_matmul_refuses_strided_mixed_or_misfit_arguments(device):
     be = nbcnn.get_backend(device)
