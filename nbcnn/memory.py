@@ -17,16 +17,23 @@ Blocks of sizes no longer asked for (another batch size, an evaluation pass) wou
 forever; a block not handed out during the last STALE_REQUESTS requests is freed at the
 next allocation, and every idle block is freed, and the allocation retried, when memory
 runs out.
+
+With NBCNN_POISON_MEMORY=1 every array handed out is first filled with 0xFF bytes: NaN
+in a float, -1 in a signed integer. A kernel that reads memory it did not write (a
+missing zero fill, an output element left unwritten) then shows NaN instead of the stale
+or zero bytes that hid it; the test suite runs this way (tests/conftest.py).
 """
 
 import math
 import operator
+import os
 import threading
 
 import numpy as np
 
 GRANULE = 512           # bytes: request sizes are rounded up to a multiple of this
 STALE_REQUESTS = 4096   # a training step makes about 60 requests
+POISON_BYTE = 0xFF      # NaN in every float dtype, -1 in signed integers
 
 
 def is_cuda_out_of_memory(exc):
@@ -56,11 +63,13 @@ def slice_view(block, nbytes, shape, dtype):
 class CachingAllocator:
     """`empty(shape, dtype)` served from cached blocks; `stats()` and `release()` to inspect and trim."""
 
-    def __init__(self, allocate, users, empty_uncached, view=slice_view):
+    def __init__(self, allocate, users, empty_uncached, view=slice_view, fill_bytes=None):
         self._allocate = allocate              # nbytes -> a new 1-D uint8 block
         self._users = users                    # block -> a count that rises with each live view
         self._empty_uncached = empty_uncached  # (shape, dtype) -> array, for empty arrays
         self._view = view                      # (block, nbytes, shape, dtype) -> array over the block
+        self._fill_bytes = fill_bytes          # (block, byte) -> None: sets every byte of the block
+        self.poison = fill_bytes is not None and os.environ.get("NBCNN_POISON_MEMORY") == "1"
         self._blocks = {}                      # rounded size -> [_Entry]
         self._lock = threading.RLock()         # two threads must never get the same idle block
         self._requests = 0
@@ -82,6 +91,8 @@ class CachingAllocator:
                 self._release(lambda e: self._requests - e.last_request > STALE_REQUESTS)
                 entry = self._new(size)
             entry.last_request = self._requests
+            if self.poison:
+                self._fill_bytes(entry.block, POISON_BYTE)
             return self._view(entry.block, nbytes, shape, dtype)
 
     def _state(self, entry):

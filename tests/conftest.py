@@ -7,6 +7,10 @@ if os.environ.get("NBCNN_TEST_GPU", "0") == "1":
 else:
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+# Every array the allocators hand out starts as NaN (nbcnn/memory.py), so a kernel that
+# reads memory it never wrote fails its test instead of passing on zeroed pages.
+os.environ.setdefault("NBCNN_POISON_MEMORY", "1")
+
 from hypothesis import settings  # noqa: E402
 
 # CI draws the same examples every run, so a red build always reproduces; locally, new

@@ -26,6 +26,7 @@ def install():
     if config.ENABLE_CUDASIM:
         raise RuntimeError("fake_device needs NUMBA_ENABLE_CUDASIM=0 before numba is imported")
     devices._runtime.ensure_context = contextlib.nullcontext  # slicing asks for a context; there is no GPU
+    os.environ.pop("NBCNN_POISON_MEMORY", None)  # poisoning is a memset, and nothing can run on fake addresses
 
     def device_array(shape, dtype=np.float64):
         """numba's memalloc: the context keeps the allocation, the array gets an owned reference to it."""

@@ -85,6 +85,24 @@ def test_empty_arrays_need_no_memory(device):
     assert after["allocations"] == before["allocations"] and after["reserved_bytes"] == before["reserved_bytes"]
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_under_the_test_suite_every_array_handed_out_is_poisoned_even_a_reused_one(device):
+    backend = nbcnn.get_backend(device)
+    first = filled(backend, (37,), 0.0)
+    del first
+    gc.collect()
+    again = backend.empty((37,), np.float32)  # the same block, with the zeros just written
+    assert np.isnan(backend.to_numpy(again)).all()
+    assert np.all(backend.to_numpy(backend.empty((5,), np.int32)) == -1)
+
+
+def test_poisoning_is_off_unless_asked_for(monkeypatch):
+    monkeypatch.delenv("NBCNN_POISON_MEMORY")
+    assert not CachingAllocator(np.empty, sys.getrefcount, np.empty, fill_bytes=np.ndarray.fill).poison
+    monkeypatch.setenv("NBCNN_POISON_MEMORY", "1")
+    assert CachingAllocator(np.empty, sys.getrefcount, np.empty, fill_bytes=np.ndarray.fill).poison
+
+
 def test_shapes_are_checked_like_numpy():
     cache = host_allocator(budget=1 << 20)
     assert cache.empty(5, np.float32).shape == (5,)

@@ -10,7 +10,7 @@ from ..memory import CachingAllocator
 # A numpy view holds a reference to the buffer it views, so the buffer's reference count
 # counts its live views.
 cache = CachingAllocator(allocate=lambda nbytes: np.empty(nbytes, np.uint8),
-                         users=sys.getrefcount, empty_uncached=np.empty)
+                         users=sys.getrefcount, empty_uncached=np.empty, fill_bytes=np.ndarray.fill)
 
 
 def is_array(a):

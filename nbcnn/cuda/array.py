@@ -78,8 +78,12 @@ if config.ENABLE_CUDASIM:
         return sys.getrefcount(block._ary)
 
     _view = slice_view
+
+    def _fill_bytes(block, byte):
+        block._ary.fill(byte)  # the wrapped numpy buffer: a simulated fill kernel would cost ~135 us per thread
 else:
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    from numba.cuda.cudadrv.driver import device_memset
 
     def flat(a):
         """A 1-D view of a C-contiguous device array (sharing its allocation, as reshape does)."""
@@ -102,8 +106,11 @@ else:
             step *= s
         return DeviceNDArray(shape, tuple(reversed(strides)), dtype, gpu_data=block.gpu_data.view(0, nbytes))
 
+    def _fill_bytes(block, byte):
+        device_memset(block, byte, block.nbytes)  # cuMemsetD8 on the default stream, ordered with the kernels
+
 cache = CachingAllocator(allocate=lambda nbytes: cuda.device_array(nbytes, np.uint8),
-                         users=_users, empty_uncached=cuda.device_array, view=_view)
+                         users=_users, empty_uncached=cuda.device_array, view=_view, fill_bytes=_fill_bytes)
 
 
 def empty(shape, dtype):
