@@ -3,6 +3,8 @@
 
     python scripts/bench.py --device cuda|cpu [--batch 128] [--json out.json]
 
+(--arch alexnet-small benches the small network of the default training run instead.)
+
 Every row is a median over --repeat runs after warm-up (CUDA events on the GPU,
 perf_counter on the CPU); the first call of each op (JIT compile) is reported apart.
 Where PyTorch is importable, the same shapes run through it in this process (FP32,
@@ -18,6 +20,7 @@ import sys
 import time
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+NUM_CLASSES = {"alexnet": 1000, "alexnet-small": 10}  # ImageNet's; the default training run's
 
 if __name__ == "__main__" and "--keep-openblas-env" not in sys.argv and any(v in os.environ for v in OPENBLAS_VARS):
     # These force OpenBLAS's slow Haswell kernels on this environment's AVX-512 cores; a
@@ -31,7 +34,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import nbcnn  # noqa: E402
 from nbcnn.checkpoint import atomic_write  # noqa: E402
-from nbcnn.models import alexnet  # noqa: E402
+from nbcnn.models import alexnet, alexnet_small  # noqa: E402
 
 try:
     import torch
@@ -47,9 +50,11 @@ class Timer:
 
     def __init__(self, device):
         self.cuda = device == "cuda"
+        self.events = False
         if self.cuda:
-            from numba import cuda
+            from numba import config, cuda
             self.nb_cuda = cuda
+            self.events = not config.ENABLE_CUDASIM  # the simulator's events record no time
 
     def __call__(self, fn, repeat):
         first_start = time.perf_counter()
@@ -59,13 +64,13 @@ class Timer:
         fn()  # warm-up after compile
         times = []
         for _ in range(repeat):
-            if self.cuda:
+            if self.events:
                 start, end = self.nb_cuda.event(), self.nb_cuda.event()
                 start.record()
                 fn()
                 end.record()
                 end.synchronize()
-                times.append(self.nb_cuda.event_elapsed_time(start, end))
+                times.append(start.elapsed_time(end))
             else:
                 t = time.perf_counter()
                 fn()
@@ -150,7 +155,7 @@ def torch_rows(net, x_host, device, repeat):
         x = y.detach()
     model = torch.nn.Sequential(*[torch_module(m) for m in net.modules]).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    labels = torch.randint(0, 1000, (x_host.shape[0],), device=dev)
+    labels = torch.randint(0, net.modules[-1].out_features, (x_host.shape[0],), device=dev)
     xs = torch.from_numpy(x_host).to(dev)
 
     def step():
@@ -234,7 +239,10 @@ def gemm_shapes(net, batch, input_size):
 
 
 def device_memory_used():
-    from numba import cuda
+    """MiB in use on the GPU by the driver's count (None under the simulator, which has no count)."""
+    from numba import config, cuda
+    if config.ENABLE_CUDASIM:
+        return None
     free, total = cuda.current_context().get_memory_info()
     return (total - free) / 2**20
 
@@ -242,8 +250,9 @@ def device_memory_used():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    ap.add_argument("--arch", choices=["alexnet", "alexnet-small"], default="alexnet")
     ap.add_argument("--batch", type=int, default=None, help="default: 128 on cuda, 16 on cpu")
-    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--input-size", type=int, default=None, help="default: 224 for alexnet, 32 for alexnet-small")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per row (default 20 cuda, 3 cpu)")
     ap.add_argument("--gemm-size", type=int, default=4096)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
@@ -252,6 +261,7 @@ def main(argv=None):
                     help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set (they are unset by default)")
     args = ap.parse_args(argv)
     batch = args.batch or (128 if args.device == "cuda" else 16)
+    args.input_size = args.input_size or (224 if args.arch == "alexnet" else 32)
     repeat = args.repeat or (20 if args.device == "cuda" else 3)
     use_torch = torch is not None and not args.no_torch
     if use_torch:
@@ -262,7 +272,7 @@ def main(argv=None):
         backend = nbcnn.get_backend(args.device)
     except (RuntimeError, ValueError) as e:
         sys.exit(f"bench.py: {e}")
-    print(f"nbcnn bench: device={args.device} batch={batch} input={args.input_size} repeat={repeat} "
+    print(f"nbcnn bench: {args.arch} device={args.device} batch={batch} input={args.input_size} repeat={repeat} "
           f"python={platform.python_version()} machine={platform.machine()} cores={os.cpu_count()}")
     unset = os.environ.get("NBCNN_BENCH_UNSET_OPENBLAS")
     if args.device == "cpu":
@@ -274,7 +284,9 @@ def main(argv=None):
     print(f"PyTorch: {torch.__version__ + ' (FP32, TF32 off)' if use_torch else 'not available'}")
 
     nbcnn.manual_seed(0)
-    net = alexnet(num_classes=1000, input_size=args.input_size).to(args.device)
+    make = alexnet if args.arch == "alexnet" else alexnet_small
+    classes = NUM_CLASSES[args.arch]
+    net = make(num_classes=classes, input_size=args.input_size).to(args.device)
     timer = Timer(args.device)
     x_host = np.random.default_rng(0).standard_normal((batch, 3, args.input_size, args.input_size)).astype(np.float32)
     x = nbcnn.asarray(x_host, args.device)
@@ -284,7 +296,7 @@ def main(argv=None):
         for r, (tf, tb) in zip(rows, trows):
             r["torch_fwd_ms"], r["torch_bwd_ms"] = tf, tb
 
-    labels = nbcnn.asarray(np.random.default_rng(1).integers(0, 1000, batch), args.device)
+    labels = nbcnn.asarray(np.random.default_rng(1).integers(0, classes, batch), args.device)
     opt = nbcnn.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     net.zero_grad()  # the per-layer rows left random gradients behind
     backend.empty_cache()  # and cached blocks of their own shapes: keep them out of the step's peak
@@ -326,7 +338,7 @@ def main(argv=None):
     ratio = torch_step_ms / step_ms if use_torch else None
     print(f"train step: nbcnn {step_ms:.1f} ms ({batch / step_ms * 1e3:.0f} images/s), first step {step_first:.0f} ms"
           + (f"; PyTorch {torch_step_ms:.1f} ms, PyTorch/nbcnn = {ratio:.2f}" if use_torch else ""))
-    if args.device == "cuda":
+    if mem_before is not None:
         print(f"GPU memory in use: {mem_before:.0f} MiB before the timed steps, {mem_after:.0f} after, "
               f"{mem_after10:.0f} after 10 more (steady state: equal)"
               + (f"; PyTorch peak allocated {torch_peak:.0f} MiB" if use_torch else ""))
@@ -345,7 +357,7 @@ def main(argv=None):
         print(f"  GEMM {name:<20} M={m:<6}N={nn:<6}K={k:<6} {tf:.2f} TFLOP/s")
 
     result = {
-        "device": args.device, "batch": batch, "input_size": args.input_size, "gemm_width": gemm_width,
+        "device": args.device, "arch": args.arch, "batch": batch, "input_size": args.input_size, "gemm_width": gemm_width,
         "machine": platform.node(), "openblas_env_unset": unset,
         "layers": rows,
         "train_step": {"nbcnn_ms": step_ms, "torch_ms": torch_step_ms, "torch_over_nbcnn": ratio,

@@ -45,7 +45,7 @@ if [[ "$what" == all || "$what" == tests ]]; then
     # the files that use the CUDA backend (the others are CPU-only and run in CI); no -x:
     # a GPU session is rare, one run should report every failure
     NBCNN_TEST_GPU=1 python3 -m pytest -q -rs tests/test_cuda_compiles.py tests/test_backends_agree.py \
-        tests/test_ops.py tests/test_memory.py tests/test_train_alexnet.py 2>&1 | tee "$out/gpu_tests.txt" || rc=1
+        tests/test_ops.py tests/test_memory.py tests/test_train_alexnet.py tests/test_bench.py 2>&1 | tee "$out/gpu_tests.txt" || rc=1
 fi
 if [[ "$what" == all || "$what" == bench ]]; then  # benchmarked even after a test failure
     python3 scripts/bench.py --device cuda --json "$out/bench_cuda.json" 2>&1 | tee "$out/bench_cuda.txt" || rc=1
