@@ -3,7 +3,7 @@
 
     python scripts/bench.py --device cuda|cpu [--batch 128] [--json out.json]
 
-(--arch alexnet-small benches the small network of the default training run instead.)
+(--arch alexnet-small benches the default training run's network instead: 1x28x28 in, 10 classes.)
 
 Every row is a median over --repeat runs after warm-up (CUDA events on the GPU,
 perf_counter on the CPU); the first call of each op (JIT compile) is reported apart.
@@ -20,7 +20,8 @@ import sys
 import time
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-NUM_CLASSES = {"alexnet": 1000, "alexnet-small": 10}  # ImageNet's; the default training run's
+# (classes, input channels, input size): ImageNet's; the default training run's (MNIST digits)
+ARCHS = {"alexnet": (1000, 3, 224), "alexnet-small": (10, 1, 28)}
 
 if __name__ == "__main__" and "--keep-openblas-env" not in sys.argv and any(v in os.environ for v in OPENBLAS_VARS):
     # These force OpenBLAS's slow Haswell kernels on this environment's AVX-512 cores; a
@@ -50,11 +51,10 @@ class Timer:
 
     def __init__(self, device):
         self.cuda = device == "cuda"
-        self.events = False
+        self.events = self.cuda and not simulated()  # the simulator's events record no time
         if self.cuda:
-            from numba import config, cuda
+            from numba import cuda
             self.nb_cuda = cuda
-            self.events = not config.ENABLE_CUDASIM  # the simulator's events record no time
 
     def __call__(self, fn, repeat):
         first_start = time.perf_counter()
@@ -137,7 +137,7 @@ def torch_layer(m, params):
     raise TypeError(type(m).__name__)
 
 
-def torch_rows(net, x_host, device, repeat):
+def torch_rows(net, x_host, classes, device, repeat):
     """Per-layer (forward ms, backward ms) and the training step in PyTorch, same shapes."""
     timer = TorchTimer(device)
     dev = timer.dev
@@ -155,7 +155,7 @@ def torch_rows(net, x_host, device, repeat):
         x = y.detach()
     model = torch.nn.Sequential(*[torch_module(m) for m in net.modules]).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    labels = torch.randint(0, net.modules[-1].out_features, (x_host.shape[0],), device=dev)
+    labels = torch.randint(0, classes, (x_host.shape[0],), device=dev)
     xs = torch.from_numpy(x_host).to(dev)
 
     def step():
@@ -238,10 +238,16 @@ def gemm_shapes(net, batch, input_size):
     return shapes
 
 
+def simulated():
+    """True when numba.cuda is the CUDA simulator (NUMBA_ENABLE_CUDASIM=1)."""
+    from numba import config
+    return bool(config.ENABLE_CUDASIM)
+
+
 def device_memory_used():
     """MiB in use on the GPU by the driver's count (None under the simulator, which has no count)."""
-    from numba import config, cuda
-    if config.ENABLE_CUDASIM:
+    from numba import cuda
+    if simulated():
         return None
     free, total = cuda.current_context().get_memory_info()
     return (total - free) / 2**20
@@ -252,7 +258,7 @@ def main(argv=None):
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     ap.add_argument("--arch", choices=["alexnet", "alexnet-small"], default="alexnet")
     ap.add_argument("--batch", type=int, default=None, help="default: 128 on cuda, 16 on cpu")
-    ap.add_argument("--input-size", type=int, default=None, help="default: 224 for alexnet, 32 for alexnet-small")
+    ap.add_argument("--input-size", type=int, default=None, help="default: 224 for alexnet, 28 for alexnet-small")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per row (default 20 cuda, 3 cpu)")
     ap.add_argument("--gemm-size", type=int, default=4096)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
@@ -261,9 +267,10 @@ def main(argv=None):
                     help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set (they are unset by default)")
     args = ap.parse_args(argv)
     batch = args.batch or (128 if args.device == "cuda" else 16)
-    args.input_size = args.input_size or (224 if args.arch == "alexnet" else 32)
+    classes, channels, size = ARCHS[args.arch]
+    args.input_size = args.input_size or size
     repeat = args.repeat or (20 if args.device == "cuda" else 3)
-    use_torch = torch is not None and not args.no_torch
+    use_torch = torch is not None and not args.no_torch and not (args.device == "cuda" and simulated())
     if use_torch:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -285,14 +292,13 @@ def main(argv=None):
 
     nbcnn.manual_seed(0)
     make = alexnet if args.arch == "alexnet" else alexnet_small
-    classes = NUM_CLASSES[args.arch]
-    net = make(num_classes=classes, input_size=args.input_size).to(args.device)
+    net = make(num_classes=classes, in_channels=channels, input_size=args.input_size).to(args.device)
     timer = Timer(args.device)
-    x_host = np.random.default_rng(0).standard_normal((batch, 3, args.input_size, args.input_size)).astype(np.float32)
+    x_host = np.random.default_rng(0).standard_normal((batch, channels, args.input_size, args.input_size)).astype(np.float32)
     x = nbcnn.asarray(x_host, args.device)
     rows = nbcnn_rows(net, backend, x, timer, repeat)
     if use_torch:
-        trows, torch_step, torch_peak = torch_rows(net, x_host, args.device, repeat)
+        trows, torch_step, torch_peak = torch_rows(net, x_host, classes, args.device, repeat)
         for r, (tf, tb) in zip(rows, trows):
             r["torch_fwd_ms"], r["torch_bwd_ms"] = tf, tb
 
