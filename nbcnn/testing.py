@@ -19,6 +19,10 @@ Why magnitude-relative: a backend may sum in another order (a tiled GPU GEMM vs 
 a sum's rounding error is relative to the size of its terms, not of the result, which can
 cancel to near zero. float32 default rtol 1e-5 (~100 ulp: a K <= a few hundred dot product
 of O(1) terms rounds to a few ulp of the largest term in practice); float64 1e-12.
+
+Run such tests with NBCNN_POISON_MEMORY=1 in the environment before nbcnn is imported (as
+nbcnn's own suite does): every `be.empty` array then starts as NaN, so a kernel that leaves
+part of its output unwritten fails instead of passing on zeroed or stale memory.
 """
 
 import numpy as np
