@@ -3,6 +3,7 @@
 from . import models
 from .array import asarray, device_of, to_numpy
 from .backend import get_backend
+from .errors import NonFiniteLossError, OutOfMemoryError
 from .layers import Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU
 from .loss import softmax_cross_entropy
 from .module import Module, Parameter, Sequential
@@ -11,7 +12,7 @@ from .random import manual_seed
 
 __all__ = [
     "Conv2d", "Dropout", "Flatten", "Linear", "LocalResponseNorm", "MaxPool2d", "Module",
-    "Parameter", "ReLU", "SGD", "Sequential", "asarray", "device_of", "get_backend",
+    "NonFiniteLossError", "OutOfMemoryError", "Parameter", "ReLU", "SGD", "Sequential", "asarray", "device_of", "get_backend",
     "manual_seed", "models", "softmax_cross_entropy", "to_numpy",
 ]
 __version__ = "0.1.0"

@@ -79,6 +79,11 @@ class Backend:
         """Free the cached memory no array uses; returns the number of blocks freed."""
         raise NotImplementedError
 
+    def is_out_of_memory(self, exc):
+        """True when exception `exc` says this backend ran out of memory: nbcnn.OutOfMemoryError
+        (what `empty` raises), or the backend's own error raised elsewhere (a CUDA driver call)."""
+        raise NotImplementedError
+
     # -- GEMM --------------------------------------------------------------------------
     def matmul(self, a, b, c):
         """c = a @ b; a (M,K), b (K,N), c (M,N), C-contiguous. The GEMM behind conv and linear."""
@@ -193,7 +198,7 @@ def check_matmul(a, b, c):
 # each other file for file, and `implement` binds the ops from these files onto a class.
 OP_FILES = {
     "array": ("is_array", "empty", "zeros", "from_numpy", "to_numpy", "fill", "copy",
-              "contiguous", "reshape", "add", "memory_stats", "empty_cache"),
+              "contiguous", "reshape", "add", "memory_stats", "empty_cache", "is_out_of_memory"),
     "gemm": ("matmul",),
     "conv": ("conv2d_forward", "conv2d_backward"),
     "pool": ("maxpool2d_forward", "maxpool2d_backward"),

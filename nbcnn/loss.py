@@ -3,6 +3,7 @@
 import numpy as np
 
 from .backend import backend_of
+from .errors import NonFiniteLossError
 
 
 def softmax_cross_entropy(logits, labels):
@@ -10,6 +11,8 @@ def softmax_cross_entropy(logits, labels):
 
     logits (N, K) float on any backend, labels (N,) integers in [0, K) on the same backend.
     Returns the loss as a Python float and the gradient as an array of the logits' backend.
+    Raises nbcnn.NonFiniteLossError when a logit is NaN or infinite, ValueError for a label
+    outside [0, K).
     """
     backend = backend_of(logits)
     if not backend.is_array(labels):
@@ -36,6 +39,6 @@ def softmax_cross_entropy(logits, labels):
         out = host_labels[(host_labels < 0) | (host_labels >= k)]
         if out.size:
             raise ValueError(f"labels must be in [0, {k}), got {out[:5].tolist()}")
-        raise ValueError("logits passed to softmax_cross_entropy contain NaN or inf "
-                         f"in {bad} of {logits.shape[0]} rows")
+        raise NonFiniteLossError("logits passed to softmax_cross_entropy contain NaN or inf "
+                                 f"in {bad} of {logits.shape[0]} rows")
     return loss, dlogits

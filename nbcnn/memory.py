@@ -31,19 +31,11 @@ import threading
 
 import numpy as np
 
+from .errors import OutOfMemoryError
+
 GRANULE = 512           # bytes: request sizes are rounded up to a multiple of this
 STALE_REQUESTS = 4096   # a training step makes about 60 requests
 POISON_BYTE = 0xFF      # NaN in every float dtype, -1 in signed integers
-
-
-def is_cuda_out_of_memory(exc):
-    """True for numba's CudaAPIError with CUDA_ERROR_OUT_OF_MEMORY (code 2)."""
-    return (type(exc).__name__ == "CudaAPIError"
-            and (getattr(exc, "code", None) == 2 or "OUT_OF_MEMORY" in str(exc)))
-
-
-def is_out_of_memory(exc):
-    return isinstance(exc, MemoryError) or is_cuda_out_of_memory(exc)
 
 
 class _Entry:
@@ -63,8 +55,10 @@ def slice_view(block, nbytes, shape, dtype):
 class CachingAllocator:
     """`empty(shape, dtype)` served from cached blocks; `stats()` and `release()` to inspect and trim."""
 
-    def __init__(self, allocate, users, empty_uncached, view=slice_view, fill_bytes=None):
+    def __init__(self, allocate, users, empty_uncached, view=slice_view, fill_bytes=None,
+                 is_out_of_memory=lambda exc: isinstance(exc, MemoryError)):
         self._allocate = allocate              # nbytes -> a new 1-D uint8 block
+        self._is_out_of_memory = is_out_of_memory  # exc -> whether `allocate` failed for want of memory
         self._users = users                    # block -> a count that rises with each live view
         self._empty_uncached = empty_uncached  # (shape, dtype) -> array, for empty arrays
         self._view = view                      # (block, nbytes, shape, dtype) -> array over the block
@@ -114,11 +108,22 @@ class CachingAllocator:
 
     def _new(self, size):
         try:
-            entry = _Entry(self._allocate(size))
+            block = self._allocate(size)
         except Exception as exc:
-            if not is_out_of_memory(exc) or not self._release(lambda e: True):
+            if not self._is_out_of_memory(exc):
                 raise
-            entry = _Entry(self._allocate(size))
+            block = None
+            if self._release(lambda e: True):  # free every idle block, then try once more
+                try:
+                    block = self._allocate(size)
+                except Exception as again:
+                    if not self._is_out_of_memory(again):
+                        raise
+            if block is None:
+                raise OutOfMemoryError(f"out of memory allocating {size:,} bytes; arrays in use hold "
+                                       f"{self.stats()['in_use_bytes']:,} bytes") from exc
+        entry = _Entry(block)
+        del block  # a reference of our own would count as a view of the block (users() below)
         # Counted through entry.block as in _state, so both read the same references.
         entry.idle_users = self._users(entry.block)
         self._blocks.setdefault(size, []).append(entry)

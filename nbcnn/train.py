@@ -17,7 +17,7 @@ from .array import asarray, to_numpy
 from .checkpoint import save_checkpoint
 from .data.datasets import DataError
 from .loss import softmax_cross_entropy
-from .memory import is_cuda_out_of_memory
+from .errors import NonFiniteLossError, OutOfMemoryError
 
 # Stop when more than this fraction of a split's images cannot be decoded.
 MAX_UNREADABLE = 0.01
@@ -35,21 +35,12 @@ class Interrupted(Exception):
         self.path = path
 
 
-class NonFiniteLoss(Exception):
-    pass
-
-
 def train_step(net, opt, x, y, device):
     """One SGD step on a batch; returns (loss, host logits)."""
     logits = net(asarray(x, device))
-    try:
-        loss, dlogits = softmax_cross_entropy(logits, asarray(y, device))
-    except ValueError as exc:
-        if "NaN or inf" in str(exc):
-            raise NonFiniteLoss("inf") from None
-        raise
+    loss, dlogits = softmax_cross_entropy(logits, asarray(y, device))  # NonFiniteLossError on NaN/inf logits
     if not math.isfinite(loss):
-        raise NonFiniteLoss(loss)
+        raise NonFiniteLossError(f"the loss is {loss}", loss)
     opt.zero_grad()
     net.backward(dlogits, input_grad=False)  # nobody needs the images' gradient
     opt.step()
@@ -230,10 +221,10 @@ class Trainer:
             if len(batch.y):
                 try:
                     loss, logits = train_step(self.net, self.opt, batch.x, batch.y, self.device)
-                except NonFiniteLoss as exc:
+                except NonFiniteLossError as exc:
                     raise TrainingError(self.nan_message(exc)) from None
                 except Exception as exc:
-                    if is_cuda_out_of_memory(exc):
+                    if isinstance(exc, OutOfMemoryError) or self.net.backend.is_out_of_memory(exc):
                         raise TrainingError(self.oom_message()) from None
                     raise
                 m = len(batch.y)
@@ -315,7 +306,7 @@ class Trainer:
         where = (f"epoch {self.epoch + 1} step {self.step + 1} (global step {self.global_step + 1})")
         keep = (f"the last good checkpoint, from the end of epoch {self.saved_epoch}, is {self.checkpoint_path}"
                 if self.saved_epoch else "no checkpoint had been written yet")
-        return (f"the loss became {'NaN' if str(exc) == 'nan' else 'NaN or inf'} at {where} with lr "
+        return (f"the loss became {'NaN' if math.isnan(exc.loss) else 'NaN or inf'} at {where} with lr "
                 f"{self.opt.lr:g}; training stopped. Try a lower --lr. {keep[0].upper() + keep[1:]}.")
 
     def oom_message(self):

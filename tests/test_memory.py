@@ -166,12 +166,46 @@ def test_out_of_memory_frees_idle_blocks_of_other_sizes_and_retries():
     del b
 
 
-def test_out_of_memory_with_everything_busy_raises():
+def test_out_of_memory_with_everything_busy_raises_nbcnns_error():
     cache = host_allocator(budget=4096)
     a = cache.empty((768,), np.float32)
-    with pytest.raises(MemoryError, match="out of memory"):
+    with pytest.raises(nbcnn.OutOfMemoryError):
         cache.empty((512,), np.float32)
     del a
+
+
+def test_out_of_memory_with_an_empty_cache_raises_nbcnns_error():
+    cache = host_allocator(budget=1024)
+    with pytest.raises(nbcnn.OutOfMemoryError):
+        cache.empty((512,), np.float32)
+
+
+def test_the_backends_own_out_of_memory_error_counts_as_one():
+    def allocate(nbytes):
+        raise OSError("the backend's own way of saying it")
+    cache = CachingAllocator(allocate, sys.getrefcount, np.empty, is_out_of_memory=lambda e: isinstance(e, OSError))
+    with pytest.raises(nbcnn.OutOfMemoryError):
+        cache.empty((16,), np.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backends_recognise_nbcnns_out_of_memory_error_and_not_others(device):
+    backend = nbcnn.get_backend(device)
+    assert backend.is_out_of_memory(nbcnn.OutOfMemoryError("x"))
+    assert not backend.is_out_of_memory(RuntimeError("out of memory"))  # a message is not a class
+
+
+def test_cuda_recognises_the_drivers_out_of_memory_error_by_its_code():
+    """numba-cuda's real CudaAPIError (simulator off) carries the driver's CUresult."""
+    out = fake_device.run("""
+from cuda.bindings.driver import CUresult
+from numba.cuda.cudadrv.driver import CudaAPIError
+from nbcnn.cuda.array import is_out_of_memory
+oom = CudaAPIError(CUresult.CUDA_ERROR_OUT_OF_MEMORY, "Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY")
+other = CudaAPIError(CUresult.CUDA_ERROR_INVALID_VALUE, "Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY")
+print(is_out_of_memory(oom), is_out_of_memory(other))
+""")
+    assert out.split() == ["True", "False"]
 
 
 def test_other_allocation_errors_propagate_without_emptying_the_cache():

@@ -9,8 +9,15 @@ from ..memory import CachingAllocator
 
 # A numpy view holds a reference to the buffer it views, so the buffer's reference count
 # counts its live views.
+
+
+def is_out_of_memory(exc):
+    return isinstance(exc, MemoryError)  # nbcnn.OutOfMemoryError is one
+
+
 cache = CachingAllocator(allocate=lambda nbytes: np.empty(nbytes, np.uint8),
-                         users=sys.getrefcount, empty_uncached=np.empty, fill_bytes=np.ndarray.fill)
+                         users=sys.getrefcount, empty_uncached=np.empty, fill_bytes=np.ndarray.fill,
+                         is_out_of_memory=is_out_of_memory)
 
 
 def is_array(a):

@@ -9,7 +9,9 @@ launch configuration serves every size (and the simulator, where each thread cos
 import sys
 
 import numpy as np
+from cuda.bindings.driver import CUresult
 from numba import config, cuda
+from numba.cuda.cudadrv.driver import CudaAPIError  # the simulator's module has the class too
 
 from ..memory import CachingAllocator, slice_view
 
@@ -109,8 +111,17 @@ else:
     def _fill_bytes(block, byte):
         device_memset(block, byte, block.nbytes)  # cuMemsetD8 on the default stream, ordered with the kernels
 
+
+
+def is_out_of_memory(exc):
+    """nbcnn.OutOfMemoryError (any MemoryError), or the driver's CUDA_ERROR_OUT_OF_MEMORY as numba raises it."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, CudaAPIError) and exc.code == CUresult.CUDA_ERROR_OUT_OF_MEMORY)
+
+
 cache = CachingAllocator(allocate=lambda nbytes: cuda.device_array(nbytes, np.uint8),
-                         users=_users, empty_uncached=cuda.device_array, view=_view, fill_bytes=_fill_bytes)
+                         users=_users, empty_uncached=cuda.device_array, view=_view, fill_bytes=_fill_bytes,
+                         is_out_of_memory=is_out_of_memory)
 
 
 def empty(shape, dtype):
