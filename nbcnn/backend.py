@@ -9,10 +9,13 @@ Conventions shared by every op:
 - Float arrays are float32 (training) or float64 (gradient checks), C-contiguous, and all
   arrays passed to one call share one dtype. Labels and argmax indices are int64/int32.
 - Output arrays are allocated by the caller and passed in; an op writes them in full.
-  Arguments named `dw`, `db` are parameter gradients and are *accumulated* (+=), like
-  PyTorch's `.grad`; every other output is overwritten.
-- `ws` is a `Workspace`: per-layer scratch buffers (the im2col matrix, ...) that the
-  backend takes by name; they are allocated once per shape and reused on later calls.
+  What a forward leaves for its backward (max pooling's argmax, LRN's scale) is an output
+  like y. Arguments named `dw`, `db` are parameter gradients and are *accumulated* (+=),
+  like PyTorch's `.grad`; every other output is overwritten.
+- Scratch memory, used only during one call (the im2col matrix, per-thread partial sums),
+  comes from `ws`, a `Workspace`: the calling layer's named buffers, allocated once per
+  shape and reused on later calls. Every op that needs scratch takes one; no op keeps
+  state of its own between calls (module-level buffers, caches of arrays).
 - Shapes are validated by the layers before a call; backends may assume them.
 """
 
@@ -22,7 +25,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class Backend:
-    """The contract. Subclasses implement every method; see the module docstring."""
+    """The contract. A backend implements every method not composed here of the others
+    (zeros); `implement` binds them from the backend's files. See the module docstring."""
 
     name = "abstract"
 
@@ -41,10 +45,12 @@ class Backend:
 
     def zeros(self, shape, dtype):
         """A C-contiguous array of zeros."""
-        raise NotImplementedError
+        a = self.empty(shape, dtype)
+        self.fill(a, 0)
+        return a
 
     def from_numpy(self, a):
-        """Copy a C-contiguous host numpy array into a new array of this backend."""
+        """Copy a host numpy array (any shape and strides) into a new C-contiguous array of this backend."""
         raise NotImplementedError
 
     def to_numpy(self, a):
@@ -60,7 +66,7 @@ class Backend:
         raise NotImplementedError
 
     def contiguous(self, a):
-        """`a` itself when C-contiguous, else a C-contiguous copy."""
+        """`a` itself when C-contiguous, else a C-contiguous copy; any rank, any strides."""
         raise NotImplementedError
 
     def reshape(self, a, shape):
@@ -157,15 +163,15 @@ class Backend:
         """y = x @ w^T + b; x (N,I), w (O,I), b (O,), y (N,O)."""
         raise NotImplementedError
 
-    def linear_backward(self, x, w, dy, dx, dw, db, ws):
+    def linear_backward(self, x, w, dy, dx, dw, db):
         """dx = dy @ w; dw += dy^T @ x; db += sum_n dy. `dx` may be None."""
         raise NotImplementedError
 
     # -- loss --------------------------------------------------------------------------
-    def softmax_cross_entropy(self, logits, labels, dlogits):
+    def softmax_cross_entropy(self, logits, labels, dlogits, ws):
         """Mean over the batch of -log softmax(logits)[n, labels[n]], computed stably.
 
-        logits (N,K) float, labels (N,) integer. Writes dlogits = (softmax - onehot) / N
+        logits (N,K) float, labels (N,) integer, N >= 1. Writes dlogits = (softmax - onehot) / N
         and returns (loss, bad) as Python numbers: `bad` counts labels outside [0, K) and
         rows with a non-finite logit, which the caller turns into an error.
         """
@@ -197,8 +203,9 @@ def check_matmul(a, b, c):
 # Which file of a backend package implements each op: nbcnn/cpu/ and nbcnn/cuda/ mirror
 # each other file for file, and `implement` binds the ops from these files onto a class.
 OP_FILES = {
-    "array": ("is_array", "empty", "zeros", "from_numpy", "to_numpy", "fill", "copy",
-              "contiguous", "reshape", "add", "memory_stats", "empty_cache", "is_out_of_memory"),
+    "array": ("is_array", "empty", "from_numpy", "to_numpy", "copy", "contiguous", "reshape",
+              "memory_stats", "empty_cache", "is_out_of_memory"),
+    "elementwise": ("fill", "add"),
     "gemm": ("matmul",),
     "conv": ("conv2d_forward", "conv2d_backward"),
     "pool": ("maxpool2d_forward", "maxpool2d_backward"),

@@ -69,7 +69,7 @@ class Conv2d(Module):
         y = self.backend.empty((n, self.out_channels, self.output_size(h), self.output_size(w)), x.dtype)
         self.backend.conv2d_forward(x, self.weight.data, self.bias.data, self.stride, self.padding, y, self.ws)
         self.x = x
-        return self.output(y)
+        return self.expect_grad_like(y)
 
     def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
@@ -102,12 +102,12 @@ class Linear(Module):
         y = self.backend.empty((x.shape[0], self.out_features), x.dtype)
         self.backend.linear_forward(x, self.weight.data, self.bias.data, y)
         self.x = x
-        return self.output(y)
+        return self.expect_grad_like(y)
 
     def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
         dx = self.backend.empty(self.x.shape, self.x.dtype) if input_grad else None
-        self.backend.linear_backward(self.x, self.weight.data, dy, dx, self.weight.grad, self.bias.grad, self.ws)
+        self.backend.linear_backward(self.x, self.weight.data, dy, dx, self.weight.grad, self.bias.grad)
         return dx
 
     def extra_repr(self):
@@ -121,7 +121,7 @@ class ReLU(Module):
         x = self.check_input(x)
         self.y = self.backend.empty(x.shape, x.dtype)
         self.backend.relu_forward(x, self.y)
-        return self.output(self.y)
+        return self.expect_grad_like(self.y)
 
     def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
@@ -151,10 +151,10 @@ class MaxPool2d(Module):
             raise ValueError(f"MaxPool2d input {h}x{w} is smaller than the {k}x{k} window")
         shape = (n, c, (h - k) // s + 1, (w - k) // s + 1)
         y = self.backend.empty(shape, x.dtype)
-        self.argmax = self.ws.get("argmax", shape, np.int32, self.backend.empty)
+        self.argmax = self.backend.empty(shape, np.int32)  # forward's output for backward
         self.backend.maxpool2d_forward(x, k, s, y, self.argmax)
         self.x_shape, self.x_dtype = x.shape, x.dtype
-        return self.output(y)
+        return self.expect_grad_like(y)
 
     def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
@@ -182,10 +182,10 @@ class LocalResponseNorm(Module):
     def forward(self, x):
         x = self.check_input(x, 4)
         y = self.backend.empty(x.shape, x.dtype)
-        self.scale = self.ws.get("scale", x.shape, x.dtype, self.backend.empty)
+        self.scale = self.backend.empty(x.shape, x.dtype)  # forward's output for backward
         self.backend.lrn_forward(x, self.size, self.alpha, self.beta, self.k, y, self.scale)
         self.x, self.y = x, y
-        return self.output(y)
+        return self.expect_grad_like(y)
 
     def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
@@ -216,11 +216,11 @@ class Dropout(Module):
         x = self.check_input(x)
         self.active = self.training and self.p > 0
         if not self.active:
-            return self.output(x)
+            return self.expect_grad_like(x)
         self.key = default_generator.next_key()
         y = self.backend.empty(x.shape, x.dtype)
         self.backend.dropout_forward(x, self.p, self.key, y)
-        return self.output(y)
+        return self.expect_grad_like(y)
 
     def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
@@ -242,7 +242,7 @@ class Flatten(Module):
     def forward(self, x):
         x = self.check_input(x)
         self.x_shape = x.shape
-        return self.output(self.backend.reshape(x, (x.shape[0], int(np.prod(x.shape[1:])))))
+        return self.expect_grad_like(self.backend.reshape(x, (x.shape[0], int(np.prod(x.shape[1:])))))
 
     def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .backend import backend_of
+from .backend import Workspace, backend_of
 from .errors import NonFiniteLossError
 
 
@@ -32,7 +32,8 @@ def softmax_cross_entropy(logits, labels):
     logits = backend.contiguous(logits)
     labels = backend.contiguous(labels)
     dlogits = backend.empty(logits.shape, logits.dtype)
-    loss, bad = backend.softmax_cross_entropy(logits, labels, dlogits)
+    # a workspace per call: its buffers come from the backend's caching allocator, so this allocates nothing
+    loss, bad = backend.softmax_cross_entropy(logits, labels, dlogits, Workspace())
     if bad:
         host_labels = backend.to_numpy(labels)
         k = logits.shape[1]

@@ -153,8 +153,8 @@ class Module:
             raise ValueError(f"{type(self).__name__} expects a {ndim}-D {what}, got shape {tuple(x.shape)}")
         return self.backend.contiguous(x)
 
-    def output(self, y):
-        """Record the shape and dtype of forward's result, which backward's dy must match."""
+    def expect_grad_like(self, y):
+        """Returns forward's result `y`, noting its shape and dtype: check_grad holds backward's dy to them."""
         self._out = (tuple(y.shape), np.dtype(y.dtype))
         return y
 
@@ -219,9 +219,6 @@ class Sequential(Module):
         for i in range(len(self.modules) - 1, -1, -1):
             dy = self.modules[i].backward(dy, input_grad=input_grad or i > 0)
         return dy
-
-    def output(self, y):
-        return y  # each child checks its own gradient
 
     def __repr__(self):
         inner = "".join(f"\n  ({i}): {m!r}" for i, m in enumerate(self.modules))

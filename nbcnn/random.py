@@ -6,7 +6,16 @@ functions here are plain Python on int64 values kept below 2**32: the same sourc
 compiled inside numba.njit and numba.cuda.jit kernels (register_jitable), and runs on NumPy
 int64 arrays.
 Products are masked to 32 bits right away, so int64 wrap-around never changes the result.
+
+The specification (tests/reference.py implements it on its own, in uint32 arithmetic):
+- h is lowbias32 (C. Wellons): x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b;
+  x ^= x >> 16, all modulo 2**32; lo and hi are the low and high 32 bits of a 64-bit integer;
+- the key of dropout call number `counter` under seed s is h(h(lo(s)) ^ hi(s) ^ h(counter));
+- element i (its flat index) is kept when h(h(lo(i) ^ key) ^ hi(i)) >> 8, a uniform 24-bit
+  number, is >= p * 2**24 rounded half up; kept elements are scaled by 1 / (1 - p).
 """
+
+import math
 
 import numpy as np
 from numba.extending import register_jitable
@@ -34,22 +43,18 @@ def keep_bit(key, i, threshold):
     return 1 if (h >> (32 - KEEP_BITS)) >= threshold else 0
 
 
+@register_jitable
 def keep_threshold(p):
-    """The integer threshold for drop probability p: u24 < threshold is dropped."""
-    return int(round(float(p) * (1 << KEEP_BITS)))
+    """The integer threshold for drop probability p: u24 < threshold is dropped (p * 2**24, rounded half up).
+
+    ldexp scales exactly, so only the + 0.5 rounds, on every backend (a * b + c could fuse)."""
+    return int(math.floor(math.ldexp(p, KEEP_BITS) + 0.5))
 
 
 def dropout_key(seed, counter):
     """The 32-bit key of one dropout call: a hash of the global seed and a call counter."""
     seed = int(seed)
     return int(mix32(mix32(seed & MASK32) ^ ((seed >> 32) & MASK32) ^ mix32(int(counter) & MASK32)))
-
-
-def keep_mask(key, n, p):
-    """Reference: the keep mask (0/1 int64) for elements 0..n-1, in NumPy."""
-    i = np.arange(n, dtype=np.int64)
-    h = mix32(mix32((i & MASK32) ^ key) ^ ((i >> 32) & MASK32))
-    return ((h >> (32 - KEEP_BITS)) >= keep_threshold(p)).astype(np.int64)
 
 
 class _Generator:

@@ -27,6 +27,7 @@ part of its output unwritten fails instead of passing on zeroed or stale memory.
 
 import numpy as np
 
+from .array import to_numpy
 from .backend import get_backend
 
 DEFAULT_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
@@ -47,21 +48,27 @@ def _to_host(backend, v):
 
 
 def assert_close(got, ref, rtol=None, atol=0.0, exact=False, what="output"):
-    """Assert host arrays/numbers `got` and `ref` agree (see the module docstring for the rule)."""
-    got, ref = np.asarray(got), np.asarray(ref)
+    """Assert that `got` agrees with the reference `ref` (the rule: see the module docstring).
+
+    Either may be an nbcnn array of any backend, a host array or a number. A float result may
+    be checked against a reference of another float dtype (a float64 reference for a float32
+    kernel); rtol then defaults to the result's dtype.
+    """
+    got, ref = np.asarray(_to_host_any(got)), np.asarray(_to_host_any(ref))
     if got.shape != ref.shape:
         raise AssertionError(f"{what}: shape {got.shape} != reference {ref.shape}")
-    if got.dtype != ref.dtype and not (got.ndim == 0 and ref.ndim == 0):
+    floats = np.issubdtype(got.dtype, np.floating) and np.issubdtype(ref.dtype, np.floating)
+    if got.dtype != ref.dtype and not floats and not (got.ndim == 0 and ref.ndim == 0):
         raise AssertionError(f"{what}: dtype {got.dtype} != reference {ref.dtype}")
-    if exact or not np.issubdtype(ref.dtype, np.floating):
-        same = (got == ref) | (np.isnan(got) & np.isnan(ref)) if np.issubdtype(ref.dtype, np.floating) else got == ref
+    if exact or not floats:
+        same = (got == ref) | (np.isnan(got) & np.isnan(ref)) if floats else got == ref
         if not np.all(same):
             bad = np.argwhere(~np.asarray(same))
             raise AssertionError(f"{what}: {len(bad)} elements differ, first at {tuple(bad[0])}: "
                                  f"{got[tuple(bad[0])]} != {ref[tuple(bad[0])]}")
         return
     if rtol is None:
-        rtol = DEFAULT_RTOL.get(ref.dtype, 1e-12)
+        rtol = DEFAULT_RTOL.get(got.dtype, 1e-12)
     nan_ref, nan_got = np.isnan(ref), np.isnan(got)
     if np.any(nan_ref != nan_got):
         raise AssertionError(f"{what}: NaN in different places ({nan_got.sum()} vs reference {nan_ref.sum()})")
@@ -76,6 +83,13 @@ def assert_close(got, ref, rtol=None, atol=0.0, exact=False, what="output"):
     if err.size and err.max() > tol:
         raise AssertionError(f"{what}: max error {err.max():.3g} > tolerance {tol:.3g} "
                              f"(rtol {rtol:g} x magnitude {scale:.3g} + atol {atol:g})")
+
+
+def _to_host_any(v):
+    """A host copy of an nbcnn array of any backend; anything else as it is."""
+    if isinstance(v, (np.ndarray, np.generic, int, float, list, tuple)):
+        return v
+    return to_numpy(v)
 
 
 def run_on(device, op, *inputs):

@@ -3,7 +3,6 @@
 import numpy as np
 from scipy.signal import correlate
 
-from nbcnn.random import keep_mask
 
 
 def conv2d(x, w, b, stride, pad):
@@ -40,9 +39,52 @@ def relu(x):
     return np.maximum(x, 0)
 
 
+# -- dropout's hash, from its specification (nbcnn/random.py's docstring), in uint32 arithmetic ---
+
+def lowbias32(x):
+    """C. Wellons' lowbias32 on uint32 (wrap-around multiplication, as in his C code)."""
+    x = np.array(x, dtype=np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def lowbias32_inverse(x):
+    """The published inverse of lowbias32 (hash-prospector): checks the constants above."""
+    x = np.array(x, dtype=np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x43021123)
+    x ^= (x >> np.uint32(15)) ^ (x >> np.uint32(30))
+    x *= np.uint32(0x1D69E2A5)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def lo_hi(v):
+    """The low and high 32 bits of 64-bit integers, as uint32."""
+    v = np.asarray(v, dtype=np.uint64)
+    return (v & np.uint64(0xFFFFFFFF)).astype(np.uint32), (v >> np.uint64(32)).astype(np.uint32)
+
+
+def dropout_key(seed, counter):
+    """key = h(h(lo(seed)) ^ hi(seed) ^ h(counter)), h = lowbias32."""
+    lo, hi = lo_hi(seed)
+    return int(lowbias32(lowbias32(lo) ^ hi ^ lowbias32(np.uint32(counter))))
+
+
+def dropout_keep(key, n, p):
+    """Element i (of n) is kept when the top 24 bits of h(h(lo(i) ^ key) ^ hi(i)) are >= p * 2**24 rounded half up."""
+    lo, hi = lo_hi(np.arange(n, dtype=np.uint64))
+    u24 = lowbias32(lowbias32(lo ^ np.uint32(key)) ^ hi) >> np.uint32(8)
+    return u24 >= np.floor(p * 2**24 + 0.5)
+
+
 def dropout(x, p, key):
-    keep = keep_mask(key, x.size, p).reshape(x.shape)
-    return x * keep / (1 - p)
+    """x * keep / (1 - p)."""
+    return x * dropout_keep(key, x.size, p).reshape(x.shape) / (1 - p)
 
 
 def lrn(x, size, alpha, beta, k):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import nbcnn
+from devices import DEVICES
 from nbcnn.models import alexnet
 
 
@@ -93,6 +94,24 @@ def test_non_contiguous_input_is_made_contiguous():
     strided = x[:, :, ::2, ::2]
     np.testing.assert_array_equal(nbcnn.to_numpy(net(strided)),
                                   nbcnn.to_numpy(net(np.ascontiguousarray(strided))))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_strided_2d_input_to_linear_is_made_contiguous(device):
+    layer = nbcnn.Linear(3, 2).to(device)
+    x = x_of((4, 6))
+    strided = nbcnn.asarray(x, device)[:, ::2]  # a view of every other column, on the device
+    np.testing.assert_array_equal(nbcnn.to_numpy(layer(strided)),
+                                  nbcnn.to_numpy(layer(nbcnn.asarray(np.ascontiguousarray(x[:, ::2]), device))))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sliced_logits_are_a_loss_like_any_other(device):
+    z, labels = x_of((6, 5)), nbcnn.asarray([0, 4, 2], device)
+    loss, dz = nbcnn.softmax_cross_entropy(nbcnn.asarray(z, device)[::2], labels)
+    ref_loss, ref_dz = nbcnn.softmax_cross_entropy(nbcnn.asarray(np.ascontiguousarray(z[::2]), device), labels)
+    assert loss == ref_loss
+    np.testing.assert_array_equal(nbcnn.to_numpy(dz), nbcnn.to_numpy(ref_dz))
 
 
 def test_float64_model_runs_in_float64():

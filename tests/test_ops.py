@@ -14,9 +14,10 @@ import nbcnn
 import fake_device
 import reference as ref
 from devices import DEVICES, scale, simulated
-from nbcnn.random import dropout_key
+from nbcnn.testing import assert_close
 
-RTOL32 = 1e-4  # float32 kernels vs float64 references: sums of up to a few thousand products
+RTOL32 = 1e-4  # float32 kernels vs float64 references: sums of up to a few thousand products, relative to
+               # the output's magnitude (nbcnn.testing.assert_close's rule)
 
 
 def run(device, body, strategy, cpu_examples=25, sim_examples=4):
@@ -26,13 +27,6 @@ def run(device, body, strategy, cpu_examples=25, sim_examples=4):
     def check(case):
         body(case)
     check()
-
-
-def assert_close(actual, expected, rtol=RTOL32, atol=None):
-    expected = np.asarray(expected, dtype=np.float64)
-    if atol is None:
-        atol = rtol * max(1.0, float(np.abs(expected).max(initial=0.0)))
-    np.testing.assert_allclose(nbcnn.to_numpy(actual), expected, rtol=rtol, atol=atol)
 
 
 def floats(rng, shape, dtype=np.float32):
@@ -86,7 +80,7 @@ def test_conv2d_forward_matches_scipy_correlate(device):
         x = floats(rng, (case["n"], case["c"], case["h"], case["w"]))
         y = layer(nbcnn.asarray(x, device))
         w, b = layer.state_dict()["weight"], layer.state_dict()["bias"]
-        assert_close(y, ref.conv2d(x.astype(np.float64), w, b, case["stride"], case["pad"]))
+        assert_close(y, ref.conv2d(x.astype(np.float64), w, b, case["stride"], case["pad"]), rtol=RTOL32)
     run(device, body, conv_cases(device))
 
 
@@ -118,13 +112,12 @@ def test_maxpool2d_picks_the_first_maximum_of_each_window_and_a_nan_wins(device,
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("h", [13, 14, 27, 55])
-def test_overlapping_3_2_pooling_on_odd_and_even_maps(device, h):
-    h = scale(device, h, min(h, 7))
-    x = floats(np.random.default_rng(h), (1, 2, h, h))
-    y = nbcnn.MaxPool2d(3, 2).to(device)(nbcnn.asarray(x, device))
-    assert y.shape == (1, 2, (h - 3) // 2 + 1, (h - 3) // 2 + 1)
-    np.testing.assert_array_equal(nbcnn.to_numpy(y), ref.maxpool2d(x, 3, 2))
+def test_overlapping_3_2_pooling_on_odd_and_even_maps(device):
+    for h in scale(device, [13, 14, 27, 55], [7, 8]):  # AlexNet's map sizes; an odd and an even one simulated
+        x = floats(np.random.default_rng(h), (1, 2, h, h))
+        y = nbcnn.MaxPool2d(3, 2).to(device)(nbcnn.asarray(x, device))
+        assert y.shape == (1, 2, (h - 3) // 2 + 1, (h - 3) // 2 + 1)
+        np.testing.assert_array_equal(nbcnn.to_numpy(y), ref.maxpool2d(x, 3, 2))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -142,7 +135,7 @@ def test_lrn_forward_matches_reference(device):
         x = 3 * floats(np.random.default_rng(case["seed"]), (case["n"], case["c"], case["h"], case["w"]))
         for size, alpha, beta, k in ((5, 5e-4, 0.75, 2.0), (2, 0.5, 0.6, 1.0), (4, 1.0, 1.0, 0.5)):
             y = nbcnn.LocalResponseNorm(size, alpha, beta, k).to(device)(nbcnn.asarray(x, device))
-            assert_close(y, ref.lrn(x.astype(np.float64), size, alpha, beta, k))
+            assert_close(y, ref.lrn(x.astype(np.float64), size, alpha, beta, k), rtol=RTOL32)
     run(device, body, map_cases(device))
 
 
@@ -153,9 +146,14 @@ def test_dropout_forward_matches_the_hash_mask(device):
         nbcnn.manual_seed(case["seed"])
         layer = nbcnn.Dropout(0.5).to(device)
         y = layer(nbcnn.asarray(x, device))
-        expected = ref.dropout(x, 0.5, dropout_key(case["seed"], 0)).astype(np.float32)
+        expected = ref.dropout(x, 0.5, ref.dropout_key(case["seed"], 0)).astype(np.float32)
         np.testing.assert_array_equal(nbcnn.to_numpy(y), expected)
     run(device, body, map_cases(device))
+
+
+def test_the_dropout_references_hash_has_lowbias32s_constants():
+    x = np.random.default_rng(0).integers(0, 2**32, 10_000, dtype=np.uint64).astype(np.uint32)
+    assert np.array_equal(ref.lowbias32_inverse(ref.lowbias32(x)), x)  # the published inverse undoes it
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -184,7 +182,7 @@ def test_linear_forward_matches_matmul(device):
         layer = nbcnn.Linear(i, o).to(device)
         x = floats(rng, (n, i))
         sd = layer.state_dict()
-        assert_close(layer(nbcnn.asarray(x, device)), ref.linear(x.astype(np.float64), sd["weight"], sd["bias"]))
+        assert_close(layer(nbcnn.asarray(x, device)), ref.linear(x.astype(np.float64), sd["weight"], sd["bias"]), rtol=RTOL32)
     run(device, body, map_cases(device))
 
 
@@ -211,18 +209,21 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_sgd_step_is_torch_rule(device):
+def test_sgd_updates_every_parameter_and_momentum_buffer_by_torchs_rule(device):
     rng = np.random.default_rng(0)
     layer = nbcnn.Linear(5, 3).to(device)
     opt = nbcnn.SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    w = layer.state_dict()["weight"].astype(np.float64)
-    v = np.zeros_like(w)
+    expected = {name: (w.astype(np.float64), np.zeros(w.shape)) for name, w in layer.state_dict().items()}
     for _ in range(3):
-        g = floats(rng, w.shape)
-        layer.weight.grad = nbcnn.asarray(g, device)
+        for name, p in layer.named_parameters():
+            g = floats(rng, p.shape)
+            p.grad = nbcnn.asarray(g, device)
+            expected[name] = ref.sgd(expected[name][0], g, expected[name][1], 0.1, 0.9, 5e-4)
         opt.step()
-        w, v = ref.sgd(w, g, v, 0.1, 0.9, 5e-4)
-    assert_close(layer.weight.data, w, rtol=1e-5)
+    for name, p in layer.named_parameters():  # the weight and the bias
+        w, v = expected[name]
+        assert_close(p.data, w, rtol=1e-5, what=name)
+        assert_close(p.state["momentum_buffer"], v, rtol=1e-5, what=f"{name}'s momentum buffer")
 
 
 # -- backward against finite differences (float64) ----------------------------------------

@@ -1,9 +1,8 @@
-"""Array creation, host transfer and element-wise copies for the CPU backend (numpy arrays)."""
+"""Arrays of the CPU backend (numpy arrays): allocation, host transfer, copies and views."""
 
 import sys
 
 import numpy as np
-from numba import njit, prange
 
 from ..memory import CachingAllocator
 
@@ -28,12 +27,6 @@ def empty(shape, dtype):
     return cache.empty(shape, dtype)
 
 
-def zeros(shape, dtype):
-    a = empty(shape, dtype)
-    a[...] = 0
-    return a
-
-
 def from_numpy(a):
     out = empty(np.shape(a), np.asarray(a).dtype)
     out[...] = a
@@ -52,28 +45,17 @@ def to_numpy(a):
     return np.array(a, copy=True)
 
 
-def fill(a, value):
-    a[...] = value
-
-
 def copy(src, dst):
     dst[...] = src
 
 
 def contiguous(a):
-    return np.ascontiguousarray(a)
+    if a.flags.c_contiguous:
+        return a
+    out = empty(a.shape, a.dtype)  # from the cache, unlike np.ascontiguousarray
+    out[...] = a
+    return out
 
 
 def reshape(a, shape):
     return a.reshape(shape)
-
-
-@njit(parallel=True, cache=True)
-def add_kernel(src, dst):
-    """dst[i] += src[i] over flat arrays."""
-    for i in prange(dst.shape[0]):
-        dst[i] += src[i]
-
-
-def add(src, dst):
-    add_kernel(src.reshape(-1), dst.reshape(-1))

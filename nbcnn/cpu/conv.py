@@ -152,6 +152,6 @@ def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
     dws = ws.get("dws", (T, O, R), x.dtype, empty)
     dbs = ws.get("dbs", (T, O), x.dtype, empty)
     want_dx = dx is not None
-    if dx is None:
-        dx = ws.get("dx_unused", (1,) + x.shape[1:], x.dtype, empty)
-    conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, _padded(x, pad, T, ws), dws, dbs, dx, dw, db, want_dx)
+    # numba compiles for an array in dx's place either way; x is one, and unwritten without want_dx
+    conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, _padded(x, pad, T, ws), dws, dbs,
+                           dx if want_dx else x, dw, db, want_dx)

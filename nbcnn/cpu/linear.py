@@ -7,7 +7,6 @@ per thread, each a single-threaded BLAS call on its part of the arrays, in place
 
 from numba import njit, prange
 
-from .array import empty
 from .gemm import block, gemm_rm, sum_cols_into
 from .threads import num_threads, single_threaded_blas
 
@@ -26,16 +25,21 @@ def linear_forward_kernel(x, w, b, y, T):
 
 
 @njit(parallel=True, cache=True)
-def linear_backward_kernel(x, w, dy, dx, dw, db, want_dx, T):
-    """dx = dy @ w (thread t: columns [i0, i1)); dw += dy^T @ x (thread t: rows [o0, o1)); db += column sums of dy."""
+def linear_dx_kernel(dy, w, dx, T):
+    """dx = dy @ w; dy (N,O), w (O,I), dx (N,I); thread t computes columns [i0, i1) of dx."""
+    N, O = dy.shape
+    I = w.shape[1]
+    for t in prange(T):
+        i0, i1 = block(t, T, I)
+        if i0 < i1:
+            gemm_rm(False, False, N, i1 - i0, O, 1.0, dy, O, w.reshape(-1)[i0:], I, 0.0, dx.reshape(-1)[i0:], I)
+
+
+@njit(parallel=True, cache=True)
+def linear_dw_kernel(x, dy, dw, db, T):
+    """dw += dy^T @ x (thread t: rows [o0, o1)); db += column sums of dy."""
     N, I = x.shape
-    O = w.shape[0]
-    if want_dx:
-        for t in prange(T):
-            i0, i1 = block(t, T, I)
-            if i0 < i1:
-                gemm_rm(False, False, N, i1 - i0, O, 1.0, dy, O, w.reshape(-1)[i0:], I, 0.0,
-                        dx.reshape(-1)[i0:], I)
+    O = dy.shape[1]
     for t in prange(T):
         o0, o1 = block(t, T, O)
         if o0 < o1:
@@ -49,8 +53,7 @@ def linear_forward(x, w, b, y):
 
 
 @single_threaded_blas
-def linear_backward(x, w, dy, dx, dw, db, ws):
-    want_dx = dx is not None
-    if dx is None:
-        dx = ws.get("dx_unused", (1, 1), x.dtype, empty)
-    linear_backward_kernel(x, w, dy, dx, dw, db, want_dx, num_threads())
+def linear_backward(x, w, dy, dx, dw, db):
+    if dx is not None:
+        linear_dx_kernel(dy, w, dx, num_threads())
+    linear_dw_kernel(x, dy, dw, db, num_threads())

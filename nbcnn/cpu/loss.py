@@ -14,9 +14,9 @@ def softmax_cross_entropy_kernel(logits, labels, dlogits, row_loss, row_bad):
         row_loss[n], row_bad[n] = softmax_cross_entropy_row(logits, labels, dlogits, n)
 
 
-def softmax_cross_entropy(logits, labels, dlogits):
+def softmax_cross_entropy(logits, labels, dlogits, ws):
     n = logits.shape[0]
-    row_loss = empty((n,), np.float64)
-    row_bad = empty((n,), np.int64)
+    row_loss = ws.get("row_loss", (n,), np.float64, empty)
+    row_bad = ws.get("row_bad", (n,), np.int64, empty)
     softmax_cross_entropy_kernel(logits, labels, dlogits, row_loss, row_bad)
     return float(row_loss.sum() / n), int(row_bad.sum())

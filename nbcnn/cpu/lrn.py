@@ -65,13 +65,14 @@ def lrn_backward_kernel(x, y, scale, dy, size, alpha, beta, dx):
             backward_plane(x, dy, scale, terms, n, c, size, alpha, beta, dx)
 
 
-def _flat(a):
+def _planes(a):
+    """(N, C, H, W) as (N, C, H*W): a plane of pixels per (n, c)."""
     return a.reshape(a.shape[0], a.shape[1], a.shape[2] * a.shape[3])
 
 
 def lrn_forward(x, size, alpha, beta, k, y, scale):
-    lrn_forward_kernel(_flat(x), size, alpha, beta, k, _flat(y), _flat(scale))
+    lrn_forward_kernel(_planes(x), size, alpha, beta, k, _planes(y), _planes(scale))
 
 
 def lrn_backward(x, y, scale, dy, size, alpha, beta, dx):
-    lrn_backward_kernel(_flat(x), _flat(y), _flat(scale), _flat(dy), size, alpha, beta, _flat(dx))
+    lrn_backward_kernel(_planes(x), _planes(y), _planes(scale), _planes(dy), size, alpha, beta, _planes(dx))

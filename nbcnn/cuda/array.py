@@ -1,11 +1,12 @@
-"""Device arrays for the CUDA backend (numba DeviceNDArray, or FakeCUDAArray under the simulator),
-host transfer, and the element-wise kernels: fill, add, strided copy.
+"""Device arrays for the CUDA backend (numba DeviceNDArray, or FakeCUDAArray under the simulator):
+allocation, host transfer, copies and views, and the launch helpers every CUDA kernel uses.
 
-Element-wise kernels use grid-stride loops over the flat array with a capped grid, so one
-launch configuration serves every size (and the simulator, where each thread costs about
-135 us, runs few threads that each do many elements).
+Kernels over many elements use grid-stride loops with a capped grid, so one launch
+configuration serves every size (and the simulator, where each thread costs about 135 us,
+runs few threads that each do many elements).
 """
 
+import functools
 import sys
 
 import numpy as np
@@ -13,6 +14,7 @@ from cuda.bindings.driver import CUresult
 from numba import config, cuda
 from numba.cuda.cudadrv.driver import CudaAPIError  # the simulator's module has the class too
 
+from ..codegen import define
 from ..memory import CachingAllocator, slice_view
 
 if config.ENABLE_CUDASIM:
@@ -128,12 +130,6 @@ def empty(shape, dtype):
     return cache.empty(shape, dtype)
 
 
-def zeros(shape, dtype):
-    a = empty(shape, dtype)
-    fill(a, 0)
-    return a
-
-
 def from_numpy(a):
     a = np.ascontiguousarray(a)
     out = empty(a.shape, a.dtype)
@@ -158,60 +154,37 @@ def empty_cache():
     return freed
 
 
-@cuda.jit(cache=True)
-def fill_kernel(a, value):
-    """a[i] = value over a flat array."""
-    start, step = cuda.grid(1), cuda.gridsize(1)
-    for i in range(start, a.shape[0], step):
-        a[i] = value
-
-
-def fill(a, value):
-    if a.size:
-        a = flat(a)
-        fill_kernel[launch(a.size)](a, a.dtype.type(value))
-
-
 def copy(src, dst):
     if dst.size:
         dst.copy_to_device(src)  # a device-to-device memcpy: nothing for a kernel to add
 
 
-@cuda.jit(cache=True)
-def strided_copy_kernel(src, dst):
-    """dst[n,c,h,w] = src[n,c,h,w]: src any strides, dst C-contiguous, both 4-D."""
-    _, C, H, W = dst.shape
-    start, step = cuda.grid(1), cuda.gridsize(1)
-    for i in range(start, dst.size, step):
-        n, c, h, w = unravel4(i, C, H, W)
-        dst[n, c, h, w] = src[n, c, h, w]
+def _strided_copy_source(ndim):
+    """The copy kernel for `ndim`-D arrays: dst (flat) [e] = src[the index of e in src's shape]."""
+    unravel = "".join(f"        rest, i{d} = divmod32(rest, src.shape[{d}])\n" for d in range(ndim - 1, 0, -1))
+    index = ", ".join(["rest"] + [f"i{d}" for d in range(1, ndim)])
+    return (f"def strided_copy_{ndim}d(src, dst):\n"
+            f"    for e in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):\n"
+            f"        rest = e\n{unravel}"
+            f"        dst[e] = src[{index}]\n")
+
+
+@functools.cache
+def strided_copy_kernel(ndim):
+    """src (any strides, `ndim` axes) copied into flat dst, a thread per element: one kernel per rank (nbcnn.codegen)."""
+    source = _strided_copy_source(ndim)
+    return cuda.jit(cache=True)(define(source, f"strided_copy_{ndim}d", {"cuda": cuda, "divmod32": divmod32}, __name__))
 
 
 def contiguous(a):
     if a.is_c_contiguous():
         return a
-    if a.ndim != 4:
-        # numba device arrays cannot be re-viewed with more axes without a copy; every
-        # non-contiguous array the layers meet is an NCHW slice.
-        raise ValueError(f"CUDA contiguous() copies strided arrays of 4 dimensions only, got shape {a.shape}")
+    check_int32(a)
     out = empty(a.shape, a.dtype)
     if out.size:
-        strided_copy_kernel[launch(out.size)](a, out)
+        strided_copy_kernel(a.ndim)[launch(out.size)](a, flat(out))
     return out
 
 
 def reshape(a, shape):
     return a.reshape(tuple(int(s) for s in shape))
-
-
-@cuda.jit(cache=True)
-def add_kernel(src, dst):
-    """dst[i] += src[i] over flat arrays."""
-    start, step = cuda.grid(1), cuda.gridsize(1)
-    for i in range(start, dst.shape[0], step):
-        dst[i] += src[i]
-
-
-def add(src, dst):
-    if dst.size:
-        add_kernel[launch(dst.size)](flat(src), flat(dst))

@@ -102,8 +102,8 @@ def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
         # dw (O, R) += sum_n dy[n] (O, P) @ col[n]^T (P, R), the images split over the GPU
         gemm_batch_sum(dyb, cb, dw, partial, O, R, P, trans_b=True, batch=nb, strides=(O * P, R * P))
         if dx is not None:
-            db_ = dcol[:nb]
+            dcol_b = dcol[:nb]
             # dcol[n] (R, P) = W^T (R, O) @ dy[n] (O, P)
-            gemm(w, dyb, db_, R, P, O, trans_a=True, batch=nb, strides=(0, O * P, R * P))
-            col2im_kernel[launch(nb * x.shape[1] * x.shape[2] * x.shape[3])](db_, n0, kh, kw, stride, pad, dx)
+            gemm(w, dyb, dcol_b, R, P, O, trans_a=True, batch=nb, strides=(0, O * P, R * P))
+            col2im_kernel[launch(nb * x.shape[1] * x.shape[2] * x.shape[3])](dcol_b, n0, kh, kw, stride, pad, dx)
     sum_batched_rows_into(dy.reshape(N, O, P), db)

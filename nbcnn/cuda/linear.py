@@ -9,7 +9,7 @@ def linear_forward(x, w, b, y):
     gemm(x, w, y, n, w.shape[0], i, trans_b=True, bias=b, bias_mode=BIAS_COL)
 
 
-def linear_backward(x, w, dy, dx, dw, db, ws):
+def linear_backward(x, w, dy, dx, dw, db):
     """dx = dy @ w; dw += dy^T @ x (accumulated in the epilogue, no temporary); db += column sums of dy."""
     n, i = x.shape
     o = w.shape[0]

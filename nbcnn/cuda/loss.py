@@ -28,22 +28,12 @@ def sum_rows_kernel(row_loss, row_bad, out):
         out[1] = b
 
 
-_scratch = {}
-
-
-def _buffers(n):
-    """Per-batch-size device scratch, allocated once: (row_loss, row_bad, out)."""
-    if n not in _scratch:
-        _scratch[n] = (empty((n,), np.float64), empty((n,), np.int64), empty((2,), np.float64))
-    return _scratch[n]
-
-
-def softmax_cross_entropy(logits, labels, dlogits):
+def softmax_cross_entropy(logits, labels, dlogits, ws):
     n = logits.shape[0]
-    if n == 0:
-        return float("nan"), 0
-    row_loss, row_bad, out = _buffers(n)
+    row_loss = ws.get("row_loss", (n,), np.float64, empty)
+    row_bad = ws.get("row_bad", (n,), np.int64, empty)
+    sums = ws.get("sums", (2,), np.float64, empty)
     softmax_cross_entropy_kernel[launch(n)](logits, labels, dlogits, row_loss, row_bad)
-    sum_rows_kernel[1, 1](row_loss, row_bad, out)
-    loss, bad = out.copy_to_host()  # the one device-to-host copy of a step: two numbers
+    sum_rows_kernel[1, 1](row_loss, row_bad, sums)
+    loss, bad = sums.copy_to_host()  # the one device-to-host copy of a step: two numbers
     return float(loss / n), int(bad)

@@ -26,15 +26,16 @@ def lrn_backward_kernel(x, y, scale, dy, size, alpha, beta, dx):
         lrn_backward_at(x, y, scale, dy, n, c, s, size, alpha, beta, dx)
 
 
-def _flat(a):
-    return a.reshape((a.shape[0], a.shape[1], a.size // max(1, a.shape[0] * a.shape[1])))
+def _planes(a):
+    """(N, C, H, W) as (N, C, H*W): a plane of pixels per (n, c)."""
+    return a.reshape((a.shape[0], a.shape[1], a.shape[2] * a.shape[3]))
 
 
 def lrn_forward(x, size, alpha, beta, k, y, scale):
     if x.size:
-        lrn_forward_kernel[launch(x.size)](_flat(x), size, alpha, beta, k, _flat(y), _flat(scale))
+        lrn_forward_kernel[launch(x.size)](_planes(x), size, alpha, beta, k, _planes(y), _planes(scale))
 
 
 def lrn_backward(x, y, scale, dy, size, alpha, beta, dx):
     if x.size:
-        lrn_backward_kernel[launch(x.size)](_flat(x), _flat(y), _flat(scale), _flat(dy), size, alpha, beta, _flat(dx))
+        lrn_backward_kernel[launch(x.size)](_planes(x), _planes(y), _planes(scale), _planes(dy), size, alpha, beta, _planes(dx))

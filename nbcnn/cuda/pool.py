@@ -3,7 +3,8 @@
 from numba import cuda
 
 from ..kernel_math import maxpool_window
-from .array import divmod32, fill, launch, unravel4
+from .array import divmod32, launch, unravel4
+from .elementwise import fill
 
 
 @cuda.jit(cache=True)

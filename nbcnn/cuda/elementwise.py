@@ -1,0 +1,34 @@
+"""CUDA's element-wise kernels: each nbcnn.elementwise spec as a grid-stride loop (numba.cuda.jit)."""
+
+from numba import cuda
+
+from .. import elementwise as ew
+from ..codegen import define
+from .array import flat, launch
+
+LOOP = "for i in range(cuda.grid(1), {first}.shape[0], cuda.gridsize(1)):"
+
+
+def compile_kernel(spec):
+    """The spec's kernel over flat arrays (nbcnn.codegen: cached on disk like the hand-written kernels)."""
+    source = spec.source(LOOP)
+    return cuda.jit(cache=True)(define(source, spec.name, {"formula": spec.formula, "cuda": cuda}, __name__))
+
+
+def elementwise(spec):
+    """The op of `spec`: arrays of any shape (C-contiguous, one size) flattened, scalars as Python numbers."""
+    kernel = compile_kernel(spec)
+    is_array = [name in spec.arrays for name in spec.params]
+    first = is_array.index(True)
+
+    def op(*args):
+        size = args[first].size
+        if size:
+            kernel[launch(size)](*(flat(a) if array else ew.python_number(a) for a, array in zip(args, is_array)))
+
+    return ew.named(op, spec, kernel)
+
+
+# The contract's element-wise array ops (the others have files of their own: relu.py, dropout.py, sgd.py).
+fill = elementwise(ew.FILL)
+add = elementwise(ew.ADD)

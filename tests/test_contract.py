@@ -1,0 +1,371 @@
+"""The backend contract (nbcnn/backend.py), method by method, on every backend.
+
+Each method has a case here that calls it and checks the result against NumPy (or
+tests/reference.py); a method that takes arrays of any shape is called with arrays of
+ranks 1 to 5, and `contiguous`, `from_numpy` and `copy` with strided ones too. A test fails
+when the contract gains a method without a case. The ops' numerics are specified in depth
+by test_ops.py and test_backends_agree.py; this suite holds every backend to every
+promise of the contract's signatures: shapes, ranks, strides, dtypes, what is overwritten
+and what accumulates.
+"""
+
+import inspect
+
+import numpy as np
+import pytest
+
+import nbcnn
+import reference as ref
+from devices import DEVICES
+from nbcnn.backend import Backend, Workspace
+from nbcnn.testing import assert_close
+
+SHAPES = [(7,), (3, 4), (2, 3, 5), (2, 2, 3, 4), (1, 2, 3, 2, 3)]  # ranks 1 to 5
+CASES = {}
+
+
+def case(method):
+    """Register the decorated function as the case of contract method `method`."""
+    def register(fn):
+        CASES[method] = fn
+        return fn
+    return register
+
+
+def contract_methods():
+    return sorted(name for name, _ in inspect.getmembers(Backend, inspect.isfunction) if not name.startswith("_"))
+
+
+def data(shape, dtype=np.float32, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def strided(be, shape, dtype=np.float32, seed=0):
+    """(host array, the same values as a strided view of a larger array of backend `be`)."""
+    big = data(tuple(2 * s + 1 for s in shape), dtype, seed)
+    index = tuple(slice(1, None, 2) for _ in shape)  # every other element, from the second, on every axis
+    view = be.from_numpy(big)[index]
+    return big[index], view
+
+
+def test_every_contract_method_has_a_case():
+    assert sorted(CASES) == contract_methods()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", contract_methods())
+def test_the_contract_holds(device, method):
+    CASES[method](nbcnn.get_backend(device))
+
+
+# -- arrays ------------------------------------------------------------------------------
+
+@case("is_array")
+def _(be):
+    assert be.is_array(be.empty((2, 3), np.float32))
+    assert not be.is_array([1.0, 2.0])
+
+
+@case("empty")
+def _(be):
+    for shape in SHAPES + [(0,), (3, 0)]:
+        for dtype in (np.float32, np.float64, np.int32, np.int64):
+            a = be.empty(shape, dtype)
+            assert tuple(a.shape) == shape and a.dtype == dtype and be.is_array(a)
+
+
+@case("zeros")
+def _(be):
+    for shape in SHAPES:
+        assert_close(be.zeros(shape, np.float64), np.zeros(shape), exact=True)
+
+
+@case("from_numpy")
+def _(be):
+    for shape in SHAPES:
+        host = data(shape, np.float64)
+        assert_close(be.from_numpy(host), host, exact=True)
+        view = data(tuple(2 * s for s in shape))[tuple(slice(None, None, 2) for _ in shape)]  # host strides
+        a = be.from_numpy(view)
+        assert_close(a, view, exact=True)
+        assert be.contiguous(a) is a
+
+
+@case("to_numpy")
+def _(be):
+    for shape in SHAPES:
+        host = data(shape)
+        out = be.to_numpy(be.from_numpy(host))
+        assert isinstance(out, np.ndarray) and out.dtype == host.dtype and np.array_equal(out, host)
+
+
+@case("copy")
+def _(be):
+    for shape in SHAPES:
+        host = data(shape)
+        dst = be.empty(shape, np.float32)
+        be.copy(be.from_numpy(host), dst)
+        assert_close(dst, host, exact=True)
+
+
+@case("contiguous")
+def _(be):
+    for shape in SHAPES:
+        host, view = strided(be, shape)
+        out = be.contiguous(view)
+        assert tuple(out.shape) == shape
+        assert_close(be.to_numpy(out), host, exact=True)
+        assert be.contiguous(out) is out  # already contiguous: no copy
+    for dtype in (np.float64, np.int64):
+        host, view = strided(be, (3, 4), dtype)
+        assert_close(be.contiguous(view), host, exact=True)
+
+
+@case("reshape")
+def _(be):
+    for shape in SHAPES:
+        host = data(shape)
+        flat = be.reshape(be.from_numpy(host), (host.size,))
+        assert_close(flat, host.reshape(-1), exact=True)
+        assert_close(be.reshape(flat, shape), host, exact=True)
+
+
+@case("fill")
+def _(be):
+    for shape in SHAPES:
+        a = be.empty(shape, np.float32)
+        be.fill(a, 2.5)
+        assert_close(a, np.full(shape, 2.5, np.float32), exact=True)
+    labels = be.empty((4,), np.int64)
+    be.fill(labels, 3)
+    assert_close(labels, np.full(4, 3), exact=True)
+
+
+@case("add")
+def _(be):
+    for shape in SHAPES:
+        a, b = data(shape, seed=1), data(shape, seed=2)
+        dst = be.from_numpy(b)
+        be.add(be.from_numpy(a), dst)
+        assert_close(dst, b + a, exact=True)
+
+
+@case("memory_stats")
+def _(be):
+    stats = be.memory_stats()
+    assert set(stats) == {"allocations", "reserved_bytes", "in_use_bytes"}
+    keep = be.empty((1000,), np.float32)
+    assert be.memory_stats()["in_use_bytes"] >= keep.size * 4
+
+
+@case("empty_cache")
+def _(be):
+    a = be.empty((12345,), np.float32)
+    del a
+    assert be.empty_cache() >= 1
+    assert be.memory_stats()["reserved_bytes"] == be.memory_stats()["in_use_bytes"]
+
+
+@case("is_out_of_memory")
+def _(be):
+    assert be.is_out_of_memory(nbcnn.OutOfMemoryError("out of memory"))
+    assert not be.is_out_of_memory(ValueError("out of memory"))
+
+
+# -- GEMM, convolution, pooling, LRN, linear -----------------------------------------------
+
+@case("matmul")
+def _(be):
+    a, b = data((5, 3), np.float64, 1), data((3, 4), np.float64, 2)
+    c = be.empty((5, 4), np.float64)
+    be.matmul(be.from_numpy(a), be.from_numpy(b), c)
+    assert_close(c, a @ b)
+    with pytest.raises(ValueError):  # a strided view would be read as garbage by BLAS or the GPU kernel
+        be.matmul(strided(be, (5, 3), np.float64)[1], be.from_numpy(b), c)
+
+
+def conv_args(be):
+    x, w, b = data((2, 2, 5, 4), np.float64, 1), data((3, 2, 3, 3), np.float64, 2), data((3,), np.float64, 3)
+    return x, w, b, [be.from_numpy(v) for v in (x, w, b)]
+
+
+@case("conv2d_forward")
+def _(be):
+    x, w, b, (xd, wd, bd) = conv_args(be)
+    y = be.empty((2, 3, 3, 2), np.float64)  # stride 2, padding 1
+    be.conv2d_forward(xd, wd, bd, 2, 1, y, Workspace())
+    assert_close(y, ref.conv2d(x, w, b, 2, 1))
+
+
+@case("conv2d_backward")
+def _(be):
+    x, w, b, (xd, wd, bd) = conv_args(be)
+    dy = data((2, 3, 5, 4), np.float64, 4)  # stride 1, padding 1
+    dw0, db0 = data(w.shape, np.float64, 5), data(b.shape, np.float64, 6)
+    dx, dw, db = be.empty(x.shape, np.float64), be.from_numpy(dw0), be.from_numpy(db0)
+    be.conv2d_backward(xd, wd, be.from_numpy(dy), 1, 1, dx, dw, db, Workspace())
+    # the adjoint of forward: <dy, conv(x)> = <dx, x> + <dw, w> + <db, b> for the gradients alone
+    y = ref.conv2d(x, w, np.zeros(3), 1, 1)
+    assert np.isclose(np.vdot(dy, y), np.vdot(be.to_numpy(dx), x))
+    assert np.isclose(np.vdot(dy, y), np.vdot(be.to_numpy(dw) - dw0, w))  # dw accumulates onto dw0
+    assert_close(be.to_numpy(db) - db0, dy.sum(axis=(0, 2, 3)))
+
+
+@case("maxpool2d_forward")
+def _(be):
+    x = data((2, 3, 7, 6))
+    y, argmax = be.empty((2, 3, 3, 2), np.float32), be.empty((2, 3, 3, 2), np.int32)
+    be.maxpool2d_forward(be.from_numpy(x), 3, 2, y, argmax)
+    ref_y, ref_argmax = ref.maxpool2d_argmax(x, 3, 2)
+    assert_close(y, ref_y, exact=True)
+    assert_close(argmax, ref_argmax, exact=True)
+
+
+@case("maxpool2d_backward")
+def _(be):
+    x, dy = data((1, 2, 5, 5)), data((1, 2, 2, 2), seed=1)
+    _, argmax = ref.maxpool2d_argmax(x, 3, 2)
+    dx = be.empty(x.shape, np.float32)
+    be.maxpool2d_backward(be.from_numpy(dy), be.from_numpy(argmax), dx)
+    expected = np.zeros((1, 2, 25), np.float64)
+    for c in range(2):
+        np.add.at(expected[0, c], argmax[0, c].reshape(-1), dy[0, c].reshape(-1))
+    assert_close(dx, expected.reshape(x.shape).astype(np.float32), rtol=1e-6)
+
+
+@case("lrn_forward")
+def _(be):
+    x = 3 * data((2, 6, 3, 2), np.float64)
+    y, scale = be.empty(x.shape, np.float64), be.empty(x.shape, np.float64)
+    be.lrn_forward(be.from_numpy(x), 5, 5e-4, 0.75, 2.0, y, scale)
+    assert_close(y, ref.lrn(x, 5, 5e-4, 0.75, 2.0))
+    assert_close(be.to_numpy(y), x * be.to_numpy(scale) ** -0.75)
+
+
+@case("lrn_backward")
+def _(be):
+    x, dy = 3 * data((1, 5, 2, 2), np.float64), data((1, 5, 2, 2), np.float64, 1)
+    xd, y, scale, dx = be.from_numpy(x), *(be.empty(x.shape, np.float64) for _ in range(3))
+    be.lrn_forward(xd, 3, 0.5, 0.75, 1.0, y, scale)
+    be.lrn_backward(xd, y, scale, be.from_numpy(dy), 3, 0.5, 0.75, dx)
+    v, eps = data(x.shape, np.float64, 2), 1e-6  # the directional derivative along v, by central differences
+    fd = (np.vdot(dy, ref.lrn(x + eps * v, 3, 0.5, 0.75, 1.0)) - np.vdot(dy, ref.lrn(x - eps * v, 3, 0.5, 0.75, 1.0))) / (2 * eps)
+    assert np.isclose(np.vdot(be.to_numpy(dx), v), fd, rtol=1e-6)
+
+
+@case("linear_forward")
+def _(be):
+    x, w, b = data((4, 3), np.float64), data((2, 3), np.float64, 1), data((2,), np.float64, 2)
+    y = be.empty((4, 2), np.float64)
+    be.linear_forward(*(be.from_numpy(v) for v in (x, w, b)), y)
+    assert_close(y, ref.linear(x, w, b))
+
+
+@case("linear_backward")
+def _(be):
+    x, w, dy = data((4, 3), np.float64), data((2, 3), np.float64, 1), data((4, 2), np.float64, 2)
+    dw0, db0 = data((2, 3), np.float64, 3), data((2,), np.float64, 4)
+    for want_dx in (True, False):
+        dx = be.empty(x.shape, np.float64) if want_dx else None
+        dw, db = be.from_numpy(dw0), be.from_numpy(db0)
+        be.linear_backward(be.from_numpy(x), be.from_numpy(w), be.from_numpy(dy), dx, dw, db)
+        if want_dx:
+            assert_close(dx, dy @ w)
+        assert_close(dw, dw0 + dy.T @ x)
+        assert_close(db, db0 + dy.sum(axis=0))
+
+
+# -- element-wise: any rank ------------------------------------------------------------------
+
+@case("relu_forward")
+def _(be):
+    for shape in SHAPES:
+        x = data(shape)
+        y = be.empty(shape, np.float32)
+        be.relu_forward(be.from_numpy(x), y)
+        assert_close(y, ref.relu(x), exact=True)
+
+
+@case("relu_backward")
+def _(be):
+    for shape in SHAPES:
+        y, dy = ref.relu(data(shape)), data(shape, seed=1)
+        dx = be.empty(shape, np.float32)
+        be.relu_backward(be.from_numpy(y), be.from_numpy(dy), dx)
+        assert_close(dx, np.where(y > 0, dy, 0), exact=True)
+
+
+@case("dropout_forward")
+def _(be):
+    check_dropout(be, be.dropout_forward)
+
+
+@case("dropout_backward")
+def _(be):
+    check_dropout(be, be.dropout_backward)  # the same mask, recomputed from the key
+
+
+def check_dropout(be, op):
+    """op(x, p, key, y) writes y = x * keep / (1 - p) with the hash's mask, at every rank."""
+    for shape, key in zip(SHAPES, (12345, 777, 1, 2**31, 0)):
+        x = data(shape)
+        y = be.empty(shape, np.float32)
+        op(be.from_numpy(x), 0.5, key, y)
+        assert_close(y, ref.dropout(x, 0.5, key).astype(np.float32), exact=True)
+
+
+@case("sgd_step")
+def _(be):
+    for shape in SHAPES:
+        w, g, v = (data(shape, np.float64, seed) for seed in (1, 2, 3))
+        wd, vd = be.from_numpy(w), be.from_numpy(v)
+        be.sgd_step(wd, be.from_numpy(g), vd, 0.1, 0.9, 5e-4)
+        w_new, v_new = ref.sgd(w, g, v, 0.1, 0.9, 5e-4)
+        assert_close(wd, w_new, rtol=1e-15)
+        assert_close(vd, v_new, rtol=1e-15)
+
+
+# -- loss ------------------------------------------------------------------------------------
+
+@case("softmax_cross_entropy")
+def _(be):
+    z, labels = data((4, 3), np.float64), np.array([0, 2, 1, 2])
+    dz = be.empty(z.shape, np.float64)
+    loss, bad = be.softmax_cross_entropy(be.from_numpy(z), be.from_numpy(labels), dz, Workspace())
+    ref_loss, ref_dz = ref.softmax_cross_entropy(z, labels)
+    assert isinstance(loss, float) and isinstance(bad, int) and bad == 0
+    assert_close(loss, ref_loss)
+    assert_close(dz, ref_dz)
+    z[1, 1] = np.nan
+    labels[3] = 3  # out of [0, 3)
+    _, bad = be.softmax_cross_entropy(be.from_numpy(z), be.from_numpy(labels), dz, Workspace())
+    assert bad == 2
+
+
+# -- no op keeps state of its own ---------------------------------------------------------------
+
+def arrays_in(value, backend, depth=2):
+    """Whether `value` is an array of `backend` or a dict/list/tuple holding one (two levels down)."""
+    if backend.is_array(value):
+        return True
+    if depth and isinstance(value, dict):
+        value = list(value.values())
+    return bool(depth) and isinstance(value, (list, tuple)) and any(arrays_in(v, backend, depth - 1) for v in value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_backend_module_keeps_arrays_between_calls(device):
+    """Scratch comes from the caller's Workspace: after a training step no module of the backend holds an array."""
+    import importlib
+    import pkgutil
+    be = nbcnn.get_backend(device)
+    net = nbcnn.Sequential(nbcnn.Conv2d(1, 2, 3), nbcnn.ReLU(), nbcnn.LocalResponseNorm(3), nbcnn.MaxPool2d(2),
+                           nbcnn.Flatten(), nbcnn.Dropout(0.5), nbcnn.Linear(8, 3)).to(device)
+    logits = net(nbcnn.asarray(data((2, 1, 6, 6)), device))
+    _, dlogits = nbcnn.softmax_cross_entropy(logits, nbcnn.asarray([0, 2], device))
+    net.backward(dlogits)
+    package = importlib.import_module(f"nbcnn.{device}")
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        holding = [name for name, value in vars(module).items() if arrays_in(value, be)]
+        assert not holding, f"{module.__name__} keeps arrays in module state: {holding}"
