@@ -259,8 +259,9 @@ def test_array_ops_agree(shape, dt, value, seed):
 def test_gemm_matches_numpy(m, n, k, batch, ta, tb, reduce, beta, bias, dt, width, seed):
     from numba import cuda
 
-    from nbcnn.cuda.gemm import batch_sum_groups, gemm, gemm_batch_sum
+    from nbcnn.cuda.gemm import GemmPlan, batch_sum_groups, default_tiles, gemm, gemm_batch_sum
     width = width if dt == np.float32 else 1  # packs of 2 and 4 are float32 only
+    tiles = default_tiles(dt).with_width(width)
     a = data(seed, (batch,) + ((k, m) if ta else (m, k)), dt)
     b = data(seed + 1, (batch,) + ((n, k) if tb else (k, n)), dt)
     c0 = data(seed + 2, (1 if reduce else batch, m, n), dt)
@@ -270,13 +271,14 @@ def test_gemm_matches_numpy(m, n, k, batch, ta, tb, reduce, beta, bias, dt, widt
     if reduce:  # the conv weight gradient: c += the batch's sum, split into groups over the grid
         expect = prod.sum(0, keepdims=True) + c0
         partial = cuda.device_array((batch_sum_groups(m, n, batch, dt) + 1, m, n), dt)
-        gemm_batch_sum(cuda.to_device(a), cuda.to_device(b), c, partial, m, n, k, ta, tb, batch=batch,
-                       strides=(m * k, n * k), width=width)
+        plan = GemmPlan(m, n, k, ta, tb, terms=batch, stride_a=m * k, stride_b=n * k, beta=1.0, tiles=tiles)
+        gemm_batch_sum(cuda.to_device(a), cuda.to_device(b), c, partial, plan)
     else:
         expect = prod + beta * c0
         expect += v[None, :, None] if bias == 1 else v[None, None, :] if bias == 2 else 0
-        gemm(cuda.to_device(a), cuda.to_device(b), c, m, n, k, ta, tb, beta=beta, bias=cuda.to_device(v),
-             bias_mode=bias, batch=batch, strides=(m * k, n * k, m * n), width=width)
+        plan = GemmPlan(m, n, k, ta, tb, batch=batch, stride_a=m * k, stride_b=n * k, stride_c=m * n, beta=beta,
+                        bias_per=[None, "row", "col"][bias], tiles=tiles)
+        gemm(cuda.to_device(a), cuda.to_device(b), c, plan, cuda.to_device(v) if bias else None)
     assert_close(c.copy_to_host().astype(np.float64), expect, rtol=CHAIN[dt] / 10)
 
 
@@ -289,15 +291,15 @@ def test_gemm_with_the_gpu_tiles(config, dt, width):
     """The real-GPU tile configurations (float32: 256 threads of 8x8, or of 4x4 for small grids), ragged in every dimension."""
     from numba import cuda
 
-    from nbcnn.cuda.gemm import BIAS_COL, GPU_TILES, SMALL_TILES, gemm
-    tiles = (SMALL_TILES if config.endswith("small") else GPU_TILES)[np.dtype(dt)]
+    from nbcnn.cuda.gemm import GPU_TILES, SMALL_TILES, GemmPlan, gemm
+    tiles = (SMALL_TILES if config.endswith("small") else GPU_TILES)[np.dtype(dt)].with_width(width)
     m, n, k = 130, 129, 21  # the last row and column of tiles mostly outside; K ragged too
     if config.endswith("small"):
         m, n = 66, 65
     a, b, v = data(0, (k, m), dt), data(1, (k, n), dt), data(2, (n,), dt)
     c = cuda.device_array((m, n), dt)
-    gemm(cuda.to_device(a), cuda.to_device(b), c, m, n, k, trans_a=True, bias=cuda.to_device(v),
-         bias_mode=BIAS_COL, tiles=tiles, width=width)
+    gemm(cuda.to_device(a), cuda.to_device(b), c, GemmPlan(m, n, k, trans_a=True, bias_per="col", tiles=tiles),
+         cuda.to_device(v))
     assert_close(c.copy_to_host().astype(np.float64), a.T.astype(np.float64) @ b + v, rtol=CHAIN[dt] / 10)
 
 
@@ -319,10 +321,12 @@ def test_launches_beyond_cudas_grid_limit_are_refused_or_split():
     from numba import cuda
 
     from nbcnn.cuda import conv
-    from nbcnn.cuda.gemm import MAX_GRID_Z, gemm
-    a = cuda.device_array(4, np.float32)
+    from nbcnn.cuda.gemm import MAX_GRID_Z, GemmPlan, gemm
     with pytest.raises(ValueError, match="grid limit of 65535"):
-        gemm(a, a, a, 1, 1, 1, batch=MAX_GRID_Z + 1)
+        GemmPlan(1, 1, 1, batch=MAX_GRID_Z + 1, stride_c=1)
+    a = cuda.device_array(4, np.float32)
+    with pytest.raises(ValueError, match="grid limit of 65535"):  # more tiles of rows than grid y holds
+        gemm(a, a, a, GemmPlan(MAX_GRID_Z * 128 + 1, 1, 1))
     x, w, y = np.empty((70000, 1, 1, 1)), np.empty((1, 1, 1, 1)), np.empty((70000, 1, 1, 1))
     assert conv._geometry(x, w, y)[-1] == MAX_GRID_Z  # 1-element columns: the budget alone would allow 70000
 

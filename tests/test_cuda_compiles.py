@@ -67,7 +67,7 @@ def kernels():
             for width in ((1, 2, 4) if dt == "float32" else (1,)):
                 for ta in (False, True):
                     for tb in (False, True):
-                        k, _ = gemm.make_gemm_kernel(ta, tb, dt, tiles, width)
+                        k = gemm.make_gemm_kernel(ta, tb, dt, tiles.with_width(width))
                         out.append((f"gemm_{'T' if ta else 'N'}{'T' if tb else 'N'}_w{width}{suffix}", k,
                                     f"void({v}, {v}, {v}, {v}, " + "int32, " * 7 + f"{dt}, {dt}, int32)"))
     out.append(("loss_sum", loss.sum_rows_kernel, "void(float64[::1], int64[::1], float64[::1])"))

@@ -140,7 +140,7 @@ def main():
         for width in args.widths:
             for ta in (False, True):
                 for tb in (False, True):
-                    kernel, _ = gemm.make_gemm_kernel(ta, tb, dt, gemm.GPU_TILES[np.dtype(dt)], width)
+                    kernel = gemm.make_gemm_kernel(ta, tb, dt, gemm.GPU_TILES[np.dtype(dt)].with_width(width))
                     log, sass = assemble(cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))[0], tmp)
                     regs = re.search(r"Used (\d+) registers", log).group(1)
                     spill = re.search(r"(\d+) bytes spill stores", log).group(1)

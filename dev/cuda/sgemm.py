@@ -32,7 +32,7 @@ import numpy as np
 from numba import config, cuda
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from nbcnn.cuda.gemm import SIM_TILES, SMALL_TILES, default_tiles  # noqa: E402
+from nbcnn.cuda.gemm import SIM_TILES, SMALL_TILES, GemmPlan, default_tiles  # noqa: E402
 from nbcnn.cuda.gemm import gemm as nbcnn_gemm  # noqa: E402
 
 f32, i32 = numba.float32, np.int32
@@ -56,8 +56,10 @@ def v1(a, b, c, m, n, k):
 
 # -- versions 2-5: nbcnn's kernel at pack widths 1, 2, 4, and on the small-grid tile ----------
 def production(width, tiles=None):
+    tiles = (tiles or default_tiles(np.float32)).with_width(width)
+
     def run(a, b, c, m, n, k):
-        nbcnn_gemm(a, b, c, m, n, k, width=width, tiles=tiles or default_tiles(np.float32))
+        nbcnn_gemm(a, b, c, GemmPlan(m, n, k, tiles=tiles))
     return run
 
 

@@ -11,7 +11,7 @@ batch 128 take 2-3 chunks, the later layers one.
 from numba import config, cuda
 
 from .array import check_int32, divmod32, empty, flat, launch, unravel3, unravel4
-from .gemm import BIAS_ROW, MAX_GRID_Z, batch_sum_groups, gemm, gemm_batch_sum, sum_batched_rows_into
+from .gemm import MAX_GRID_Z, GemmPlan, batch_sum_groups, gemm, gemm_batch_sum, sum_batched_rows_into
 
 COL_BUDGET = 2**16 if config.ENABLE_CUDASIM else 2**27  # elements (512 MB of float32) per column buffer
 
@@ -82,8 +82,7 @@ def conv2d_forward(x, w, b, stride, pad, y, ws):
         cb = col[:nb]
         im2col_kernel[launch(cb.size)](x, n0, kh, kw, stride, pad, cb)
         # y[n] (O, P) = W (O, R) @ col[n] (R, P) + b, one grid-z slice per image
-        gemm(w, cb, yf[n0 * O * P:], O, P, R, bias=b, bias_mode=BIAS_ROW,
-             batch=nb, strides=(0, R * P, O * P))
+        gemm(w, cb, yf[n0 * O * P:], GemmPlan(O, P, R, batch=nb, stride_b=R * P, stride_c=O * P, bias_per="row"), b)
 
 
 def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
@@ -100,10 +99,11 @@ def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
         # recomputed, not kept from forward: a buffer per layer for the whole batch costs more
         im2col_kernel[launch(cb.size)](x, n0, kh, kw, stride, pad, cb)
         # dw (O, R) += sum_n dy[n] (O, P) @ col[n]^T (P, R), the images split over the GPU
-        gemm_batch_sum(dyb, cb, dw, partial, O, R, P, trans_b=True, batch=nb, strides=(O * P, R * P))
+        gemm_batch_sum(dyb, cb, dw, partial,
+                       GemmPlan(O, R, P, trans_b=True, terms=nb, stride_a=O * P, stride_b=R * P, beta=1.0))
         if dx is not None:
             dcol_b = dcol[:nb]
             # dcol[n] (R, P) = W^T (R, O) @ dy[n] (O, P)
-            gemm(w, dyb, dcol_b, R, P, O, trans_a=True, batch=nb, strides=(0, O * P, R * P))
+            gemm(w, dyb, dcol_b, GemmPlan(R, P, O, trans_a=True, batch=nb, stride_b=O * P, stride_c=R * P))
             col2im_kernel[launch(nb * x.shape[1] * x.shape[2] * x.shape[3])](dcol_b, n0, kh, kw, stride, pad, dx)
     sum_batched_rows_into(dy.reshape(N, O, P), db)

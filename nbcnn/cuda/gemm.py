@@ -1,6 +1,13 @@
 """Our own GEMM for the CUDA backend: C = alpha * op(A) @ op(B) + beta * C (+ bias), batched.
 
-Design (the kernel `make_gemm_kernel` builds):
+A `GemmPlan` describes one call: the sizes m, n, k, the operand layouts (trans_a, trans_b),
+the batch and its flat strides, alpha, beta, where a bias goes, and optionally the tiles;
+it checks itself when built. `gemm(a, b, c, plan, bias)` runs it on flat device arrays,
+`gemm_batch_sum` runs a plan that sums many products into one output. What a plan launches
+(kernel, grid, scalar arguments) is worked out once per plan and cached: a training step
+calls gemm() dozens of times with the same few plans.
+
+Design (the kernel `make_gemm_kernel` builds for a `TileShape`):
 - A block computes a BM x BN tile of C with (BM/TM) * (BN/TN) threads; each thread holds a
   TM x TN register sub-tile in groups of W adjacent rows and columns (W, the pack width,
   is 1, 2 or 4), the groups interleaved with the other threads' (rows W*(g*BM/TM + ty) + s),
@@ -10,14 +17,14 @@ Design (the kernel `make_gemm_kernel` builds):
   buffering): the next tile is fetched into registers while the current one is multiplied,
   then stored into the other buffer; one syncthreads per tile.
 - Operands are flat 1-D arrays; transposition is a compile-time constant of the kernel
-  (one specialisation per (trans_a, trans_b, dtype, tiles, W)), choosing the element order of the
-  tile loads so global reads stay coalesced in either layout.
+  (one specialisation per (trans_a, trans_b, dtype, TileShape)), choosing the element order
+  of the tile loads so global reads stay coalesced in either layout.
 - Index arithmetic is int32 and array indices uint32 (arrays are limited to 2**31 elements):
   int64 arithmetic costs a lot, and numba guards every signed index against wrap-around.
 - The k loop over a shared tile is unrolled by four by hand and reads at offsets hoisted out
   of it; interior tiles load without bounds checks (dev/cuda/sass_stats.py counts the SASS).
 - Batching: grid z walks independent problems (conv forward: one image each); each
-  problem may also sum `nred` consecutive operand slices inside the kernel. The conv weight
+  problem may also sum `terms` consecutive operand slices inside the kernel. The conv weight
   gradient (`gemm_batch_sum`) uses both: the images are split into groups over grid z, so
   even a layer with one or two output tiles keeps the whole GPU busy, and a second kernel
   adds the groups' partial sums into dw in a fixed order (deterministic, no atomics).
@@ -26,29 +33,87 @@ Design (the kernel `make_gemm_kernel` builds):
 M, N, K need not be multiples of the tile: loads of edge tiles and the epilogue are bounds-checked.
 """
 
+import functools
 import os
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import numba
 from numba import config, cuda
 
 from ..backend import check_matmul
-from .array import check_int32, divmod32, flat, launch
+from .array import INT32_MAX, check_int32, divmod32, flat, launch
 
-# (BM, BN, BK, TM, TN) per dtype. float32 on a GPU: 256 threads, 8x8 outputs each, BK=16
+MAX_GRID_Z = 65535  # CUDA's limit on grid z (and y): the batch of one launch
+MAX_SHARED_BYTES = 48 * 1024  # static shared memory a block may have
+
+
+@dataclass(frozen=True)
+class TileShape:
+    """A block computes a bm x bn tile of C, bk of K per step, with threads of tm x tn outputs each.
+
+    width, the pack width (1, 2 or 4): a thread's outputs come in groups of `width`
+    adjacent rows and columns, and the shared tiles hold `width`-float words.
+    """
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+    width: int = 1
+
+    def __post_init__(self):
+        if self.width not in (1, 2, 4):
+            raise ValueError(f"{self}: the pack width must be 1, 2 or 4")
+        if min(self.bm, self.bn, self.bk, self.tm, self.tn) < 1:
+            raise ValueError(f"{self}: every size must be positive")
+        if self.bm % self.tm or self.bn % self.tn:
+            raise ValueError(f"{self}: a thread's tm x tn outputs must divide the block tile bm x bn")
+        if self.tm % self.width or self.tn % self.width:
+            raise ValueError(f"{self}: tm and tn must be multiples of the pack width")
+        if self.bk % 4:
+            raise ValueError(f"{self}: bk must be a multiple of 4 (the k loop is unrolled by four)")
+        if (self.packs_m * self.bk) % self.threads or (self.packs_n * self.bk) % self.threads:
+            raise ValueError(f"{self}: the {self.threads} threads must split the bk x bm/width and "
+                             f"bk x bn/width packs of each operand tile evenly")
+
+    @property
+    def threads_m(self):
+        """Rows of threads: a block's threads form a threads_m x threads_n grid over its tile of C."""
+        return self.bm // self.tm
+
+    @property
+    def threads_n(self):
+        return self.bn // self.tn
+
+    @property
+    def threads(self):
+        return self.threads_m * self.threads_n
+
+    @property
+    def packs_m(self):
+        """Packs along the M side of a tile (bm / width); a shared row of the A tile holds them."""
+        return self.bm // self.width
+
+    @property
+    def packs_n(self):
+        return self.bn // self.width
+
+    def with_width(self, width):
+        """This tile shape at pack width `width`."""
+        return replace(self, width=width)
+
+
+# Tile shapes per dtype. float32 on a GPU: 256 threads, 8x8 outputs each, BK=16
 # (14.9 TFLOP/s measured on an H100 for this tiling before the SASS-level changes of
 # 2026-11-24, which are untimed; 33 KB of shared memory).
 # float64 (gradient checks) halves the tile: 8x8 doubles would take 256 registers and the
 # float32 tile shape 68 KB, over the 48 KB of static shared memory a block may have.
 # The simulator costs ~135 us per thread and runs each thread's loops in Python, so it
 # gets 16 threads of 4x4: a 64x64x64 product with the GPU tiles takes seconds there.
-GPU_TILES = {np.dtype(np.float32): (128, 128, 16, 8, 8), np.dtype(np.float64): (64, 64, 8, 4, 4)}
-SIM_TILES = (16, 16, 4, 4, 4)
-
-
-def default_tiles(dtype):
-    return SIM_TILES if config.ENABLE_CUDASIM else GPU_TILES[np.dtype(dtype)]
-
+GPU_TILES = {np.dtype(np.float32): TileShape(128, 128, 16, 8, 8), np.dtype(np.float64): TileShape(64, 64, 8, 4, 4)}
+SIM_TILES = TileShape(16, 16, 4, 4, 4)
 
 # Grids the default tile would leave mostly idle can take a quarter-size tile: 64x64, 256
 # threads of 4x4. AlexNet's FC layers at batch 128 are the case: fc6 forward (128 x 4096)
@@ -56,34 +121,8 @@ def default_tiles(dtype):
 # words per FMA of an 8x8 one, so the small tile is only for grids below one block per SM.
 # Off until a GPU has timed it (dev/cuda/sgemm.py, version 5 against 2 on the fc6 shapes);
 # NBCNN_GEMM_SMALL_TILES=1 turns it on for a run.
-SMALL_TILES = {np.dtype(np.float32): (64, 64, 16, 4, 4)}
+SMALL_TILES = {np.dtype(np.float32): TileShape(64, 64, 16, 4, 4)}
 USE_SMALL_TILES = os.environ.get("NBCNN_GEMM_SMALL_TILES", "0") == "1"
-
-_sm_count = []
-
-
-def sm_count():
-    """Streaming multiprocessors of the current GPU, asked once (nbcnn runs on one GPU)."""
-    if not _sm_count:
-        _sm_count.append(int(cuda.get_current_device().MULTIPROCESSOR_COUNT))
-    return _sm_count[0]
-
-
-def choose_tiles(m, n, batch, dtype):
-    """The tiles of an (m, n) product repeated `batch` times: see pick_tiles."""
-    if config.ENABLE_CUDASIM:
-        return SIM_TILES
-    dtype = np.dtype(dtype)
-    if not USE_SMALL_TILES or dtype not in SMALL_TILES:
-        return GPU_TILES[dtype]
-    return pick_tiles(m, n, batch, GPU_TILES[dtype], SMALL_TILES[dtype], sm_count())
-
-
-def pick_tiles(m, n, batch, tiles, small, sms):
-    """`tiles`, or `small` (where there is one) when `tiles` would make fewer blocks than `sms`."""
-    blocks = -(-m // tiles[0]) * -(-n // tiles[1]) * batch
-    return small if small is not None and blocks < sms else tiles
-
 
 # The pack width: a thread's outputs come in groups of WIDTH adjacent rows and columns, and
 # the shared tiles hold WIDTH-float packs, read with one load each. numba emits 32-bit
@@ -98,6 +137,87 @@ if GEMM_WIDTH not in (1, 2, 4):
 
 def default_width(dtype):
     return GEMM_WIDTH if np.dtype(dtype) == np.float32 else 1
+
+
+_DEFAULT_TILES = {dt: (SIM_TILES if config.ENABLE_CUDASIM else tiles).with_width(default_width(dt))
+                  for dt, tiles in GPU_TILES.items()}
+_SMALL_TILES = {dt: tiles.with_width(default_width(dt)) for dt, tiles in SMALL_TILES.items()}
+
+
+def default_tiles(dtype):
+    """The tiles of a `dtype` GEMM at the default pack width: the GPU's (the simulator's when simulated)."""
+    return _DEFAULT_TILES[np.dtype(dtype)]
+
+
+_sm_count = []
+
+
+def sm_count():
+    """Streaming multiprocessors of the current GPU, asked once (nbcnn runs on one GPU)."""
+    if not _sm_count:
+        _sm_count.append(int(cuda.get_current_device().MULTIPROCESSOR_COUNT))
+    return _sm_count[0]
+
+
+def choose_tiles(m, n, batch, dtype):
+    """The tiles of an (m, n) product repeated `batch` times: default_tiles, or the small ones (see pick_tiles)."""
+    tiles = default_tiles(dtype)
+    small = _SMALL_TILES.get(np.dtype(dtype))
+    if config.ENABLE_CUDASIM or not USE_SMALL_TILES or small is None:
+        return tiles
+    return pick_tiles(m, n, batch, tiles, small, sm_count())
+
+
+def pick_tiles(m, n, batch, tiles, small, sms):
+    """`tiles`, or `small` (where there is one) when `tiles` would make fewer blocks than `sms`."""
+    blocks = -(-m // tiles.bm) * -(-n // tiles.bn) * batch
+    return small if small is not None and blocks < sms else tiles
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """C_z = alpha * sum_{r<terms} op(A_{z*terms+r}) @ op(B_{z*terms+r}) + beta * C_z (+ bias), for z < batch.
+
+    op(A) is (m, k): A stored row-major (m, k), or (k, m) when trans_a; op(B) is (k, n): B
+    stored (k, n), or (n, k) when trans_b; C_z is (m, n). A_j starts at flat offset
+    j * stride_a of its array, B_j at j * stride_b, C_z at z * stride_c (a stride 0 shares
+    one operand across the batch). bias_per "row" adds bias[i] to row i (conv: one per
+    output channel), "col" adds bias[j] to column j (linear: one per output feature).
+    tiles: the kernel's TileShape; None takes choose_tiles(m, n, batch, dtype).
+    """
+    m: int
+    n: int
+    k: int
+    trans_a: bool = False
+    trans_b: bool = False
+    batch: int = 1
+    terms: int = 1
+    stride_a: int = 0
+    stride_b: int = 0
+    stride_c: int = 0
+    alpha: float = 1.0
+    beta: float = 0.0
+    bias_per: str | None = None
+    tiles: TileShape | None = None
+
+    def __post_init__(self):
+        extents = (self.m, self.n, self.k, self.stride_a, self.stride_b, self.stride_c)
+        if min(extents) < 0 or max(extents) > INT32_MAX:
+            name, value = next((name, v) for name, v in zip(("m", "n", "k", "stride_a", "stride_b", "stride_c"), extents)
+                               if not 0 <= v <= INT32_MAX)
+            raise ValueError(f"GemmPlan: {name} = {value} is outside [0, 2**31): the kernel indexes in int32")
+        if not 1 <= self.batch <= MAX_GRID_Z:
+            raise ValueError(f"GemmPlan: batch {self.batch} is not between 1 and CUDA's grid limit of {MAX_GRID_Z} "
+                             "blocks in z")
+        if self.terms < 1:
+            raise ValueError(f"GemmPlan: terms must be at least 1, got {self.terms}")
+        if self.batch > 1 and self.stride_c < self.m * self.n:
+            raise ValueError(f"GemmPlan: stride_c {self.stride_c} is below m * n = {self.m * self.n}: "
+                             f"the outputs of the batch would overlap")
+        if self.bias_per not in (None, "row", "col"):
+            raise ValueError(f"GemmPlan: bias_per must be 'row', 'col' or None, got {self.bias_per!r}")
+        if self.tiles is not None and not isinstance(self.tiles, TileShape):
+            raise ValueError(f"GemmPlan: tiles must be a TileShape or None, got {self.tiles!r}")
 
 
 @cuda.jit(device=True)
@@ -168,33 +288,38 @@ PAD_PACKS = {1: 4, 2: 1, 4: 1}
 # the argument.
 SMEM_ALIGN = None if config.ENABLE_CUDASIM else 16
 
+
+# The kernel's bias_mode argument, for bias_per None, "row", "col".
 BIAS_NONE, BIAS_ROW, BIAS_COL = 0, 1, 2
-MAX_GRID_Z = 65535  # CUDA's limit on grid z (and y): the batch of one launch
+BIAS_MODES = {None: BIAS_NONE, "row": BIAS_ROW, "col": BIAS_COL}
 
 _kernels = {}
 
 
-def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
-    """The GEMM kernel specialised for transposition, dtype, tile sizes and pack width (cached)."""
-    key = (bool(trans_a), bool(trans_b), np.dtype(dtype), tuple(tiles), int(width))
+def make_gemm_kernel(trans_a, trans_b, dtype, tiles):
+    """The GEMM kernel for one operand layout (trans_a, trans_b), dtype and TileShape (cached)."""
+    key = (bool(trans_a), bool(trans_b), np.dtype(dtype), tiles)
     if key in _kernels:
         return _kernels[key]
-    bm, bn, bk, tm, tn = tiles
-    tx_n, ty_n = bn // tn, bm // tm
-    nthreads = tx_n * ty_n
-    pm, pn = bm // width, bn // width  # packs along a tile's M and N
-    if (bm % tm or bn % tn or tm % width or tn % width or bk % 4
-            or (pm * bk) % nthreads or (pn * bk) % nthreads):
-        raise ValueError(f"GEMM tiles {tiles}, width {width}: outputs must group by the width, BK be a "
-                         f"multiple of 4 and each tile load split evenly over the {nthreads} threads")
-    store_t, pack, unpack = _packing(dtype, width)
-    pmp, pnp = pm + PAD_PACKS[width], pn + PAD_PACKS[width]
-    a_loads, b_loads = pm * bk // nthreads, pn * bk // nthreads
-    a_buf, b_buf = bk * pmp, bk * pnp
-    a_smem, b_smem, acc_n = 2 * a_buf, 2 * b_buf, tm * tn
-    gi, gj = tm // width, tn // width
-    dt = numba.from_dtype(np.dtype(dtype))
-    ta, tb = key[0], key[1]
+    pack_t, pack, unpack = _packing(dtype, tiles.width)
+    float_t = numba.from_dtype(np.dtype(dtype))
+    trans_a, trans_b = key[0], key[1]
+    # Plain ints from here on: numba compiles a closure's ints into the kernel as constants.
+    bm, bn, bk, tm, tn, width = tiles.bm, tiles.bn, tiles.bk, tiles.tm, tiles.tn, tiles.width
+    threads_m, threads_n, threads = tiles.threads_m, tiles.threads_n, tiles.threads
+    packs_m, packs_n = tiles.packs_m, tiles.packs_n
+    groups_m, groups_n = tm // width, tn // width  # a thread's packs of rows and of columns of C
+    # A shared tile is BK rows (one per k) of packs along M (A) or N (B); a row's length in
+    # packs is its pitch, padded so that the k-strided stores spread over the banks.
+    a_pitch, b_pitch = packs_m + PAD_PACKS[width], packs_n + PAD_PACKS[width]
+    a_buffer, b_buffer = bk * a_pitch, bk * b_pitch  # packs in one of an operand's two buffers
+    a_shared, b_shared = 2 * a_buffer, 2 * b_buffer
+    a_loads, b_loads = packs_m * bk // threads, packs_n * bk // threads  # packs a thread fetches per tile
+    outputs = tm * tn  # a thread's accumulators
+    shared_bytes = (a_shared + b_shared) * np.dtype(dtype).itemsize * width
+    if shared_bytes > MAX_SHARED_BYTES:
+        raise ValueError(f"GEMM tiles {tiles} need {shared_bytes} bytes of shared memory for {np.dtype(dtype)}, "
+                         f"over the {MAX_SHARED_BYTES} a block may have")
     i32 = np.int32
     # Array indices as uint32: numba adds a negative-index wrap-around (and 64-bit address
     # arithmetic) to every signed index, about 7 instructions per shared load in the SASS
@@ -202,7 +327,7 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
     # uint32, for the same 64 FMAs). Every index here is non-negative and below 2**31.
     u32 = np.uint32
 
-    a_kmajor, b_kmajor = ta, not tb  # is the operand stored with K as its row index?
+    a_kmajor, b_kmajor = trans_a, not trans_b  # is the operand stored with K as its row index?
 
     @cuda.jit(device=True)
     def tile_coords(e, kmajor, packs):
@@ -214,148 +339,174 @@ def make_gemm_kernel(trans_a, trans_b, dtype, tiles, width=1):
         return i32(e - p * bk), p
 
     @cuda.jit(device=True)
-    def fetch(src, off, x0, k0, xlim, k, ld, kmajor, packs, loads, regs, xs, tid, checked):
-        """regs[l] = this thread's l-th pack of the (BK, packs) operand tile at (x0, k0), stored at src[off:]
-        with leading dimension ld; `checked`: zeros outside (xlim, k). Interior tiles skip the checks."""
+    def fetch(src, offset, x0, k0, x_end, k, ld, kmajor, packs, loads, regs, xs, tid, checked):
+        """regs[l] = this thread's l-th pack of the (BK, packs) operand tile at (x0, k0), stored at src[offset:]
+        with leading dimension ld; `checked`: zeros outside (x_end, k). Interior tiles skip the checks."""
         for l in range(loads):
-            kk, p = tile_coords(i32(tid + l * nthreads), kmajor, packs)
+            kk, p = tile_coords(i32(tid + l * threads), kmajor, packs)
             kq = i32(k0 + kk)
             for s in range(width):
                 x = i32(x0 + p * width + s)
-                if not checked or (x < xlim and kq < k):
-                    xs[s] = src[u32(off + kq * ld + x)] if kmajor else src[u32(off + x * ld + kq)]
+                if not checked or (x < x_end and kq < k):
+                    xs[s] = src[u32(offset + kq * ld + x)] if kmajor else src[u32(offset + x * ld + kq)]
                 else:
-                    xs[s] = dt(0)
+                    xs[s] = float_t(0)
             regs[l] = pack(xs)
 
     @cuda.jit(device=True)
-    def outer_product(As, Bs, arow, brow, kk, fa, fb, acc):
-        """acc += (column kk of the A tile) x (row kk of the B tile), this thread's TM x TN part."""
-        for g in range(gi):
-            unpack(As[arow + u32(kk * pmp + g * ty_n)], fa, g * width)
-        for g in range(gj):
-            unpack(Bs[brow + u32(kk * pnp + g * tx_n)], fb, g * width)
+    def outer_product(As, Bs, a_row, b_row, kk, a_frag, b_frag, acc):
+        """acc += (column kk of the A tile) x (row kk of the B tile), this thread's TM x TN part.
+
+        a_row, b_row: this thread's first pack of row 0 of the current A and B buffers.
+        """
+        for g in range(groups_m):
+            unpack(As[a_row + u32(kk * a_pitch + g * threads_m)], a_frag, g * width)
+        for g in range(groups_n):
+            unpack(Bs[b_row + u32(kk * b_pitch + g * threads_n)], b_frag, g * width)
         for i in range(tm):
             for j in range(tn):
-                acc[i * tn + j] += fa[i] * fb[j]
+                acc[i * tn + j] += a_frag[i] * b_frag[j]
 
     @cuda.jit
-    def gemm_kernel(a, b, c, bias, m, n, k, sa, sb, sc, nred, alpha, beta, bias_mode):
-        """c[z*sc + i*n + j] = alpha * sum_{r<nred} op(A_{z*nred+r}) @ op(B_{z*nred+r}) + beta*c + bias; A_z at a[z*sa:], row-major.
+    def gemm_kernel(a, b, c, bias, m, n, k, stride_a, stride_b, stride_c, terms, alpha, beta, bias_mode):
+        """c[z*stride_c + i*n + j] = alpha * sum_{r<terms} op(A_{z*terms+r}) @ op(B_{z*terms+r}) + beta*c + bias,
+        A_j at a[j*stride_a:], row-major: see GemmPlan.
 
-        Thread (ty, tx) owns rows W*(g*ty_n + ty) + s and columns W*(g*tx_n + tx) + s, s < W.
+        Thread (ty, tx) owns rows W*(g*threads_m + ty) + s and columns W*(g*threads_n + tx) + s, s < W.
         """
-        As = cuda.shared.array(a_smem, store_t, alignment=SMEM_ALIGN)  # As[buf][kk][p]: rows W*p.. at k0+kk
-        Bs = cuda.shared.array(b_smem, store_t, alignment=SMEM_ALIGN)  # Bs[buf][kk][q]: columns W*q..
-        ra = cuda.local.array(a_loads, store_t)
-        rb = cuda.local.array(b_loads, store_t)
-        xs = cuda.local.array(width, dt)
-        fa = cuda.local.array(tm, dt)
-        fb = cuda.local.array(tn, dt)
-        acc = cuda.local.array(acc_n, dt)
-        zero = dt(0)
+        As = cuda.shared.array(a_shared, pack_t, alignment=SMEM_ALIGN)  # As[buffer][kk][p]: rows W*p.. at k0+kk
+        Bs = cuda.shared.array(b_shared, pack_t, alignment=SMEM_ALIGN)  # Bs[buffer][kk][q]: columns W*q..
+        a_next = cuda.local.array(a_loads, pack_t)  # the next tile's packs, fetched while this one is multiplied
+        b_next = cuda.local.array(b_loads, pack_t)
+        xs = cuda.local.array(width, float_t)  # the elements of one pack
+        a_frag = cuda.local.array(tm, float_t)  # this thread's TM values of column kk of the A tile
+        b_frag = cuda.local.array(tn, float_t)  # ... and its TN values of row kk of the B tile
+        acc = cuda.local.array(outputs, float_t)
+        zero = float_t(0)
         tid = i32(cuda.threadIdx.x)
-        tx = i32(tid % tx_n)
-        ty = i32(tid // tx_n)
-        m0 = i32(cuda.blockIdx.y * bm)
+        tx = i32(tid % threads_n)
+        ty = i32(tid // threads_n)
+        m0 = i32(cuda.blockIdx.y * bm)  # the block's first row and column of C
         n0 = i32(cuda.blockIdx.x * bn)
         z = i32(cuda.blockIdx.z)
-        lda = m if ta else k  # leading dimensions of the stored (untransposed) operands
-        ldb = k if tb else n
-        for i in range(acc_n):
+        lda = m if trans_a else k  # leading dimensions of the stored (untransposed) operands
+        ldb = k if trans_b else n
+        for i in range(outputs):
             acc[i] = zero
-        ktiles = i32((k + bk - 1) // bk)
-        total = i32(nred * ktiles)
-        r = i32(0)   # the operand slice (of nred) and first k of tile t, advanced without a division
+        k_tiles = i32((k + bk - 1) // bk)
+        steps = i32(terms * k_tiles)  # tiles to multiply: every K tile of every term
+        r = i32(0)   # the term and first k of tile t, advanced without a division
         k0 = i32(0)
-        for t in range(total + 1):
-            # t < total: fetch tile t into registers; t > 0: multiply tile t-1 from shared;
+        for t in range(steps + 1):
+            # t < steps: fetch tile t into registers; t > 0: multiply tile t-1 from shared;
             # then store tile t into the buffer tile t-1 did not use.
-            if t < total:
-                aoff = i32((z * nred + r) * sa)
-                boff = i32((z * nred + r) * sb)
+            if t < steps:
+                a_offset = i32((z * terms + r) * stride_a)
+                b_offset = i32((z * terms + r) * stride_b)
                 inside_k = k0 + bk <= k
                 if inside_k and m0 + bm <= m:
-                    fetch(a, aoff, m0, k0, m, k, lda, a_kmajor, pm, a_loads, ra, xs, tid, False)
+                    fetch(a, a_offset, m0, k0, m, k, lda, a_kmajor, packs_m, a_loads, a_next, xs, tid, False)
                 else:
-                    fetch(a, aoff, m0, k0, m, k, lda, a_kmajor, pm, a_loads, ra, xs, tid, True)
+                    fetch(a, a_offset, m0, k0, m, k, lda, a_kmajor, packs_m, a_loads, a_next, xs, tid, True)
                 if inside_k and n0 + bn <= n:
-                    fetch(b, boff, n0, k0, n, k, ldb, b_kmajor, pn, b_loads, rb, xs, tid, False)
+                    fetch(b, b_offset, n0, k0, n, k, ldb, b_kmajor, packs_n, b_loads, b_next, xs, tid, False)
                 else:
-                    fetch(b, boff, n0, k0, n, k, ldb, b_kmajor, pn, b_loads, rb, xs, tid, True)
+                    fetch(b, b_offset, n0, k0, n, k, ldb, b_kmajor, packs_n, b_loads, b_next, xs, tid, True)
                 k0 = i32(k0 + bk)
                 if k0 >= k:
                     k0 = i32(0)
                     r = i32(r + 1)
             if t > 0:
-                arow = u32(((t - 1) % 2) * a_buf + ty)  # this thread's first pack of row kk = 0
-                brow = u32(((t - 1) % 2) * b_buf + tx)
+                a_row = u32(((t - 1) % 2) * a_buffer + ty)  # this thread's first pack of row kk = 0
+                b_row = u32(((t - 1) % 2) * b_buffer + tx)
                 for kq in range(bk // 4):  # four k per iteration, written out: NVVM does not unroll this loop
                     k4 = u32(4 * kq)
-                    outer_product(As, Bs, arow, brow, k4, fa, fb, acc)
-                    outer_product(As, Bs, arow, brow, k4 + u32(1), fa, fb, acc)
-                    outer_product(As, Bs, arow, brow, k4 + u32(2), fa, fb, acc)
-                    outer_product(As, Bs, arow, brow, k4 + u32(3), fa, fb, acc)
-            if t < total:
-                abase = i32((t % 2) * a_buf)
-                bbase = i32((t % 2) * b_buf)
+                    outer_product(As, Bs, a_row, b_row, k4, a_frag, b_frag, acc)
+                    outer_product(As, Bs, a_row, b_row, k4 + u32(1), a_frag, b_frag, acc)
+                    outer_product(As, Bs, a_row, b_row, k4 + u32(2), a_frag, b_frag, acc)
+                    outer_product(As, Bs, a_row, b_row, k4 + u32(3), a_frag, b_frag, acc)
+            if t < steps:
+                a_base = i32((t % 2) * a_buffer)
+                b_base = i32((t % 2) * b_buffer)
                 for l in range(a_loads):
-                    kk, p = tile_coords(i32(tid + l * nthreads), a_kmajor, pm)
-                    As[u32(abase + kk * pmp + p)] = ra[l]
+                    kk, p = tile_coords(i32(tid + l * threads), a_kmajor, packs_m)
+                    As[u32(a_base + kk * a_pitch + p)] = a_next[l]
                 for l in range(b_loads):
-                    kk, q = tile_coords(i32(tid + l * nthreads), b_kmajor, pn)
-                    Bs[u32(bbase + kk * pnp + q)] = rb[l]
+                    kk, q = tile_coords(i32(tid + l * threads), b_kmajor, packs_n)
+                    Bs[u32(b_base + kk * b_pitch + q)] = b_next[l]
             cuda.syncthreads()
-        coff = i32(z * sc)
+        c_offset = i32(z * stride_c)
         for i in range(tm):
-            gm = i32(m0 + ((i // width) * ty_n + ty) * width + i % width)
-            if gm < m:
+            row = i32(m0 + ((i // width) * threads_m + ty) * width + i % width)
+            if row < m:
                 for j in range(tn):
-                    gn = i32(n0 + ((j // width) * tx_n + tx) * width + j % width)
-                    if gn < n:
-                        idx = u32(coff + gm * n + gn)
+                    col = i32(n0 + ((j // width) * threads_n + tx) * width + j % width)
+                    if col < n:
+                        idx = u32(c_offset + row * n + col)
                         v = alpha * acc[i * tn + j]
                         if beta != 0:  # beta == 0 must not read c: it may hold NaN garbage
                             v += beta * c[idx]
-                        if bias_mode == 1:
-                            v += bias[gm]
-                        elif bias_mode == 2:
-                            v += bias[gn]
+                        if bias_mode == BIAS_ROW:
+                            v += bias[row]
+                        elif bias_mode == BIAS_COL:
+                            v += bias[col]
                         c[idx] = v
 
-    _kernels[key] = (gemm_kernel, nthreads)
-    return _kernels[key]
+    _kernels[key] = gemm_kernel
+    return gemm_kernel
 
 
-def gemm(a, b, c, m, n, k, trans_a=False, trans_b=False, beta=0.0, alpha=1.0, bias=None,
-         bias_mode=BIAS_NONE, batch=1, strides=(0, 0, 0), nred=1, tiles=None, width=None):
-    """C = alpha * op(A) @ op(B) + beta*C (+ bias) on row-major device arrays of one dtype.
+class _Launch(NamedTuple):
+    """What gemm() launches for one plan and dtype, and how far into each array the launch reaches."""
+    kernel: object
+    grid: tuple
+    threads: int
+    scalars: tuple  # the kernel's arguments after the four arrays
+    sizes: tuple    # elements of a, b, c and bias the kernel may read or write, from their start
 
-    op(A) is (m, k): A stored (m, k), or (k, m) when trans_a; op(B) is (k, n): B stored
-    (k, n), or (n, k) when trans_b; C is (m, n). With batch > 1, problem z writes C at flat
-    offset z*strides[2] and sums, over r < nred, the products of the A and B slices at
-    offsets (z*nred + r)*strides[0] and (z*nred + r)*strides[1]. bias_mode BIAS_ROW adds
-    bias[i] to row i, BIAS_COL adds bias[j] to column j. `tiles` and `width` override
-    choose_tiles(m, n, batch, dtype) and default_width(dtype).
+
+@functools.lru_cache(maxsize=1024)
+def _launch(plan, dtype):
+    """The _Launch of `plan` on arrays of `dtype`, worked out once: gemm() runs the same few plans every step."""
+    if dtype not in GPU_TILES:
+        raise ValueError(f"gemm: arrays must be float32 or float64, got {dtype}")
+    m, n, k = plan.m, plan.n, plan.k
+    tiles = plan.tiles or choose_tiles(m, n, plan.batch, dtype)
+    grid = ((n + tiles.bn - 1) // tiles.bn, (m + tiles.bm - 1) // tiles.bm, plan.batch)
+    if grid[1] > MAX_GRID_Z:
+        raise ValueError(f"GEMM of {m} rows exceeds CUDA's grid limit of {MAX_GRID_Z} blocks in y")
+    slices = plan.batch * plan.terms  # A and B slices the batch reads
+    sizes = ((slices - 1) * plan.stride_a + m * k if k else 0,
+             (slices - 1) * plan.stride_b + k * n if k else 0,
+             (plan.batch - 1) * plan.stride_c + m * n,
+             {None: 0, "row": m, "col": n}[plan.bias_per])
+    i32, real = np.int32, dtype.type
+    scalars = (i32(m), i32(n), i32(k), i32(plan.stride_a), i32(plan.stride_b), i32(plan.stride_c),
+               i32(plan.terms), real(plan.alpha), real(plan.beta), i32(BIAS_MODES[plan.bias_per]))
+    return _Launch(make_gemm_kernel(plan.trans_a, plan.trans_b, dtype, tiles), grid, tiles.threads, scalars, sizes)
+
+
+def gemm(a, b, c, plan, bias=None):
+    """Run `plan` (a GemmPlan) on device arrays of one dtype, read flat: C = alpha * op(A) @ op(B) + beta*C (+ bias).
+
+    `bias` is given exactly when plan.bias_per is: m values for "row", n for "col".
     """
-    if m == 0 or n == 0:
+    if (bias is None) != (plan.bias_per is None):
+        raise ValueError(f"gemm: plan.bias_per is {plan.bias_per!r} but bias is {'None' if bias is None else 'given'}")
+    if plan.m == 0 or plan.n == 0:
         return
-    tiles = choose_tiles(m, n, batch, c.dtype) if tiles is None else tiles
-    width = default_width(c.dtype) if width is None else width
-    kernel, nthreads = make_gemm_kernel(trans_a, trans_b, c.dtype, tiles, width)
+    dtype = c.dtype
+    if a.dtype != dtype or b.dtype != dtype or (bias is not None and bias.dtype != dtype):
+        raise ValueError(f"gemm: a, b, c (and bias) must share one dtype, got {a.dtype}, {b.dtype}, {c.dtype}"
+                         + ("" if bias is None else f", {bias.dtype}"))
+    run = _launch(plan, dtype)
     check_int32(a, b, c)
-    bm, bn = tiles[0], tiles[1]
-    grid = ((n + bn - 1) // bn, (m + bm - 1) // bm, batch)
-    if grid[1] > MAX_GRID_Z or grid[2] > MAX_GRID_Z:
-        raise ValueError(f"GEMM of {m} rows x batch {batch} exceeds CUDA's grid limit of {MAX_GRID_Z} blocks in y and z")
-    if bias is None:
-        bias = c  # never read with BIAS_NONE; the kernel needs an array of the right type
-        bias_mode = BIAS_NONE
-    one = c.dtype.type
-    i32 = np.int32
-    kernel[grid, nthreads](flat(a), flat(b), flat(c), flat(bias), i32(m), i32(n), i32(k),
-                           i32(strides[0]), i32(strides[1]), i32(strides[2]),
-                           i32(nred), one(alpha), one(beta), i32(bias_mode))
+    if a.size < run.sizes[0] or b.size < run.sizes[1] or c.size < run.sizes[2] or (
+            bias is not None and bias.size < run.sizes[3]):
+        name, have, need = next((name, x.size, need) for name, x, need in zip(("a", "b", "c", "bias"), (a, b, c, bias),
+                                                                             run.sizes) if x is not None and x.size < need)
+        raise ValueError(f"gemm: {name} has {have} elements, the plan reaches {need}: {plan}")
+    run.kernel[run.grid, run.threads](flat(a), flat(b), flat(c), flat(c if bias is None else bias), *run.scalars)
 
 
 # Blocks the batch-sum GEMM aims for: two waves of 132 SMs on an H100. The simulator gets 2
@@ -364,31 +515,49 @@ TARGET_BLOCKS = 2 if config.ENABLE_CUDASIM else 264
 
 
 def batch_sum_groups(m, n, batch, dtype):
-    """How many groups gemm_batch_sum splits `batch` problems of an (m, n) output into."""
-    bm, bn = default_tiles(dtype)[:2]
-    tiles = ((m + bm - 1) // bm) * ((n + bn - 1) // bn)
-    return max(1, min(batch, -(-TARGET_BLOCKS // tiles)))
+    """How many groups gemm_batch_sum splits `batch` terms of an (m, n) output into."""
+    tiles = default_tiles(dtype)
+    blocks = ((m + tiles.bm - 1) // tiles.bm) * ((n + tiles.bn - 1) // tiles.bn)
+    return max(1, min(batch, -(-TARGET_BLOCKS // max(1, blocks))))
 
 
-def gemm_batch_sum(a, b, c, partial, m, n, k, trans_a=False, trans_b=False, batch=1, strides=(0, 0), width=None):
-    """c += sum_{z<batch} op(A_z) @ op(B_z) (the conv weight gradient, summed over images).
+class _BatchSumSplit(NamedTuple):
+    """gemm_batch_sum's two GEMMs: `groups` (batch G) into partial[:G], `rest` (or None) into partial[G]."""
+    groups: GemmPlan
+    rest: GemmPlan | None
+    done: int  # the terms the groups sum: the rest starts at operand slice `done`
+    used: int  # slices of partial written
 
-    The batch is split into G = batch_sum_groups(...) groups over grid z, each summing its
-    images into partial[g] (partial: at least G + 1 slices of (m, n); the last takes the
-    remainder when G does not divide the batch), then partial[:used] is added into c.
+
+@functools.lru_cache(maxsize=256)
+def _batch_sum_split(plan, dtype):
+    if plan.batch != 1 or plan.beta != 1 or plan.bias_per is not None:
+        raise ValueError(f"gemm_batch_sum: the plan must have batch 1, beta 1 (c += the sum) and no bias, got {plan}")
+    groups = batch_sum_groups(plan.m, plan.n, plan.terms, dtype)
+    per = plan.terms // groups
+    done = groups * per
+    grouped = replace(plan, batch=groups, terms=per, stride_c=plan.m * plan.n, beta=0.0)
+    rest = replace(plan, terms=plan.terms - done, beta=0.0) if done < plan.terms else None
+    return _BatchSumSplit(grouped, rest, done, groups + (rest is not None))
+
+
+def gemm_batch_sum(a, b, c, partial, plan):
+    """gemm(a, b, c, plan) for a plan that sums many terms into c, spread over the whole GPU.
+
+    The conv weight gradient: dw += sum over images (plan: batch 1, beta 1, no bias, `terms`
+    images). The terms are split into G = batch_sum_groups(m, n, terms, dtype) groups over
+    grid z, each summing its terms into partial[g] (partial: at least G + 1 slices of (m, n);
+    the last takes the remainder when G does not divide the terms), then partial[:used] is
+    added into c in a fixed order.
     """
-    groups = batch_sum_groups(m, n, batch, c.dtype)
-    per = batch // groups
-    gemm(a, b, partial, m, n, k, trans_a, trans_b, batch=groups, strides=(strides[0], strides[1], m * n), nred=per,
-         width=width)
-    used = groups
-    rest = batch - groups * per
-    if rest:
-        done = groups * per
-        gemm(flat(a)[done * strides[0]:], flat(b)[done * strides[1]:], partial[groups], m, n, k,
-             trans_a, trans_b, strides=(strides[0], strides[1], 0), nred=rest, width=width)
-        used += 1
-    sum_slices_into(partial, used, c)
+    if plan.m == 0 or plan.n == 0:
+        return
+    split = _batch_sum_split(plan, c.dtype)
+    gemm(a, b, partial, split.groups)
+    if split.rest is not None:
+        gemm(flat(a)[split.done * plan.stride_a:], flat(b)[split.done * plan.stride_b:],
+             partial[split.groups.batch], split.rest)
+    sum_slices_into(partial, split.used, c)
 
 
 @cuda.jit(cache=True)
@@ -445,4 +614,4 @@ def sum_batched_rows_into(a, out):
 def matmul(a, b, c):
     """c = a @ b for C-contiguous 2-D device arrays."""
     check_matmul(a, b, c)
-    gemm(a, b, c, a.shape[0], b.shape[1], a.shape[1])
+    gemm(a, b, c, GemmPlan(a.shape[0], b.shape[1], a.shape[1]))

@@ -1,12 +1,12 @@
 """Fully connected layers on CUDA: three GEMMs of nbcnn/cuda/gemm.py, the bias in the epilogue."""
 
-from .gemm import BIAS_COL, gemm, sum_batched_rows_into
+from .gemm import GemmPlan, gemm, sum_batched_rows_into
 
 
 def linear_forward(x, w, b, y):
     """y (N,O) = x (N,I) @ w^T + b."""
     n, i = x.shape
-    gemm(x, w, y, n, w.shape[0], i, trans_b=True, bias=b, bias_mode=BIAS_COL)
+    gemm(x, w, y, GemmPlan(n, w.shape[0], i, trans_b=True, bias_per="col"), b)
 
 
 def linear_backward(x, w, dy, dx, dw, db):
@@ -14,6 +14,6 @@ def linear_backward(x, w, dy, dx, dw, db):
     n, i = x.shape
     o = w.shape[0]
     if dx is not None:
-        gemm(dy, w, dx, n, i, o)
-    gemm(dy, x, dw, o, i, n, trans_a=True, beta=1.0)
+        gemm(dy, w, dx, GemmPlan(n, i, o))
+    gemm(dy, x, dw, GemmPlan(o, i, n, trans_a=True, beta=1.0))
     sum_batched_rows_into(dy.reshape((n, o, 1)), db)
