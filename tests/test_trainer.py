@@ -1,0 +1,46 @@
+"""nbcnn.train's parts on their own: the run's configuration, the ETA, the best epoch, counts in words."""
+
+import pytest
+
+from nbcnn.train import StepClock, TrainConfig, best_row, eta, plural
+
+
+@pytest.mark.parametrize("field, value", [
+    ("epochs", 0), ("max_steps", 0), ("save_every", 0), ("save_every", 2.5), ("max_unreadable", 1.5),
+    ("max_unreadable", -0.1)])
+def test_config_refuses_a_bad_value(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{"epochs": 1, "checkpoint_path": "last.ckpt", field: value})
+
+
+def test_config_takes_the_defaults():
+    config = TrainConfig(epochs=3, checkpoint_path="last.ckpt")
+    assert (config.save_every, config.max_steps, config.max_unreadable) == (None, None, 0.01)
+
+
+def test_step_time_ignores_a_compile_step():
+    clock = StepClock()
+    for seconds in (30.0, 1.0, 1.1, 0.9, 1.0):
+        clock.add(seconds, 32, 0.0)
+    assert clock.step_seconds() == 1.0
+
+
+def test_run_eta_counts_the_remaining_epochs_with_their_validation():
+    epoch, run = eta(step_seconds=2.0, steps_left=3, epochs_after=2, steps_per_epoch=10, val_seconds=5.0)
+    assert epoch == 3 * 2.0 + 5.0
+    assert run == epoch + 2 * (10 * 2.0 + 5.0)
+
+
+def test_best_row_is_the_first_lowest_validation_error():
+    history = [{"epoch": 1, "val_top1_err": 0.5}, {"epoch": 2, "val_top1_err": 0.3},
+               {"epoch": 3, "val_top1_err": 0.3}]
+    assert best_row(history)["epoch"] == 2
+
+
+@pytest.mark.parametrize("n, text", [(1, "1 epoch"), (0, "0 epochs"), (2, "2 epochs"), (4500, "4,500 epochs")])
+def test_plural(n, text):
+    assert plural(n, "epoch") == text
+
+
+def test_plural_of_an_irregular_noun():
+    assert plural(3, "class", "classes") == "3 classes" and plural(1, "class", "classes") == "1 class"
