@@ -62,7 +62,7 @@ class Backend:
         raise NotImplementedError
 
     def copy(self, src, dst):
-        """dst[...] = src (same shape and dtype)."""
+        """dst[...] = src (same shape and dtype); src any strides, dst C-contiguous."""
         raise NotImplementedError
 
     def contiguous(self, a):

@@ -134,7 +134,10 @@ def _read_header(f, path):
         raise CorruptCheckpointError(f"checkpoint {path} is corrupt: its header is cut short")
     _, version, length, digest = HEADER.unpack(head)
     if version > VERSION:
-        raise CheckpointError(f"{path} is checkpoint version {version}; this nbcnn reads up to version {VERSION}")
+        raise CheckpointError(f"{path} says it is checkpoint version {version}, which this nbcnn (version "
+                              f"{VERSION}) cannot read: written by a newer nbcnn, or damaged")
+    if version < 2:  # only version 2 and later have a header
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt: its header says version {version}")
     return version, length, digest
 
 

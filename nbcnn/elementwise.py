@@ -44,6 +44,11 @@ class Elementwise(NamedTuple):
         return tuple(inspect.signature(self.formula).parameters)
 
     @property
+    def array_params(self):
+        """(position, name) of the op's array parameters."""
+        return tuple((i, name) for i, name in enumerate(self.params) if name in self.arrays)
+
+    @property
     def params(self):
         """The op's parameters, in order."""
         return tuple(r for r in self.reads if r != INDEX) + tuple(w for w in self.writes if w not in self.reads)
@@ -63,6 +68,14 @@ def named(op, spec, kernel):
     op.__doc__ = spec.formula.__doc__
     op.kernel = kernel  # tests/test_cuda_compiles.py compiles it for a real GPU
     return op
+
+
+def check_contiguous(op, arrays, args, contiguous):
+    """A ValueError naming the first array argument that is not C-contiguous (the kernels index flat
+    memory); `arrays` holds (position, name) of the op's array parameters."""
+    for i, name in arrays:
+        if not contiguous(args[i]):
+            raise ValueError(f"{op}: {name} must be C-contiguous, got a strided array of shape {tuple(args[i].shape)}")
 
 
 def python_number(v):

@@ -57,6 +57,15 @@ def test_a_truncated_checkpoint_is_refused_as_corrupt(saved):
         read_checkpoint(saved)
 
 
+@pytest.mark.parametrize("version", [0, 1])
+def test_a_header_whose_version_field_was_damaged_is_corrupt(saved, version):
+    data = bytearray(open(saved, "rb").read())
+    data[8:12] = version.to_bytes(4, "little")  # the version field follows the 8-byte magic
+    open(saved, "wb").write(bytes(data))
+    with pytest.raises(checkpoint.CorruptCheckpointError):
+        read_checkpoint(saved)
+
+
 def test_the_header_digest_is_the_sha256_of_the_payload(saved):
     data = open(saved, "rb").read()
     assert checkpoint_digest(saved) == hashlib.sha256(data[checkpoint.HEADER.size:]).hexdigest()

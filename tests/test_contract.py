@@ -106,6 +106,9 @@ def _(be):
         dst = be.empty(shape, np.float32)
         be.copy(be.from_numpy(host), dst)
         assert_close(dst, host, exact=True)
+        host, view = strided(be, shape)
+        be.copy(view, dst)
+        assert_close(dst, host, exact=True)
 
 
 @case("contiguous")

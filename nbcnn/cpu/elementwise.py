@@ -18,8 +18,10 @@ def elementwise(spec):
     """The op of `spec`: arrays of any shape (C-contiguous, one size) flattened, scalars as Python numbers."""
     kernel = compile_kernel(spec)
     is_array = [name in spec.arrays for name in spec.params]
+    arrays = spec.array_params
 
     def op(*args):
+        ew.check_contiguous(spec.name, arrays, args, lambda a: a.flags.c_contiguous)  # else reshape would copy
         kernel(*(a.reshape(-1) if array else ew.python_number(a) for a, array in zip(args, is_array)))
 
     return ew.named(op, spec, kernel)

@@ -155,8 +155,12 @@ def empty_cache():
 
 
 def copy(src, dst):
-    if dst.size:
+    if not dst.size:
+        return
+    if src.is_c_contiguous():
         dst.copy_to_device(src)  # a device-to-device memcpy: nothing for a kernel to add
+    else:
+        strided_copy_kernel(src.ndim)[launch(dst.size)](src, flat(dst))
 
 
 def _strided_copy_source(ndim):

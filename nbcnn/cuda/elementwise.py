@@ -19,9 +19,11 @@ def elementwise(spec):
     """The op of `spec`: arrays of any shape (C-contiguous, one size) flattened, scalars as Python numbers."""
     kernel = compile_kernel(spec)
     is_array = [name in spec.arrays for name in spec.params]
+    arrays = spec.array_params
     first = is_array.index(True)
 
     def op(*args):
+        ew.check_contiguous(spec.name, arrays, args, lambda a: a.is_c_contiguous())
         size = args[first].size
         if size:
             kernel[launch(size)](*(flat(a) if array else ew.python_number(a) for a, array in zip(args, is_array)))
