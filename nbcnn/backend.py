@@ -182,6 +182,29 @@ class Backend:
         """One fused update, torch.optim.SGD's rule: g' = g + wd*w; v = momentum*v + g'; w -= lr*v."""
         raise NotImplementedError
 
+    def adam_step(self, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
+                  decoupled):
+        """One fused update, torch.optim.Adam's rule (AdamW's with `decoupled`), for update number `step` (1 first).
+
+        Adam: g' = g + wd*w; AdamW: w = w*(1 - lr*wd), g' = g. Then m = beta1*m + (1-beta1)*g';
+        v = beta2*v + (1-beta2)*g'^2; with amsgrad v_max = max(v_max, v) replaces v below;
+        w -= lr/(1 - beta1^step) * m / (sqrt(v)/sqrt(1 - beta2^step) + eps).
+        w, g, exp_avg (m), exp_avg_sq (v) and max_exp_avg_sq (v_max; None without amsgrad) share one shape;
+        w and the state arrays are updated in place. Per element in float64, the bias corrections computed on
+        the host as torch does, so every backend gives the same bits.
+        """
+        raise NotImplementedError
+
+    def rmsprop_step(self, w, g, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay, momentum):
+        """One fused update, torch.optim.RMSprop's rule.
+
+        g' = g + wd*w; sq = alpha*sq + (1-alpha)*g'^2; centered (grad_avg given): ga = alpha*ga + (1-alpha)*g',
+        avg = sqrt(sq - ga^2) + eps, else avg = sqrt(sq) + eps; with a momentum_buffer (momentum > 0):
+        buf = momentum*buf + g'/avg, w -= lr*buf; without (None): w -= lr*g'/avg.
+        All arrays share one shape; w and the state arrays are updated in place, per element in float64.
+        """
+        raise NotImplementedError
+
 
 def check_matmul(a, b, c):
     """matmul's arguments: 2-D, C-contiguous, one float dtype, shapes (M,K) @ (K,N) -> (M,N).
@@ -215,6 +238,8 @@ OP_FILES = {
     "linear": ("linear_forward", "linear_backward"),
     "loss": ("softmax_cross_entropy",),
     "sgd": ("sgd_step",),
+    "adam": ("adam_step",),
+    "rmsprop": ("rmsprop_step",),
 }
 
 

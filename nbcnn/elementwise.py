@@ -89,3 +89,61 @@ ADD = Elementwise("add", kernel_math.accumulate, arrays=("src", "dst"), writes=(
 FILL = Elementwise("fill", kernel_math.constant, arrays=("a",), writes=("a",))
 DROPOUT = Elementwise("dropout", kernel_math.dropout, arrays=("x", "y"), writes=("y",))
 SGD_STEP = Elementwise("sgd_step", kernel_math.sgd_update, arrays=("w", "g", "v"), writes=("w", "v"))
+
+# -- optimisers: one kernel per parameter and step, its scalars computed on the host as torch.optim does ----------
+ADAM_STEP = Elementwise("adam_step", kernel_math.adam_update, arrays=("w", "g", "m", "v"), writes=("w", "m", "v"))
+AMSGRAD_STEP = Elementwise("amsgrad_step", kernel_math.amsgrad_update, arrays=("w", "g", "m", "v", "v_max"),
+                           writes=("w", "m", "v", "v_max"))
+# RMSprop keeps a grad_avg only when centered and a momentum_buffer only with momentum, as torch does: one kernel
+# for each (centered, momentum) so that no state array is allocated or read that the rule does not use
+RMSPROP_STEPS = {
+    (False, False): Elementwise("rmsprop_step", kernel_math.rmsprop_update, arrays=("w", "g", "square_avg"),
+                                writes=("w", "square_avg")),
+    (True, False): Elementwise("rmsprop_centered_step", kernel_math.rmsprop_centered_update,
+                               arrays=("w", "g", "square_avg", "grad_avg"), writes=("w", "square_avg", "grad_avg")),
+    (False, True): Elementwise("rmsprop_momentum_step", kernel_math.rmsprop_momentum_update,
+                               arrays=("w", "g", "square_avg", "momentum_buffer"),
+                               writes=("w", "square_avg", "momentum_buffer")),
+    (True, True): Elementwise("rmsprop_centered_momentum_step", kernel_math.rmsprop_centered_momentum_update,
+                              arrays=("w", "g", "square_avg", "grad_avg", "momentum_buffer"),
+                              writes=("w", "square_avg", "grad_avg", "momentum_buffer")),
+}
+
+
+def adam_scalars(step, lr, beta1, beta2, weight_decay, decoupled):
+    """(step_size, bias_correction2_sqrt, l2, decay) of adam_update for update number `step` (1 first), in
+    torch.optim.Adam's host arithmetic (_single_tensor_adam): its bias corrections, and its weight decay either
+    added to the gradient (Adam: l2) or multiplying the weight (AdamW: decay = 1 - lr*wd)."""
+    lr, beta1, beta2, weight_decay = float(lr), float(beta1), float(beta2), float(weight_decay)
+    bias_correction1 = 1 - beta1 ** float(step)
+    bias_correction2 = 1 - beta2 ** float(step)
+    l2, decay = (0.0, 1 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
+    return lr / bias_correction1, bias_correction2 ** 0.5, l2, decay
+
+
+def adam_op(elementwise):
+    """The contract's adam_step made with a backend's element-wise factory (one line per backend)."""
+    adam, amsgrad = elementwise(ADAM_STEP), elementwise(AMSGRAD_STEP)
+
+    def adam_step(w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+        scalars = (float(beta1), float(beta2), float(eps)) + adam_scalars(step, lr, beta1, beta2, weight_decay, decoupled)
+        if max_exp_avg_sq is None:
+            adam(w, g, exp_avg, exp_avg_sq, *scalars)
+        else:
+            amsgrad(w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *scalars)
+
+    adam_step.kernels = {"adam": adam.kernel, "amsgrad": amsgrad.kernel}  # for tests/test_cuda_compiles.py
+    return adam_step
+
+
+def rmsprop_op(elementwise):
+    """The contract's rmsprop_step made with a backend's element-wise factory: the kernel of its (centered, momentum)."""
+    ops = {key: elementwise(spec) for key, spec in RMSPROP_STEPS.items()}
+
+    def rmsprop_step(w, g, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay, momentum):
+        state = [a for a in (grad_avg, momentum_buffer) if a is not None]
+        scalars = (lr, alpha, eps, weight_decay) + ((momentum,) if momentum_buffer is not None else ())
+        ops[grad_avg is not None, momentum_buffer is not None](w, g, square_avg, *state, *map(float, scalars))
+
+    rmsprop_step.kernels = {spec.name: op.kernel for spec, op in zip(RMSPROP_STEPS.values(), ops.values())}
+    return rmsprop_step

@@ -94,6 +94,121 @@ def sgd_update(w, g, v, lr, momentum, weight_decay):
 
 
 @register_jitable
+def adam_update(w, g, m, v, beta1, beta2, eps, step_size, bias_correction2_sqrt, l2, decay):
+    """torch.optim.Adam/AdamW in float64; the host gives step_size = lr / (1 - beta1^t),
+    bias_correction2_sqrt = sqrt(1 - beta2^t), l2 (Adam's weight decay, added to g) and decay
+    (AdamW's 1 - lr*wd, multiplying w). Returns (w', m', v'):
+    m' = beta1*m + (1-beta1)*g; v' = beta2*v + (1-beta2)*g*g; w' = w - step_size*m' / (sqrt(v')/bias_correction2_sqrt + eps).
+    """
+    w0, g0 = adam_decay(w, g, l2, decay)
+    m_new, v_new = adam_moments(g0, m, v, beta1, beta2)
+    return adam_apply(w0, m_new, v_new, eps, step_size, bias_correction2_sqrt), m_new, v_new
+
+
+@register_jitable
+def amsgrad_update(w, g, m, v, v_max, beta1, beta2, eps, step_size, bias_correction2_sqrt, l2, decay):
+    """adam_update with amsgrad: v_max' = max(v_max, v') replaces v' in the denominator. Returns (w', m', v', v_max')."""
+    w0, g0 = adam_decay(w, g, l2, decay)
+    m_new, v_new = adam_moments(g0, m, v, beta1, beta2)
+    v_max_new = nan_max(v_new, float(v_max))
+    return adam_apply(w0, m_new, v_max_new, eps, step_size, bias_correction2_sqrt), m_new, v_new, v_max_new
+
+
+@register_jitable
+def adam_decay(w, g, l2, decay):
+    """(w * decay, g + l2*w) in float64, each skipped when it would change nothing (torch's `if weight_decay != 0`)."""
+    w0, g0 = float(w), float(g)
+    if l2 != 0.0:
+        g0 = add_rn(g0, mul_rn(l2, w0))
+    if decay != 1.0:
+        w0 = mul_rn(w0, decay)
+    return w0, g0
+
+
+@register_jitable
+def adam_moments(g, m, v, beta1, beta2):
+    """(beta1*m + (1-beta1)*g, beta2*v + ((1-beta2)*g)*g): torch's moment updates (its addcmul's order)."""
+    m_new = add_rn(mul_rn(beta1, float(m)), mul_rn(1.0 - beta1, g))
+    v_new = add_rn(mul_rn(beta2, float(v)), mul_rn(mul_rn(1.0 - beta2, g), g))
+    return m_new, v_new
+
+
+@register_jitable
+def adam_apply(w, m, v, eps, step_size, bias_correction2_sqrt):
+    """w + (-step_size*m) / (sqrt(v)/bias_correction2_sqrt + eps): torch's addcdiv."""
+    denom = add_rn(math.sqrt(v) / bias_correction2_sqrt, eps)
+    return add_rn(w, mul_rn(-step_size, m) / denom)
+
+
+@register_jitable
+def nan_max(a, b):
+    """max(a, b), NaN when either is (torch.maximum)."""
+    return a if a > b or a != a else b
+
+
+@register_jitable
+def rmsprop_update(w, g, square_avg, lr, alpha, eps, weight_decay):
+    """torch.optim.RMSprop, plain (rmsprop_core). Returns (w', square_avg')."""
+    w_new, sq, _, _ = rmsprop_core(w, g, square_avg, 0.0, 0.0, lr, alpha, eps, weight_decay, 0.0, False, False)
+    return w_new, sq
+
+
+@register_jitable
+def rmsprop_centered_update(w, g, square_avg, grad_avg, lr, alpha, eps, weight_decay):
+    """torch.optim.RMSprop, centered (rmsprop_core). Returns (w', square_avg', grad_avg')."""
+    w_new, sq, ga, _ = rmsprop_core(w, g, square_avg, grad_avg, 0.0, lr, alpha, eps, weight_decay, 0.0, True, False)
+    return w_new, sq, ga
+
+
+@register_jitable
+def rmsprop_momentum_update(w, g, square_avg, momentum_buffer, lr, alpha, eps, weight_decay, momentum):
+    """torch.optim.RMSprop with momentum (rmsprop_core). Returns (w', square_avg', momentum_buffer')."""
+    w_new, sq, _, buf = rmsprop_core(w, g, square_avg, 0.0, momentum_buffer, lr, alpha, eps, weight_decay,
+                                     momentum, False, True)
+    return w_new, sq, buf
+
+
+@register_jitable
+def rmsprop_centered_momentum_update(w, g, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay,
+                                     momentum):
+    """torch.optim.RMSprop, centered and with momentum (rmsprop_core). Returns (w', square_avg', grad_avg', momentum_buffer')."""
+    return rmsprop_core(w, g, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay, momentum, True, True)
+
+
+@register_jitable
+def rmsprop_core(w, g, sq, ga, buf, lr, alpha, eps, weight_decay, momentum, centered, use_momentum):
+    """torch.optim.RMSprop's rule in float64, torch's order of operations; returns (w', sq', ga', buf'):
+    g' = g + wd*w; sq' = alpha*sq + ((1-alpha)*g')*g'; centered: ga' = alpha*ga + (1-alpha)*g',
+    avg = sqrt(sq' - ga'*ga') + eps, else avg = sqrt(sq') + eps;
+    momentum: buf' = momentum*buf + g'/avg, w' = w - lr*buf'; else w' = w + (-lr*g')/avg.
+    `centered` and `use_momentum` are constants of each caller, so the unused branches compile away.
+    """
+    w0, g0 = float(w), float(g)
+    if weight_decay != 0.0:
+        g0 = add_rn(g0, mul_rn(weight_decay, w0))
+    sq_new = add_rn(mul_rn(alpha, float(sq)), mul_rn(mul_rn(1.0 - alpha, g0), g0))
+    ga_new = float(ga)
+    if centered:
+        ga_new = add_rn(mul_rn(alpha, ga_new), mul_rn(1.0 - alpha, g0))
+        avg = add_rn(sqrt_or_nan(add_rn(sq_new, -mul_rn(ga_new, ga_new))), eps)
+    else:
+        avg = add_rn(math.sqrt(sq_new), eps)
+    buf_new = float(buf)
+    if use_momentum:
+        buf_new = add_rn(mul_rn(momentum, buf_new), g0 / avg)
+        w_new = add_rn(w0, mul_rn(-lr, buf_new))
+    else:
+        w_new = add_rn(w0, mul_rn(-lr, g0) / avg)
+    return w_new, sq_new, ga_new, buf_new
+
+
+@register_jitable
+def sqrt_or_nan(x):
+    """sqrt(x), NaN for x < 0 on every backend (the CUDA simulator's math.sqrt would raise)."""
+    return math.sqrt(x) if x >= 0.0 else math.nan
+
+
+@register_jitable
 def softmax_cross_entropy_row(logits, labels, dlogits, n):
     """dlogits[n] = (softmax(z[n]) - onehot(label)) / N; returns (logsumexp(z[n]) - z[n, label], bad).
 

@@ -10,13 +10,15 @@ from .backend import FLOAT_DTYPES, Workspace, backend_of, get_backend
 class Parameter:
     """A learnable array: `data`, its gradient `grad` (same shape, accumulated by backward),
     and `state`, the optimiser's per-parameter arrays (the momentum buffer), all on one backend.
-    `Module.to` moves all three, so an optimiser keeps working after the move."""
+    `Module.to` moves all three, so an optimiser keeps working after the move.
+    `requires_grad = False` freezes it: optimisers leave it unchanged (PyTorch's flag, default True)."""
 
     def __init__(self, data, backend):
         self.backend = backend
         self.data = backend.from_numpy(data)
         self.grad = backend.zeros(data.shape, data.dtype)
         self.state = {}
+        self.requires_grad = True
 
     @property
     def shape(self):

@@ -113,3 +113,35 @@ def sgd(w, g, v, lr, momentum, weight_decay):
     """torch.optim.SGD: g' = g + wd*w; v = momentum*v + g'; w -= lr*v."""
     v = momentum * v + g + weight_decay * w
     return w - lr * v, v
+
+
+def adam(w, g, m, v, v_max, t, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """torch.optim.Adam's documented algorithm (AdamW's with `decoupled`) for update number t;
+    v_max None without amsgrad. Returns (w, m, v, v_max)."""
+    if decoupled:
+        w = w * (1 - lr * weight_decay)
+    else:
+        g = g + weight_decay * w
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    if v_max is not None:
+        v_max = np.maximum(v_max, v)
+    v_hat = (v if v_max is None else v_max) / (1 - beta2 ** t)
+    m_hat = m / (1 - beta1 ** t)
+    return w - lr * m_hat / (np.sqrt(v_hat) + eps), m, v, v_max
+
+
+def rmsprop(w, g, sq, ga, buf, lr, alpha, eps, weight_decay, momentum):
+    """torch.optim.RMSprop's documented algorithm; ga None unless centered, buf None without
+    momentum. Returns (w, sq, ga, buf)."""
+    g = g + weight_decay * w
+    sq = alpha * sq + (1 - alpha) * g * g
+    denom = sq
+    if ga is not None:
+        ga = alpha * ga + (1 - alpha) * g
+        denom = sq - ga * ga
+    step = g / (np.sqrt(denom) + eps)
+    if buf is not None:
+        buf = momentum * buf + step
+        step = buf
+    return w - lr * step, sq, ga, buf

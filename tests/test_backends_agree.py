@@ -231,6 +231,40 @@ def test_sgd_step_agrees(shape, dt, lr, momentum, wd, seed):
 
 
 @cases()
+@given(shape=shapes, dt=DTYPES, lr=st.floats(0, 1), beta1=st.floats(0, 0.99), beta2=st.floats(0, 0.9999),
+       eps=st.sampled_from([1e-8, 1e-3]), wd=st.sampled_from([0.0, 1e-2]), amsgrad=st.booleans(),
+       decoupled=st.booleans(), seed=st.integers(0, 2**31))
+def test_adam_step_agrees(shape, dt, lr, beta1, beta2, eps, wd, amsgrad, decoupled, seed):
+    w, g, m, v, v_max = (data(seed + i, shape, dt) for i in range(5))
+
+    def op(be, w, g, m, v, v_max):
+        be.fill(v, 0)
+        be.fill(v_max, 0)
+        for step in (1, 2):  # the bias corrections of two step counts
+            be.adam_step(w, g, m, v, v_max if amsgrad else None, step, lr, beta1, beta2, eps, wd, decoupled)
+        return w, m, v, v_max
+
+    assert_backends_agree(op, w, g, m, v, v_max, exact=True)  # the same float64 arithmetic per element
+
+
+@cases()
+@given(shape=shapes, dt=DTYPES, lr=st.floats(0, 1), alpha=st.floats(0, 0.999), eps=st.sampled_from([1e-8, 1e-3]),
+       wd=st.sampled_from([0.0, 1e-2]), centered=st.booleans(), momentum=st.sampled_from([0.0, 0.9]),
+       seed=st.integers(0, 2**31))
+def test_rmsprop_step_agrees(shape, dt, lr, alpha, eps, wd, centered, momentum, seed):
+    w, g, sq, ga, buf = (data(seed + i, shape, dt) for i in range(5))
+
+    def op(be, w, g, sq, ga, buf):
+        be.fill(sq, 0)
+        be.fill(ga, 0)
+        for _ in range(2):
+            be.rmsprop_step(w, g, sq, ga if centered else None, buf if momentum else None, lr, alpha, eps, wd, momentum)
+        return w, sq, ga, buf
+
+    assert_backends_agree(op, w, g, sq, ga, buf, exact=True)  # the same float64 arithmetic per element
+
+
+@cases()
 @given(shape=st.lists(st.integers(1, 4 + 20 * BIG), min_size=4, max_size=4), dt=DTYPES,
        value=st.floats(-3, 3), seed=st.integers(0, 2**31))
 def test_array_ops_agree(shape, dt, value, seed):

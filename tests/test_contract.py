@@ -328,6 +328,34 @@ def _(be):
         assert_close(vd, v_new, rtol=1e-15)
 
 
+@case("adam_step")
+def _(be):
+    for shape, amsgrad, decoupled in zip(SHAPES, (False, True, False, True, False), (False, False, True, True, False)):
+        w, g, m, v, vmax = (data(shape, np.float64, seed) for seed in (1, 2, 3, 4, 5))
+        v, vmax = v * v, vmax * vmax  # second moments are >= 0
+        state = [be.from_numpy(a) for a in (w, m, v)] + [be.from_numpy(vmax) if amsgrad else None]
+        be.adam_step(state[0], be.from_numpy(g), state[1], state[2], state[3], 3, 0.1, 0.9, 0.99, 1e-8, 0.01, decoupled)
+        expected = ref.adam(w, g, m, v, vmax if amsgrad else None, 3, 0.1, 0.9, 0.99, 1e-8, 0.01, decoupled)
+        for got, want, name in zip(state, expected, ("w", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")):
+            if want is not None:
+                assert_close(got, want, rtol=1e-14, what=name)
+
+
+@case("rmsprop_step")
+def _(be):
+    for shape, centered, momentum in zip(SHAPES, (False, True, False, True, True), (0.0, 0.0, 0.9, 0.9, 0.5)):
+        w, g, sq, ga, buf = (data(shape, np.float64, seed) for seed in (1, 2, 3, 4, 5))
+        sq, ga = sq * sq + ga * ga, ga  # a square average that holds the square of the gradient average
+        state = [be.from_numpy(a) for a in (w, sq)] + [be.from_numpy(ga) if centered else None,
+                                                       be.from_numpy(buf) if momentum else None]
+        be.rmsprop_step(state[0], be.from_numpy(g), *state[1:], 0.01, 0.9, 1e-8, 0.01, momentum)
+        expected = ref.rmsprop(w, g, sq, ga if centered else None, buf if momentum else None, 0.01, 0.9, 1e-8, 0.01,
+                               momentum)
+        for got, want, name in zip(state, expected, ("w", "square_avg", "grad_avg", "momentum_buffer")):
+            if want is not None:
+                assert_close(got, want, rtol=1e-14, what=name)
+
+
 # -- loss ------------------------------------------------------------------------------------
 
 @case("softmax_cross_entropy")

@@ -26,7 +26,8 @@ import pytest
 # contracts a * b + c into one FMA (one rounding instead of two) unless told otherwise, so
 # their PTX must hold no fma. (Checked where PTX is made: with NVVM, i.e. a CUDA toolkit.)
 BIT_EXACT = {"sgd", "dropout", "relu_fwd", "relu_bwd", "fill", "add", "maxpool_fwd"} | {
-    f"strided_copy_{n}d" for n in range(1, 6)}
+    f"strided_copy_{n}d" for n in range(1, 6)} | {"adam", "amsgrad"} | {
+    f"rmsprop{variant}" for variant in ("", "_centered", "_momentum", "_centered_momentum")}
 NO_COMPILER = 3  # the exit status of main() when NVVM/NVRTC are missing: a skip, not a pass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def kernels():
     """(name, python function, signature) for every kernel of nbcnn/cuda, float32 and float64."""
     from nbcnn.cuda import array, conv, dropout, elementwise, gemm, loss, lrn, pool, relu, sgd
+    from nbcnn.cuda import adam, rmsprop
     out = []
     for dt in ("float32", "float64"):
         v, a3, a4 = f"{dt}[::1]", f"{dt}[:, :, ::1]", f"{dt}[:, :, :, ::1]"
@@ -56,7 +58,15 @@ def kernels():
             ("softmax_ce", loss.softmax_cross_entropy_kernel,
              f"void({dt}[:, ::1], int64[::1], {dt}[:, ::1], float64[::1], int64[::1])"),
             ("sgd", sgd.sgd_step.kernel, f"void({v}, {v}, {v}, float64, float64, float64)"),
+            ("adam", adam.adam_step.kernels["adam"], f"void({v}, {v}, {v}, {v}, " + ", ".join(["float64"] * 7) + ")"),
+            ("amsgrad", adam.adam_step.kernels["amsgrad"],
+             f"void({v}, {v}, {v}, {v}, {v}, " + ", ".join(["float64"] * 7) + ")"),
         ]
+        for centered in (False, True):  # RMSprop's kernels: arrays w, g, square_avg (, grad_avg) (, momentum_buffer)
+            for momentum in (False, True):
+                name = "rmsprop" + "_centered" * centered + "_momentum" * momentum
+                arrays, scalars = [v] * (3 + centered + momentum), ["float64"] * (4 + momentum)
+                out.append((name, rmsprop.rmsprop_step.kernels[name + "_step"], f"void({', '.join(arrays + scalars)})"))
         for ndim in range(1, 6):  # a strided source of every rank up to 5
             out.append((f"strided_copy_{ndim}d", array.strided_copy_kernel(ndim),
                         f"void({dt}[{', '.join([':'] * ndim)}], {v})"))

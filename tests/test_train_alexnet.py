@@ -63,7 +63,8 @@ def before_step(monkeypatch, n, action):
 
 def params(path):
     state = read_checkpoint(path)
-    return state["model"], state["optimizer"]["momentum_buffers"], state["progress"]
+    buffers = [s["momentum_buffer"] for _, s in sorted(state["optimizer"]["state"].items())]
+    return state["model"], buffers, state["progress"]
 
 
 @pytest.mark.parametrize("device", RUN_DEVICES)
