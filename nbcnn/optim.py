@@ -64,8 +64,17 @@ class Optimizer:
         if len({id(p) for p in params}) != len(params) or any(id(p) in seen for p in params):
             raise ValueError(f"{self.name}: a parameter appears more than once in the parameter groups")
         group = {**self.defaults, **group, "params": params}
-        self.check(group)
+        self.check_group(group)
         self.param_groups.append(group)
+
+    def check_group(self, group):
+        """check(group), and a ValueError for a torch option this optimiser would otherwise ignore
+        (a group given by hand or a torch state_dict's); torch's other keys (foreach, fused) change no result."""
+        for key, default in TORCH_ONLY.items():
+            if group.get(key, default) != default:
+                raise ValueError(f"{self.name} has no {key}={group[key]!r} (torch.optim's option); nbcnn does "
+                                 f"not implement it")
+        self.check(group)
 
     def check(self, group):
         raise NotImplementedError
@@ -111,7 +120,7 @@ class Optimizer:
     def lr(self, value):
         """Set every group's lr (per-group rates: set group["lr"] in param_groups)."""
         for group in self.param_groups:
-            self.check({**group, "lr": value})
+            self.check_group({**group, "lr": value})
         for group in self.param_groups:
             group["lr"] = float(value)
 
@@ -124,7 +133,8 @@ class Optimizer:
             for p in group["params"]:
                 if p in self.steps:
                     entry = {"step": float(self.steps[p])} if self.counts_steps else {}
-                    entry.update((name, p.backend.to_numpy(p.state[name])) for name in self.state_names(group))
+                    entry.update((name, p.backend.to_numpy(p.state[name])) for name in self.state_names(group)
+                                 if name in p.state)  # a group changed to need one more array makes it next step
                     state[index] = entry
                 ids.append(index)
                 index += 1
@@ -148,7 +158,7 @@ class Optimizer:
                 raise ValueError(f"{self.name} state_dict's parameter group {i} has {len(saved['params'])} "
                                  f"parameters, the optimiser's has {len(group['params'])}")
             new = {**group, **{k: v for k, v in saved.items() if k != "params"}, "params": group["params"]}
-            self.check(new)
+            self.check_group(new)
             groups.append(new)
             params.update((index, (p, new)) for index, p in zip(saved["params"], group["params"]))
         arrays = {}
@@ -176,6 +186,10 @@ class Optimizer:
 
 
 # -- hyper-parameter checks: one clear ValueError each -------------------------------------------------
+# torch.optim options that change the update and that nbcnn does not implement, with the value that leaves it alone
+TORCH_ONLY = {"maximize": False, "nesterov": False, "dampening": 0, "capturable": False, "differentiable": False}
+
+
 def number(opt, name, value):
     """`value` as a float, or a TypeError naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

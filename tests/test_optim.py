@@ -307,6 +307,7 @@ BAD = [
     (lambda ps: nbcnn.Adam([{"lr": 0.1}]), TypeError, "'params' entry"),
     (lambda ps: nbcnn.Adam([{"params": ps}, {"params": ps[:1]}]), ValueError, "more than once"),
     (lambda ps: nbcnn.SGD([{"params": ps[:1], "lr": -1}], lr=0.1), ValueError, "lr must be a finite number >= 0"),
+    (lambda ps: nbcnn.SGD([{"params": ps, "nesterov": True}], lr=0.1), ValueError, "has no nesterov=True"),
 ]
 
 
@@ -330,6 +331,7 @@ def test_setting_a_bad_lr_changes_nothing():
     (lambda sd: sd["state"][1].pop("exp_avg_sq"), "no exp_avg_sq"),
     (lambda sd: sd["param_groups"][0].update(lr=-1.0), "lr must be a finite number >= 0"),
     (lambda sd: sd["state"].update({7: {}}), "state for parameter 7"),
+    (lambda sd: sd["param_groups"][0].update(maximize=True), "has no maximize=True"),
 ])
 def test_a_state_dict_that_does_not_fit_is_refused_and_changes_nothing(change, message):
     net = layer("cpu")
