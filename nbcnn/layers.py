@@ -277,6 +277,7 @@ class _BatchNorm(Module):
         self.momentum = None if momentum is None else float(momentum)
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         c = self.num_features
+        self.weight = self.bias = None  # as PyTorch's without affine
         if self.affine:
             self.weight = self.add_parameter("weight", np.ones(c))
             self.bias = self.add_parameter("bias", np.zeros(c))

@@ -82,7 +82,8 @@ def test_a_single_value_per_channel_is_fine_in_eval(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_affine_false_has_no_weight_or_bias_and_only_normalises(device):
     layer = nbcnn.BatchNorm2d(2, affine=False).to(device)
-    assert layer.parameters() == [] and list(layer.state_dict()) == ["running_mean", "running_var", "num_batches_tracked"]
+    assert layer.parameters() == [] and layer.weight is None and layer.bias is None
+    assert list(layer.state_dict()) == ["running_mean", "running_var", "num_batches_tracked"]
     x = 2 * floats((2, 2, 3, 3)) - 1
     assert_close(run_layer(layer, x, device), ref.batchnorm(x.astype(np.float64), np.ones(2), np.zeros(2), 1e-5),
                  rtol=1e-5)
