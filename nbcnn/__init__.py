@@ -5,6 +5,7 @@ from .array import asarray, device_of, to_numpy
 from .backend import get_backend
 from .errors import NonFiniteLossError, OutOfMemoryError
 from .layers import Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU
+from .layers import BatchNorm1d, BatchNorm2d
 from .loss import softmax_cross_entropy
 from .module import Module, Parameter, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
@@ -16,4 +17,5 @@ __all__ = [
     "manual_seed", "models", "softmax_cross_entropy", "to_numpy",
     "Adam", "AdamW", "Optimizer", "RMSprop", "lr_scheduler",
 ]
+__all__ += ["BatchNorm1d", "BatchNorm2d"]
 __version__ = "0.1.0"

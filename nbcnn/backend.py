@@ -158,6 +158,45 @@ class Backend:
         """dx[c] = dy[c]*scale[c]^-beta - 2*alpha*beta/size * x[c] * sum_{c' whose window holds c} dy[c']*y[c']/scale[c']."""
         raise NotImplementedError
 
+    # -- batch normalisation -----------------------------------------------------------
+    def batchnorm_forward_train(self, x, gamma, beta, eps, momentum, running_mean, running_var,
+                                num_batches_tracked, y, mean, invstd, ws):
+        """Batch normalisation with the batch's statistics (training), per channel c of x (N,C,S):
+
+            mean[c] = sum_{n,s} x[n,c,s] / M,  var = sum_{n,s} (x[n,c,s] - mean[c])^2 / M  (biased; M = N*S >= 2)
+            invstd[c] = 1 / sqrt(var + eps);   y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]
+
+        Sums in float64, in an order fixed for a shape on a machine (run-to-run identical: no atomics).
+        x, y (N,C,S): a (N,C,H,W) map as (N,C,H*W), BatchNorm1d's (N,C) as (N,C,1); gamma,
+        beta, mean, invstd (C,), x's dtype; mean and invstd are written for the backward.
+        Running statistics (PyTorch's rule, the variance unbiased), with f = momentum, or
+        1/num_batches_tracked (after its increment) when momentum < 0 (a cumulative average):
+            running_mean = (1-f)*running_mean + f*mean;  running_var = (1-f)*running_var + f*var*M/(M-1)
+            num_batches_tracked += 1   (a 0-d int64 array)
+        running_mean, running_var (C,) x's dtype; all three None: no running statistics kept.
+        """
+        raise NotImplementedError
+
+    def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps, y, mean, invstd):
+        """Batch normalisation with running statistics (eval): y = gamma[c] * (x - running_mean[c]) *
+        invstd[c] + beta[c], invstd[c] = 1/sqrt(running_var[c] + eps); shapes as batchnorm_forward_train.
+
+        Writes mean = running_mean and invstd, so that batchnorm_backward serves both modes.
+        """
+        raise NotImplementedError
+
+    def batchnorm_backward(self, x, gamma, mean, invstd, dy, batch_stats, dx, dgamma, dbeta, ws):
+        """The gradients of batch normalisation, from the forward's mean and invstd; xhat = (x - mean) * invstd:
+
+            dbeta[c] += sum_{n,s} dy;   dgamma[c] += sum_{n,s} dy * xhat
+            dx = gamma * invstd * (dy - (sum dy + xhat * sum dy*xhat) / M)   batch_stats (training: the
+                                                                              statistics depend on x)
+            dx = gamma * invstd * dy                                          not batch_stats (eval)
+
+        Shapes as batchnorm_forward_train; sums in float64, in a fixed order; `dx` may be None.
+        """
+        raise NotImplementedError
+
     # -- fully connected ---------------------------------------------------------------
     def linear_forward(self, x, w, b, y):
         """y = x @ w^T + b; x (N,I), w (O,I), b (O,), y (N,O)."""
@@ -235,6 +274,7 @@ OP_FILES = {
     "relu": ("relu_forward", "relu_backward"),
     "dropout": ("dropout_forward", "dropout_backward"),
     "lrn": ("lrn_forward", "lrn_backward"),
+    "batchnorm": ("batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward"),
     "linear": ("linear_forward", "linear_backward"),
     "loss": ("softmax_cross_entropy",),
     "sgd": ("sgd_step",),

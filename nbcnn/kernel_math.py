@@ -338,3 +338,48 @@ def lrn_backward_at(x, y, scale, dy, n, c, s, size, alpha, beta, dx):
     for cc in range(lo, hi):
         acc += lrn_backward_term(dy[n, cc, s], y[n, cc, s], scale[n, cc, s])
     dx[n, c, s] = lrn_dx(x[n, c, s], dy[n, c, s], scale[n, c, s], acc, size, alpha, beta)
+
+
+# -- batch normalisation: the per-channel and per-element rules ---------------------------------
+# Both backends reduce each channel's N*S values in float64 (the CPU in order, CUDA in a tree over a
+# block's threads) and apply these rules to the sums.
+
+CUMULATIVE = -1.0  # the momentum that asks for a cumulative average of the batch statistics (torch's None)
+
+
+@register_jitable
+def bn_invstd(var, eps):
+    """1 / sqrt(var + eps), in float64."""
+    return 1.0 / math.sqrt(float(var) + eps)
+
+
+@register_jitable
+def bn_xhat(x, mean, invstd):
+    """The normalised value (x - mean) * invstd, in float64."""
+    return (float(x) - float(mean)) * float(invstd)
+
+
+@register_jitable
+def bn_normalise(x, mean, invstd, gamma, beta):
+    """y = gamma * (x - mean) * invstd + beta, in float64."""
+    return float(gamma) * bn_xhat(x, mean, invstd) + float(beta)
+
+
+@register_jitable
+def bn_update_running(running_mean, running_var, c, mean, var, count, momentum, batches):
+    """PyTorch's running statistics of channel c: r = (1 - f) * r + f * (the batch's statistic), the
+    variance unbiased (var * count / (count - 1)); f = momentum, or 1/batches (this batch counted)
+    for a cumulative average (momentum < 0)."""
+    f = momentum if momentum >= 0 else 1.0 / batches
+    running_mean[c] = (1.0 - f) * float(running_mean[c]) + f * mean
+    running_var[c] = (1.0 - f) * float(running_var[c]) + f * (var * count / (count - 1))
+
+
+@register_jitable
+def bn_dx(x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, batch_stats):
+    """dL/dx = gamma * invstd * (dy - (sum_dy + xhat * sum_dy_xhat) / count) when the statistics
+    were the batch's (they depend on x), gamma * invstd * dy when they were the running ones."""
+    g = float(gamma) * float(invstd)
+    if not batch_stats:
+        return g * float(dy)
+    return g * (float(dy) - (sum_dy + bn_xhat(x, mean, invstd) * sum_dy_xhat) / count)

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from .kernel_math import CUMULATIVE
 from .module import Module
 from .random import default_generator
 
@@ -247,3 +248,118 @@ class Flatten(Module):
     def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
         return self.backend.reshape(dy, self.x_shape) if input_grad else None
+
+
+class _BatchNorm(Module):
+    """Batch normalisation over every dimension but the channels (Ioffe and Szegedy, 2015), PyTorch's semantics.
+
+    Training: y = weight * (x - mean) / sqrt(var + eps) + bias with the batch's per-channel mean
+    and biased variance, and the running statistics updated as PyTorch does (the variance
+    unbiased): running = (1 - momentum) * running + momentum * batch statistic, or a cumulative
+    average when momentum is None. Eval: the running statistics instead. The running
+    statistics and num_batches_tracked are buffers (state_dict, `to`), not parameters.
+    affine=False: no weight and bias (1 and 0). track_running_stats=False: no buffers, and
+    the batch's statistics in eval too.
+    """
+
+    rank = None  # the input ranks a subclass accepts
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+        super().__init__()
+        self.num_features = _count(num_features, "num_features")
+        self.eps = float(eps)
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"{type(self).__name__} eps must be a finite number >= 0, got {eps!r}")
+        if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.number))
+                                     or not 0 <= momentum <= 1):
+            raise ValueError(f"{type(self).__name__} momentum must be a number in [0, 1] or None "
+                             f"(a cumulative average), got {momentum!r}")
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        c = self.num_features
+        self.weight = self.bias = None  # as PyTorch's without affine
+        if self.affine:
+            self.weight = self.add_parameter("weight", np.ones(c))
+            self.bias = self.add_parameter("bias", np.zeros(c))
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(c))
+            self.register_buffer("running_var", np.ones(c))
+            self.register_buffer("num_batches_tracked", np.array(0, np.int64))
+
+    @property
+    def running_mean(self):
+        return self._buffers.get("running_mean")
+
+    @property
+    def running_var(self):
+        return self._buffers.get("running_var")
+
+    @property
+    def num_batches_tracked(self):
+        return self._buffers.get("num_batches_tracked")
+
+    def _scale_and_shift(self, dtype):
+        """(weight, bias) arrays: the parameters, or 1 and 0 without affine."""
+        if self.affine:
+            return self.weight.data, self.bias.data
+        c = self.num_features
+        ones, zeros = self.ws.get("ones", (c,), dtype, self.backend.empty), self.ws.get("zeros", (c,), dtype, self.backend.empty)
+        self.backend.fill(ones, 1)
+        self.backend.fill(zeros, 0)
+        return ones, zeros
+
+    def forward(self, x):
+        name = type(self).__name__
+        x = self.check_input(x)
+        if x.ndim not in self.rank:
+            raise ValueError(f"{name} expects a {' or '.join(f'{r}-D' for r in self.rank)} input, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{name} expects {self.num_features} channels, got shape {tuple(x.shape)}")
+        n, c = x.shape[0], x.shape[1]
+        x3 = self.backend.reshape(x, (n, c, int(np.prod(x.shape[2:], dtype=np.int64))))
+        self.batch_stats = self.training or not self.track_running_stats
+        if self.batch_stats and n * x3.shape[2] < 2:
+            raise ValueError(f"{name} expected more than 1 value per channel when training, got input shape "
+                             f"{tuple(x.shape)} (PyTorch refuses it too: a variance of one value)")
+        be = self.backend
+        self.gamma, beta = self._scale_and_shift(x.dtype)
+        y = be.empty(x3.shape, x.dtype)
+        self.mean, self.invstd = be.empty((c,), x.dtype), be.empty((c,), x.dtype)  # for backward
+        if self.batch_stats:
+            momentum = CUMULATIVE if self.momentum is None else self.momentum
+            be.batchnorm_forward_train(x3, self.gamma, beta, self.eps, momentum, self.running_mean, self.running_var,
+                                       self.num_batches_tracked, y, self.mean, self.invstd, self.ws)
+        else:
+            be.batchnorm_forward_eval(x3, self.gamma, beta, self.running_mean, self.running_var, self.eps,
+                                      y, self.mean, self.invstd)
+        self.x = x3
+        return self.expect_grad_like(be.reshape(y, x.shape))
+
+    def backward(self, dy, input_grad=True):
+        dy = self.check_grad(dy)
+        be = self.backend
+        if self.affine:
+            dgamma, dbeta = self.weight.grad, self.bias.grad
+        else:  # nothing to learn: the kernel's sums go to scratch
+            dgamma = self.ws.get("dgamma", (self.num_features,), dy.dtype, be.empty)
+            dbeta = self.ws.get("dbeta", (self.num_features,), dy.dtype, be.empty)
+        dx = be.empty(self.x.shape, self.x.dtype) if input_grad else None
+        be.batchnorm_backward(self.x, self.gamma, self.mean, self.invstd, be.reshape(dy, self.x.shape), self.batch_stats,
+                              dx, dgamma, dbeta, self.ws)
+        return be.reshape(dx, dy.shape) if input_grad else None
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) features or (N, C, L) sequences, per channel C."""
+
+    rank = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) maps, per channel C."""
+
+    rank = (4,)

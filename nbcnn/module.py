@@ -1,4 +1,4 @@
-"""Parameters, the Module base class and the Sequential container."""
+"""Parameters, buffers, the Module base class and the Sequential container."""
 
 from collections import OrderedDict
 
@@ -44,6 +44,7 @@ class Module:
         self.backend = get_backend("cpu")
         self.dtype = np.dtype(np.float32)
         self._parameters = OrderedDict()
+        self._buffers = OrderedDict()
         self.ws = Workspace()
 
     # -- running -----------------------------------------------------------------------
@@ -88,18 +89,46 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    # -- buffers -----------------------------------------------------------------------
+    def register_buffer(self, name, value):
+        """Register a buffer from a host numpy array: state that is not learnt (batch norm's running
+        statistics). Saved in state_dict after the module's parameters and moved by `to`, but never
+        among parameters(), so no optimiser touches it. A float buffer takes the module's dtype and
+        follows `to(dtype=...)`; an integer one (a counter) keeps its dtype. Returns the array."""
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating):
+            value = value.astype(self.dtype)
+        elif not np.issubdtype(value.dtype, np.integer):
+            raise TypeError(f"buffer {name!r} must hold floats or integers, got {value.dtype}")
+        self._buffers[name] = self.backend.from_numpy(value)
+        return self._buffers[name]
+
+    def named_buffers(self, prefix=""):
+        for name, b in self._buffers.items():
+            yield prefix + name, b
+        for i, child in self.named_children():
+            yield from child.named_buffers(f"{prefix}{i}.")
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
     def zero_grad(self):
         for p in self.parameters():
             p.backend.fill(p.grad, 0)
 
     def to(self, device=None, dtype=None):
-        """Move parameters, gradients and optimiser state to `device`, in `dtype`; returns self."""
+        """Move parameters, gradients, optimiser state and buffers to `device`, in `dtype` (integer buffers keep theirs); returns self."""
         backend = self.backend if device is None else get_backend(device)
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"parameters must be float32 or float64, got {dtype}")
         for p in self._parameters.values():
             p.to(backend, dtype)
+        for name, b in self._buffers.items():
+            host = self.backend.to_numpy(b)
+            if np.issubdtype(host.dtype, np.floating):
+                host = host.astype(dtype, copy=False)
+            self._buffers[name] = backend.from_numpy(host)
         for child in self.children():
             child.to(backend, dtype)
         self.backend, self.dtype = backend, dtype
@@ -112,29 +141,48 @@ class Module:
     def float(self):
         return self.to(dtype=np.float32)
 
+    def _state_entries(self, prefix=""):
+        """(key, module, name, kind) of every state_dict entry in PyTorch's order: a module's parameters,
+        then its buffers, then its children's entries, child by child. kind: "parameter" or "buffer"."""
+        for name in self._parameters:
+            yield prefix + name, self, name, "parameter"
+        for name in self._buffers:
+            yield prefix + name, self, name, "buffer"
+        for i, child in self.named_children():
+            yield from child._state_entries(f"{prefix}{i}.")
+
+    def _state_array(self, name, kind):
+        return self._parameters[name].data if kind == "parameter" else self._buffers[name]
+
     def state_dict(self):
-        """Host numpy copies of every parameter, keyed as PyTorch keys the same model."""
-        return OrderedDict((name, p.backend.to_numpy(p.data)) for name, p in self.named_parameters())
+        """Host numpy copies of every parameter and buffer, keyed and ordered as PyTorch keys the same model."""
+        return OrderedDict((key, m.backend.to_numpy(m._state_array(name, kind)))
+                           for key, m, name, kind in self._state_entries())
 
     def load_state_dict(self, state):
         """Copy values from a state_dict; every key must be present with the right shape."""
-        params = OrderedDict(self.named_parameters())
-        missing = [k for k in params if k not in state]
-        unexpected = [k for k in state if k not in params]
+        entries = OrderedDict((key, (m, name, kind)) for key, m, name, kind in self._state_entries())
+        missing = [k for k in entries if k not in state]
+        unexpected = [k for k in state if k not in entries]
         if missing or unexpected:
             raise ValueError(f"state_dict does not match the model: missing keys {missing}, "
                              f"unexpected keys {unexpected}")
         values = {}
-        for name, p in params.items():  # check every entry before changing any parameter
-            value = np.asarray(state[name])
-            if tuple(value.shape) != p.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {tuple(value.shape)}, "
-                                 f"the model's parameter has shape {p.shape}")
-            if not np.issubdtype(value.dtype, np.floating):
-                raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, expected floats")
-            values[name] = np.ascontiguousarray(value, dtype=p.dtype)
-        for name, p in params.items():
-            p.data = p.backend.from_numpy(values[name])
+        for key, (m, name, kind) in entries.items():  # check every entry before changing any
+            value, current = np.asarray(state[key]), m._state_array(name, kind)
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(f"state_dict[{key!r}] has shape {tuple(value.shape)}, "
+                                 f"the model's {kind} has shape {tuple(current.shape)}")
+            floats = np.issubdtype(current.dtype, np.floating)  # else an integer buffer: a counter
+            if not np.issubdtype(value.dtype, np.floating if floats else np.integer):
+                raise TypeError(f"state_dict[{key!r}] has dtype {value.dtype}, expected {'floats' if floats else 'integers'}")
+            values[key] = np.asarray(value, dtype=current.dtype, order="C")  # a 0-d counter stays 0-d
+        for key, (m, name, kind) in entries.items():
+            if kind == "parameter":
+                p = m._parameters[name]
+                p.data = p.backend.from_numpy(values[key])
+            else:
+                m._buffers[name] = m.backend.from_numpy(values[key])
 
     # -- input checks shared by the layers ---------------------------------------------
     def check_input(self, x, ndim=None, what="input"):
@@ -148,8 +196,10 @@ class Module:
                              f"{where}; move it with nbcnn.asarray(x, {self.backend.name!r})")
         if np.dtype(x.dtype) not in FLOAT_DTYPES:
             raise TypeError(f"{type(self).__name__} {what} must be float32 or float64, got {x.dtype}")
-        if self._parameters and np.dtype(x.dtype) != self.dtype:
-            raise TypeError(f"{type(self).__name__} has {self.dtype} parameters but its {what} is "
+        floats = [b for b in self._buffers.values() if np.issubdtype(b.dtype, np.floating)]
+        if (self._parameters or floats) and np.dtype(x.dtype) != self.dtype:
+            held = "parameters" if self._parameters else "buffers"
+            raise TypeError(f"{type(self).__name__} has {self.dtype} {held} but its {what} is "
                             f"{x.dtype}; convert the input or call .to(dtype={x.dtype.name!r})")
         if ndim is not None and x.ndim != ndim:
             raise ValueError(f"{type(self).__name__} expects a {ndim}-D {what}, got shape {tuple(x.shape)}")

@@ -35,7 +35,7 @@ DEFAULT_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 def _to_backend(backend, v):
     if isinstance(v, np.ndarray):
-        return backend.from_numpy(np.ascontiguousarray(v))
+        return backend.from_numpy(np.asarray(v, order="C"))
     return v
 
 

@@ -145,3 +145,25 @@ def rmsprop(w, g, sq, ga, buf, lr, alpha, eps, weight_decay, momentum):
         buf = momentum * buf + step
         step = buf
     return w - lr * step, sq, ga, buf
+
+
+def _per_channel(v, ndim):
+    """A (C,) vector shaped to broadcast along axis 1 of an ndim-D array."""
+    return np.asarray(v, np.float64).reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def batchnorm(x, gamma, beta, eps, mean=None, var=None):
+    """(x - mean) / sqrt(var + eps) * gamma + beta per channel (axis 1); mean and var the batch's
+    (the variance biased, over every axis but 1) unless given (the running statistics)."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    if mean is None:
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+    return ((x - _per_channel(mean, x.ndim)) / np.sqrt(_per_channel(var, x.ndim) + eps) * _per_channel(gamma, x.ndim)
+            + _per_channel(beta, x.ndim))
+
+
+def batchnorm_running(running_mean, running_var, x, factor):
+    """PyTorch's update: r = (1 - factor) * r + factor * the batch's statistic, the variance unbiased (ddof=1)."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    return ((1 - factor) * running_mean + factor * x.mean(axis=axes),
+            (1 - factor) * running_var + factor * x.var(axis=axes, ddof=1))

@@ -22,6 +22,7 @@ import nbcnn
 import reference
 from devices import DEVICES, ON_GPU
 from nbcnn.backend import Workspace
+from nbcnn.kernel_math import CUMULATIVE
 from nbcnn.random import dropout_key
 from nbcnn.testing import assert_backends_agree, assert_close
 
@@ -171,6 +172,45 @@ def test_lrn_forward_and_backward_agree(case):
 
     # same float64 sums in the same order; only pow may differ in its last bit (libdevice vs libm)
     assert_backends_agree(op, x, dy, rtol=CHAIN[dt] / 10)
+
+
+@st.composite
+def batchnorm_cases(draw):
+    n, s = draw(st.integers(1, 3 + 30 * BIG)), draw(st.integers(1, 5 + 200 * BIG))
+    if n * s < 2:
+        s = 2  # training needs two values per channel
+    return dict(n=n, c=draw(st.integers(1, 3 + 60 * BIG)), s=s, dtype=draw(DTYPES),
+                momentum=draw(st.sampled_from([0.1, 0.5, CUMULATIVE, None])),  # None: no running statistics
+                want_dx=draw(st.booleans()), shift=draw(st.sampled_from([0.0, 10.0])), seed=draw(st.integers(0, 2**31)))
+
+
+@cases()
+@given(case=batchnorm_cases())
+def test_batchnorm_forward_and_backward_agree_in_both_modes(case):
+    n, c, s, dt, momentum = (case[key] for key in ("n", "c", "s", "dtype", "momentum"))
+    x = data(case["seed"], (n, c, s), dt) * 2 + dt(case["shift"])  # a mean far from 0 too
+    gamma, beta, dy = data(case["seed"] + 1, (c,), dt), data(case["seed"] + 2, (c,), dt), data(case["seed"] + 3, x.shape, dt)
+    rm, rv = data(case["seed"] + 4, (c,), dt), (1 + data(case["seed"] + 5, (c,), dt) ** 2).astype(dt)
+    dgamma0, dbeta0 = data(case["seed"] + 6, (c,), dt), data(case["seed"] + 7, (c,), dt)
+
+    def op(be, x, gamma, beta, dy, rm, rv, count, dgamma, dbeta):
+        ws, out = Workspace(), []
+        for train in (True, False):
+            y, mean, invstd = be.empty(x.shape, x.dtype), be.empty((c,), x.dtype), be.empty((c,), x.dtype)
+            if train:
+                running = (None, None, None) if momentum is None else (rm, rv, count)
+                be.batchnorm_forward_train(x, gamma, beta, 1e-5, momentum or 0.0, *running, y, mean, invstd, ws)
+            else:  # with the running statistics the training step left
+                be.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5, y, mean, invstd)
+            dx = be.empty(x.shape, x.dtype) if case["want_dx"] else None
+            be.batchnorm_backward(x, gamma, mean, invstd, dy, train, dx, dgamma, dbeta, ws)
+            out += [y, mean, invstd, dx, be.to_numpy(dgamma), be.to_numpy(dbeta)]
+        return out + [rm, rv, count]
+
+    # float64 sums in another order (a tree over a block's threads on CUDA); the counter exactly
+    *_, count = assert_backends_agree(op, x, gamma, beta, dy, rm, rv, np.array(3, np.int64), dgamma0, dbeta0,
+                                      rtol=CHAIN[dt] / 10)
+    assert count == (3 if momentum is None else 4)
 
 
 # -- fully connected, loss, optimiser ----------------------------------------------------

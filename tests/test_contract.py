@@ -18,6 +18,7 @@ import nbcnn
 import reference as ref
 from devices import DEVICES
 from nbcnn.backend import Backend, Workspace
+from nbcnn.kernel_math import CUMULATIVE
 from nbcnn.testing import assert_close
 
 SHAPES = [(7,), (3, 4), (2, 3, 5), (2, 2, 3, 4), (1, 2, 3, 2, 3)]  # ranks 1 to 5
@@ -254,6 +255,69 @@ def _(be):
     v, eps = data(x.shape, np.float64, 2), 1e-6  # the directional derivative along v, by central differences
     fd = (np.vdot(dy, ref.lrn(x + eps * v, 3, 0.5, 0.75, 1.0)) - np.vdot(dy, ref.lrn(x - eps * v, 3, 0.5, 0.75, 1.0))) / (2 * eps)
     assert np.isclose(np.vdot(be.to_numpy(dx), v), fd, rtol=1e-6)
+
+
+def bn_args(be, seed=0):
+    """x (N,C,S) = (3,2,4) in float64, gamma, beta and running statistics, on the host and on `be`."""
+    x = 2 * data((3, 2, 4), np.float64, seed) + 1
+    gamma, beta = data((2,), np.float64, seed + 1), data((2,), np.float64, seed + 2)
+    rm, rv = data((2,), np.float64, seed + 3), 1 + data((2,), np.float64, seed + 4) ** 2
+    return (x, gamma, beta, rm, rv), [be.from_numpy(v) for v in (x, gamma, beta, rm, rv)]
+
+
+@case("batchnorm_forward_train")
+def _(be):
+    (x, gamma, beta, rm0, rv0), (xd, gd, bd, _, _) = bn_args(be)
+    for momentum, factor in ((0.1, 0.1), (CUMULATIVE, 1 / 5), (None, None)):  # None: no running statistics
+        y, mean, invstd = be.empty(x.shape, np.float64), be.empty((2,), np.float64), be.empty((2,), np.float64)
+        rm, rv, count = be.from_numpy(rm0), be.from_numpy(rv0), be.from_numpy(np.array(4, np.int64))
+        running = (None, None, None) if momentum is None else (rm, rv, count)
+        be.batchnorm_forward_train(xd, gd, bd, 1e-5, momentum or 0.0, *running, y, mean, invstd, Workspace())
+        assert_close(y, ref.batchnorm(x, gamma, beta, 1e-5))
+        assert_close(mean, x.mean(axis=(0, 2)))
+        assert_close(invstd, 1 / np.sqrt(x.var(axis=(0, 2)) + 1e-5))
+        if momentum is not None:  # the unbiased variance; a cumulative average counts this fifth batch
+            for got, want in zip((rm, rv), ref.batchnorm_running(rm0, rv0, x, factor)):
+                assert_close(got, want)
+            assert be.to_numpy(count).shape == () and be.to_numpy(count) == 5
+
+
+@case("batchnorm_forward_eval")
+def _(be):
+    (x, gamma, beta, rm, rv), (xd, gd, bd, rmd, rvd) = bn_args(be)
+    y, mean, invstd = be.empty(x.shape, np.float64), be.empty((2,), np.float64), be.empty((2,), np.float64)
+    be.batchnorm_forward_eval(xd, gd, bd, rmd, rvd, 1e-3, y, mean, invstd)
+    assert_close(y, ref.batchnorm(x, gamma, beta, 1e-3, rm, rv))
+    assert_close(mean, rm, exact=True)
+    assert_close(invstd, 1 / np.sqrt(rv + 1e-3))
+    assert_close(rmd, rm, exact=True)  # the running statistics only read
+    assert_close(rvd, rv, exact=True)
+
+
+@case("batchnorm_backward")
+def _(be):
+    (x, gamma, beta, rm, rv), (xd, gd, bd, rmd, rvd) = bn_args(be)
+    dy, v = data(x.shape, np.float64, 7), data(x.shape, np.float64, 8)
+    dgamma0, dbeta0 = data((2,), np.float64, 9), data((2,), np.float64, 10)
+    y, mean, invstd = be.empty(x.shape, np.float64), be.empty((2,), np.float64), be.empty((2,), np.float64)
+    eps = 1e-6  # the directional derivative of <dy, y(x)> along v, by central differences
+    for batch_stats in (True, False):
+        if batch_stats:
+            be.batchnorm_forward_train(xd, gd, bd, 1e-5, 0.1, None, None, None, y, mean, invstd, Workspace())
+            stats, m, var = (), x.mean(axis=(0, 2)), x.var(axis=(0, 2))
+        else:
+            be.batchnorm_forward_eval(xd, gd, bd, rmd, rvd, 1e-5, y, mean, invstd)
+            stats, m, var = (rm, rv), rm, rv
+        for want_dx in (True, False):
+            dx = be.empty(x.shape, np.float64) if want_dx else None
+            dgamma, dbeta = be.from_numpy(dgamma0), be.from_numpy(dbeta0)
+            be.batchnorm_backward(xd, gd, mean, invstd, be.from_numpy(dy), batch_stats, dx, dgamma, dbeta, Workspace())
+            xhat = (x - m[None, :, None]) / np.sqrt(var[None, :, None] + 1e-5)
+            assert_close(be.to_numpy(dgamma) - dgamma0, (dy * xhat).sum(axis=(0, 2)))  # accumulated
+            assert_close(be.to_numpy(dbeta) - dbeta0, dy.sum(axis=(0, 2)))
+            if want_dx:
+                up, down = (np.vdot(dy, ref.batchnorm(x + sign * eps * v, gamma, beta, 1e-5, *stats)) for sign in (1, -1))
+                assert np.isclose(np.vdot(be.to_numpy(dx), v), (up - down) / (2 * eps), rtol=1e-6)
 
 
 @case("linear_forward")

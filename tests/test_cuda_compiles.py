@@ -36,10 +36,12 @@ def kernels():
     """(name, python function, signature) for every kernel of nbcnn/cuda, float32 and float64."""
     from nbcnn.cuda import array, conv, dropout, elementwise, gemm, loss, lrn, pool, relu, sgd
     from nbcnn.cuda import adam, rmsprop
+    from nbcnn.cuda import batchnorm
     out = []
     for dt in ("float32", "float64"):
         v, a3, a4 = f"{dt}[::1]", f"{dt}[:, :, ::1]", f"{dt}[:, :, :, ::1]"
         i4 = "int32[:, :, :, ::1]"
+        count = "Array(int64, 0, 'C')"  # batch norm's num_batches_tracked: a 0-d array
         out += [
             ("fill", elementwise.fill.kernel, f"void({v}, float64)"),
             ("add", elementwise.add.kernel, f"void({v}, {v})"),
@@ -55,6 +57,13 @@ def kernels():
             ("lrn_fwd", lrn.lrn_forward_kernel, f"void({a3}, int64, float64, float64, float64, {a3}, {a3})"),
             ("lrn_bwd", lrn.lrn_backward_kernel,
              f"void({a3}, {a3}, {a3}, {a3}, int64, float64, float64, {a3})"),
+            ("bn_stats", batchnorm.batchnorm_stats_kernel,
+             f"void({a3}, float64, float64, {v}, {v}, {count}, boolean, {v}, {v})"),
+            ("bn_normalise", batchnorm.batchnorm_normalise_kernel, f"void({a3}, {v}, {v}, {v}, {v}, {count}, boolean, {a3})"),
+            ("bn_eval", batchnorm.batchnorm_forward_eval_kernel,
+             f"void({a3}, {v}, {v}, {v}, {v}, float64, {a3}, {v}, {v})"),
+            ("bn_grad_sums", batchnorm.batchnorm_grad_sums_kernel, f"void({a3}, {a3}, {v}, {v}, float64[:, ::1], {v}, {v})"),
+            ("bn_dx", batchnorm.batchnorm_dx_kernel, f"void({a3}, {a3}, {v}, {v}, {v}, float64[:, ::1], boolean, {a3})"),
             ("softmax_ce", loss.softmax_cross_entropy_kernel,
              f"void({dt}[:, ::1], int64[::1], {dt}[:, ::1], float64[::1], int64[::1])"),
             ("sgd", sgd.sgd_step.kernel, f"void({v}, {v}, {v}, float64, float64, float64)"),

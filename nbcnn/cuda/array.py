@@ -131,7 +131,7 @@ def empty(shape, dtype):
 
 
 def from_numpy(a):
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a, order="C")  # np.ascontiguousarray would make a 0-d array (a buffer's counter) 1-d
     out = empty(a.shape, a.dtype)
     if a.size:
         out.copy_to_device(a)  # pageable host memory: synchronous, and ordered after queued kernels
