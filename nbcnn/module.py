@@ -17,6 +17,7 @@ class Parameter:
         self.data = backend.from_numpy(data)
         self.grad = backend.zeros(data.shape, data.dtype)
         self.state = {}
+        self.requires_grad = True
 
     @property
     def shape(self):
