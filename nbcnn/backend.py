@@ -96,19 +96,27 @@ class Backend:
         raise NotImplementedError
 
     # -- convolution -------------------------------------------------------------------
-    def conv2d_forward(self, x, w, b, stride, pad, y, ws):
-        """y[n,o,i,j] = b[o] + sum_{c,p,q} w[o,c,p,q] * xpad[n,c,i*stride+p,j*stride+q].
+    def conv2d_forward(self, x, w, b, stride, pad, y, ws, groups=1):
+        """y[n,o,i,j] = b[o] + sum_{c<C/G,p,q} w[o,c,p,q] * xpad[n, g*C/G+c, i*stride+p, j*stride+q],
+        g = o // (O/G): output channel o sees only the C/G input channels of its group g.
 
-        x (N,C,H,W), w (O,C,KH,KW), b (O,), y (N,O,OH,OW) with OH = (H+2*pad-KH)//stride+1.
-        Zero padding; computed as im2col followed by a GEMM with the (O, C*KH*KW) weight.
+        x (N,C,H,W), w (O,C/G,KH,KW), b (O,) or None (no bias), y (N,O,OH,OW) with
+        OH = (H+2*pad-KH)//stride+1; G = groups divides C and O. Zero padding.
+        Computed as im2col followed by a GEMM per group with that group's (O/G, C/G*KH*KW)
+        weight; depthwise convolution (G = C > 1: one input channel per group, O = C*M for a
+        channel multiplier M) by a direct kernel instead, summing each output's KH*KW
+        products in float64.
         """
         raise NotImplementedError
 
-    def conv2d_backward(self, x, w, dy, stride, pad, dx, dw, db, ws):
-        """dx = col2im(W^T @ dy); dw += dy @ im2col(x)^T; db += sum_{n,i,j} dy.
+    def conv2d_backward(self, x, w, dy, stride, pad, dx, dw, db, ws, groups=1):
+        """dx = col2im(W_g^T @ dy_g) per group g; dw += dy_g @ im2col(x_g)^T; db += sum_{n,i,j} dy.
 
-        Shapes as in conv2d_forward; dx (N,C,H,W) is overwritten, dw and db accumulate.
-        `dx` may be None (no input gradient wanted).
+        Shapes and groups as in conv2d_forward; dx (N,C,H,W) is overwritten, dw and db
+        accumulate. Each of dx, dw, db may be None: that gradient is not computed (dw None
+        skips the weight-gradient GEMM and its im2col: a frozen weight; db None: a frozen or
+        absent bias). Depthwise (G = C > 1): direct kernels; dw[o,0,p,q] is a sum over
+        N*OH*OW products, in float64 and in a fixed order (deterministic, no atomics).
         """
         raise NotImplementedError
 
@@ -203,7 +211,10 @@ class Backend:
         raise NotImplementedError
 
     def linear_backward(self, x, w, dy, dx, dw, db):
-        """dx = dy @ w; dw += dy^T @ x; db += sum_n dy. `dx` may be None."""
+        """dx = dy @ w; dw += dy^T @ x; db += sum_n dy.
+
+        Each of dx, dw, db may be None: that gradient is not computed (dw None skips the
+        weight-gradient GEMM: a frozen weight)."""
         raise NotImplementedError
 
     # -- loss --------------------------------------------------------------------------
@@ -260,6 +271,16 @@ def check_matmul(a, b, c):
         raise ValueError(f"matmul: a, b, c must share float32 or float64, got {a.dtype}, {b.dtype}, {c.dtype}")
     if a.shape[1] != b.shape[0] or c.shape != (a.shape[0], b.shape[1]):
         raise ValueError(f"matmul: shapes {tuple(a.shape)} @ {tuple(b.shape)} -> {tuple(c.shape)} do not fit")
+
+
+def is_depthwise(in_channels, groups):
+    """Whether a convolution with `groups` is depthwise (one input channel per group, groups > 1):
+    the backends run it with direct kernels instead of im2col + GEMM.
+
+    groups == 1 with one input channel (conv1 on grey images) is not: there the GEMM's O rows
+    reuse each column, which a direct kernel would not.
+    """
+    return groups > 1 and groups == in_channels
 
 
 # Which file of a backend package implements each op: nbcnn/cpu/ and nbcnn/cuda/ mirror

@@ -40,21 +40,49 @@ def _uniform(shape, bound):
     return default_generator.numpy.uniform(-bound, bound, size=shape)
 
 
-class Conv2d(Module):
-    """2-D cross-correlation, weight (out, in, k, k), zero padding; PyTorch's Kaiming-uniform init."""
+def _groups(groups, in_channels, out_channels):
+    """A convolution's group count: a positive int dividing both channel counts."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"Conv2d groups must be a positive int, got {groups!r}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"Conv2d groups={groups} must divide both in_channels={in_channels} "
+                         f"and out_channels={out_channels}")
+    return int(groups)
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+
+def _data(p):
+    """A parameter's array, or None for an absent one (a convolution without bias)."""
+    return None if p is None else p.data
+
+
+def _grad(p):
+    """Where backward accumulates p's gradient, or None for an absent or frozen parameter
+    (requires_grad False): the backend then skips computing it, the weight-gradient GEMM included."""
+    return p.grad if p is not None and p.requires_grad else None
+
+
+class Conv2d(Module):
+    """2-D cross-correlation, weight (out, in/groups, k, k), zero padding; PyTorch's Kaiming-uniform init.
+
+    groups G splits the channels into G groups, output group g seeing only input group g
+    (G = in_channels: depthwise, out_channels a multiple of it); bias=False: no bias
+    parameter (and no state_dict key), as in PyTorch.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True):
         super().__init__()
         self.in_channels, self.out_channels = _count(in_channels, "in_channels"), _count(out_channels, "out_channels")
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
         self.padding = _pair(padding, "padding")
+        self.groups = _groups(groups, self.in_channels, self.out_channels)
         if min(self.in_channels, self.out_channels, self.kernel_size, self.stride) < 1 or self.padding < 0:
             raise ValueError(f"Conv2d needs positive channels, kernel and stride and padding >= 0: {self.extra_repr()}")
         k = self.kernel_size
-        bound = 1.0 / math.sqrt(self.in_channels * k * k)
-        self.weight = self.add_parameter("weight", _uniform((self.out_channels, self.in_channels, k, k), bound))
-        self.bias = self.add_parameter("bias", _uniform((self.out_channels,), bound))
+        bound = 1.0 / math.sqrt(self.in_channels // self.groups * k * k)  # 1/sqrt(fan_in), as PyTorch
+        self.weight = self.add_parameter(
+            "weight", _uniform((self.out_channels, self.in_channels // self.groups, k, k), bound))
+        self.bias = self.add_parameter("bias", _uniform((self.out_channels,), bound)) if bias else None
 
     def output_size(self, h):
         return (h + 2 * self.padding - self.kernel_size) // self.stride + 1
@@ -68,7 +96,8 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d input {h}x{w} with padding {self.padding} is smaller than the "
                              f"{self.kernel_size}x{self.kernel_size} kernel")
         y = self.backend.empty((n, self.out_channels, self.output_size(h), self.output_size(w)), x.dtype)
-        self.backend.conv2d_forward(x, self.weight.data, self.bias.data, self.stride, self.padding, y, self.ws)
+        self.backend.conv2d_forward(x, self.weight.data, _data(self.bias), self.stride, self.padding, y, self.ws,
+                                    groups=self.groups)
         self.x = x
         return self.expect_grad_like(y)
 
@@ -76,12 +105,14 @@ class Conv2d(Module):
         dy = self.check_grad(dy)
         dx = self.backend.empty(self.x.shape, self.x.dtype) if input_grad else None
         self.backend.conv2d_backward(self.x, self.weight.data, dy, self.stride, self.padding,
-                                     dx, self.weight.grad, self.bias.grad, self.ws)
+                                     dx, _grad(self.weight), _grad(self.bias), self.ws, groups=self.groups)
         return dx
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}")
+                f"stride={self.stride}, padding={self.padding}"
+                + (f", groups={self.groups}" if self.groups != 1 else "")
+                + (", bias=False" if self.bias is None else ""))
 
 
 class Linear(Module):
@@ -108,7 +139,7 @@ class Linear(Module):
     def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
         dx = self.backend.empty(self.x.shape, self.x.dtype) if input_grad else None
-        self.backend.linear_backward(self.x, self.weight.data, dy, dx, self.weight.grad, self.bias.grad)
+        self.backend.linear_backward(self.x, self.weight.data, dy, dx, _grad(self.weight), _grad(self.bias))
         return dx
 
     def extra_repr(self):

@@ -16,6 +16,25 @@ def conv2d(x, w, b, stride, pad):
     return full[:, :, ::stride, ::stride] + b[None, :, None, None]
 
 
+def conv2d_grouped(x, w, b, stride, pad, groups):
+    """Grouped convolution: `groups` independent convolutions (conv2d above) on consecutive slices of
+    the input and output channels; b may be None (no bias)."""
+    cg, og = x.shape[1] // groups, w.shape[0] // groups
+    y = np.concatenate([conv2d(x[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og], np.zeros(og), stride, pad)
+                        for g in range(groups)], axis=1)
+    return y if b is None else y + b[None, :, None, None]
+
+
+def depthwise_conv2d(x, w, b, stride, pad):
+    """Depthwise convolution in NumPy alone: output channel o = c*M + m filters input channel c = o // M
+    with w[o, 0] over sliding windows of the zero-padded input; b may be None."""
+    c, o, k = x.shape[1], w.shape[0], w.shape[2]
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    y = np.einsum("nohwpq,opq->nohw", np.repeat(win, o // c, axis=1), w[:, 0])
+    return y if b is None else y + b[None, :, None, None]
+
+
 def maxpool2d(x, k, stride):
     win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
     return win[:, :, ::stride, ::stride].max(axis=(-1, -2))

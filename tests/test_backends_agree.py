@@ -81,6 +81,67 @@ def test_conv2d_forward_and_backward_agree(case):
     assert_backends_agree(op, x, wt, b, dy, dw0, db0, rtol=CHAIN[dt] / 10)
 
 
+@st.composite
+def grouped_conv_cases(draw):
+    """Grouped (2-3 input channels per group) and depthwise (multiplier 1 or 2) convolutions; each of
+    bias, dx, dw, db present or not."""
+    groups = draw(st.integers(2, 3 + 5 * BIG))
+    per_group = draw(st.sampled_from(["depthwise", "depthwise x2", "grouped"]))
+    c = groups * (draw(st.integers(2, 3 + 4 * BIG)) if per_group == "grouped" else 1)
+    o = groups * (draw(st.integers(1, 2 + 4 * BIG)) if per_group == "grouped" else 1 + (per_group == "depthwise x2"))
+    k = draw(st.integers(1, 3 + 4 * BIG))
+    pad = draw(st.integers(0, min(2, k)))
+    lo = max(1, k - 2 * pad)
+    return dict(n=draw(st.integers(1, 2 + 3 * BIG)), c=c, o=o, groups=groups, k=k,
+                stride=draw(st.integers(1, 2 + BIG)), pad=pad, h=draw(st.integers(lo, lo + 2 + 20 * BIG)),
+                w=draw(st.integers(lo, lo + 2 + 20 * BIG)), dtype=draw(DTYPES),
+                wanted=draw(st.tuples(*[st.booleans()] * 4)), seed=draw(st.integers(0, 2**31)))
+
+
+@cases(EXAMPLES - 4)
+@given(case=grouped_conv_cases())
+def test_grouped_and_depthwise_conv2d_agree(case):
+    n, c, o, g, h, w, k, s, p, dt = (case[key] for key in ("n", "c", "o", "groups", "h", "w", "k", "stride", "pad",
+                                                            "dtype"))
+    has_bias, want_dx, want_dw, want_db = case["wanted"]
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    x, wt = data(case["seed"], (n, c, h, w), dt), data(case["seed"] + 1, (o, c // g, k, k), dt)
+    b = data(case["seed"] + 2, (o,), dt) if has_bias else None
+    dy = data(case["seed"] + 3, (n, o, oh, ow), dt)
+    dw0 = data(case["seed"] + 4, wt.shape, dt) if want_dw else None
+    db0 = data(case["seed"] + 5, (o,), dt) if want_db else None
+
+    def op(be, x, wt, b, dy, dw, db):
+        ws = Workspace()
+        y = be.empty((n, o, oh, ow), x.dtype)
+        be.conv2d_forward(x, wt, b, s, p, y, ws, groups=g)
+        dx = be.empty(x.shape, x.dtype) if want_dx else None
+        be.conv2d_backward(x, wt, dy, s, p, dx, dw, db, ws, groups=g)  # dw, db accumulate onto dw0, db0
+        return y, dx, dw, db
+
+    assert_backends_agree(op, x, wt, b, dy, dw0, db0, rtol=CHAIN[dt] / 10)
+
+
+@cases(EXAMPLES - 6)
+@given(c=st.integers(2, 4 + 8 * BIG), mult=st.integers(1, 2), k=st.integers(1, 3 + 4 * BIG), stride=st.integers(1, 2),
+       pad=st.integers(0, 1), hw=st.integers(3, 6 + 20 * BIG), seed=st.integers(0, 2**31))
+def test_depthwise_forward_and_dx_agree_bit_for_bit_in_float32(c, mult, k, stride, pad, hw, seed):
+    """Both sum a float32 output's terms in float64 in one order, and a float32 product is exact in float64."""
+    if hw + 2 * pad < k:
+        k = hw + 2 * pad
+    o, oh = c * mult, (hw + 2 * pad - k) // stride + 1
+    x, wt = data(seed, (2, c, hw, hw + 1), np.float32), data(seed + 1, (o, 1, k, k), np.float32)
+    b, dy = data(seed + 2, (o,), np.float32), data(seed + 3, (2, o, oh, (hw + 1 + 2 * pad - k) // stride + 1), np.float32)
+
+    def op(be, x, wt, b, dy):
+        y, dx = be.empty(dy.shape, x.dtype), be.empty(x.shape, x.dtype)
+        be.conv2d_forward(x, wt, b, stride, pad, y, Workspace(), groups=c)
+        be.conv2d_backward(x, wt, dy, stride, pad, dx, None, None, Workspace(), groups=c)
+        return y, dx
+
+    assert_backends_agree(op, x, wt, b, dy, exact=True)
+
+
 # -- pooling -----------------------------------------------------------------------------
 
 @st.composite

@@ -199,6 +199,17 @@ def _(be):
     y = be.empty((2, 3, 3, 2), np.float64)  # stride 2, padding 1
     be.conv2d_forward(xd, wd, bd, 2, 1, y, Workspace())
     assert_close(y, ref.conv2d(x, w, b, 2, 1))
+    for c, o, groups, bias in GROUPED:  # grouped, depthwise (multipliers 1 and 2), with and without bias
+        x, w = data((2, c, 5, 4), np.float64, 1), data((o, c // groups, 3, 3), np.float64, 2)
+        b = data((o,), np.float64, 3) if bias else None
+        y = be.empty((2, o, 3, 2), np.float64)
+        be.conv2d_forward(be.from_numpy(x), be.from_numpy(w), b if b is None else be.from_numpy(b), 2, 1, y,
+                          Workspace(), groups=groups)
+        assert_close(y, ref.conv2d_grouped(x, w, b, 2, 1, groups), what=f"groups={groups}, bias={bias}")
+
+
+# (in channels, out channels, groups, bias): grouped; depthwise with multiplier 1 and 2; one input channel
+GROUPED = [(4, 6, 2, False), (3, 3, 3, True), (3, 6, 3, False), (1, 3, 1, False)]
 
 
 @case("conv2d_backward")
@@ -213,6 +224,28 @@ def _(be):
     assert np.isclose(np.vdot(dy, y), np.vdot(be.to_numpy(dx), x))
     assert np.isclose(np.vdot(dy, y), np.vdot(be.to_numpy(dw) - dw0, w))  # dw accumulates onto dw0
     assert_close(be.to_numpy(db) - db0, dy.sum(axis=(0, 2, 3)))
+    for (c, o, groups, _), wanted in zip(GROUPED, [(1, 1, 1), (1, 0, 1), (0, 1, 0), (1, 1, 0)]):
+        check_conv2d_backward(be, c, o, groups, *wanted)
+
+
+def check_conv2d_backward(be, c, o, groups, want_dx, want_dw, want_db):
+    """conv2d_backward with groups: the adjoint identities of conv2d_backward's case; a gradient passed as None is
+    not computed, and the others come out the same."""
+    x, w = data((2, c, 5, 4), np.float64, 1), data((o, c // groups, 3, 3), np.float64, 2)
+    dy = data((2, o, 5, 4), np.float64, 4)  # stride 1, padding 1
+    dw0, db0 = data(w.shape, np.float64, 5), data((o,), np.float64, 6)
+    dx = be.empty(x.shape, np.float64) if want_dx else None
+    dw, db = (be.from_numpy(dw0) if want_dw else None), (be.from_numpy(db0) if want_db else None)
+    be.conv2d_backward(be.from_numpy(x), be.from_numpy(w), be.from_numpy(dy), 1, 1, dx, dw, db, Workspace(),
+                       groups=groups)
+    inner = np.vdot(dy, ref.conv2d_grouped(x, w, None, 1, 1, groups))
+    what = f"groups={groups}, dx/dw/db wanted: {want_dx, want_dw, want_db}"
+    if want_dx:
+        assert np.isclose(inner, np.vdot(be.to_numpy(dx), x)), what
+    if want_dw:
+        assert np.isclose(inner, np.vdot(be.to_numpy(dw) - dw0, w)), what
+    if want_db:
+        assert_close(be.to_numpy(db) - db0, dy.sum(axis=(0, 2, 3)), what=what)
 
 
 @case("maxpool2d_forward")
@@ -340,6 +373,15 @@ def _(be):
             assert_close(dx, dy @ w)
         assert_close(dw, dw0 + dy.T @ x)
         assert_close(db, db0 + dy.sum(axis=0))
+    for want_dw, want_db in ((False, True), (True, False), (False, False)):  # None: that gradient is not computed
+        dx = be.empty(x.shape, np.float64)
+        dw, db = (be.from_numpy(dw0) if want_dw else None), (be.from_numpy(db0) if want_db else None)
+        be.linear_backward(be.from_numpy(x), be.from_numpy(w), be.from_numpy(dy), dx, dw, db)
+        assert_close(dx, dy @ w)
+        if want_dw:
+            assert_close(dw, dw0 + dy.T @ x)
+        if want_db:
+            assert_close(db, db0 + dy.sum(axis=0))
 
 
 # -- element-wise: any rank ------------------------------------------------------------------

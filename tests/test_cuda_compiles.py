@@ -34,9 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def kernels():
     """(name, python function, signature) for every kernel of nbcnn/cuda, float32 and float64."""
-    from nbcnn.cuda import array, conv, dropout, elementwise, gemm, loss, lrn, pool, relu, sgd
-    from nbcnn.cuda import adam, rmsprop
-    from nbcnn.cuda import batchnorm
+    from nbcnn.cuda import adam, array, batchnorm, conv, depthwise, dropout, elementwise, gemm, loss, lrn, pool, relu, rmsprop, sgd
     out = []
     for dt in ("float32", "float64"):
         v, a3, a4 = f"{dt}[::1]", f"{dt}[:, :, ::1]", f"{dt}[:, :, :, ::1]"
@@ -49,6 +47,10 @@ def kernels():
             ("sum_slices", gemm.sum_slices_kernel, f"void({dt}[:, ::1], int64, {v})"),
             ("im2col", conv.im2col_kernel, f"void({a4}, int64, int64, int64, int64, int64, {a3})"),
             ("col2im", conv.col2im_kernel, f"void({a3}, int64, int64, int64, int64, int64, {a4})"),
+            ("depthwise_fwd", depthwise.depthwise_forward_kernel,
+             f"void({a4}, {a4}, {v}, int64, int64, {a4}, boolean)"),
+            ("depthwise_dx", depthwise.depthwise_dx_kernel, f"void({a4}, {a4}, int64, int64, {a4})"),
+            ("depthwise_dw", depthwise.depthwise_dw_kernel, f"void({a4}, {a4}, int64, int64, {a4})"),
             ("maxpool_fwd", pool.maxpool2d_forward_kernel, f"void({a4}, int64, int64, {a4}, {i4})"),
             ("maxpool_bwd", pool.maxpool2d_backward_kernel, f"void({a4}, {i4}, {a4})"),
             ("relu_fwd", relu.relu_forward.kernel, f"void({v}, {v})"),

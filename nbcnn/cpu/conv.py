@@ -1,15 +1,20 @@
 """Convolution on the CPU: im2col / col2im around a BLAS GEMM, images in parallel.
 
+Grouped convolution runs one GEMM per group on the group's rows of the same column
+buffer; depthwise convolution (groups == in_channels > 1) goes to the direct kernels of
+nbcnn/cpu/depthwise.py instead, as its GEMMs would be one input channel deep.
+
 Each of numba's T threads takes one image at a time with its own column buffer
 (C*KH*KW, OH*OW) and single-threaded BLAS (nbcnn/cpu/threads.py), so memory grows with
 the thread count, not the batch. Weight and bias gradients are summed per thread and
 reduced once at the end: no two threads write the same gradient.
 """
 
-import numpy as np
 from numba import njit, prange
 
+from ..backend import is_depthwise
 from .array import empty
+from .depthwise import depthwise_backward, depthwise_forward
 from .gemm import gemm_rm, sum_rows_into
 from .threads import num_threads, single_threaded_blas
 
@@ -76,13 +81,15 @@ def col2im(col, kh, kw, stride, pad, x, xp):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward_kernel(x, w, b, stride, pad, cols, xps, y):
-    """y[n] = W(O, C*KH*KW) @ im2col(x[n]) + b; thread t uses cols[t] and xps[t]."""
+def conv2d_forward_kernel(x, w, b, stride, pad, groups, cols, xps, y, has_bias):
+    """y[n] rows of group g = W_g (O/G, R) @ im2col(x[n]) rows [g*R, (g+1)*R) (+ b), R = C/G*KH*KW; thread t uses cols[t], xps[t]."""
     N = x.shape[0]
-    O, C, kh, kw = w.shape
+    O, Cg, kh, kw = w.shape
     T = cols.shape[0]
-    R = C * kh * kw
+    R = Cg * kh * kw
+    Og = O // groups
     wmat = w.reshape(O, R)
+    beta = 1.0 if has_bias else 0.0  # beta 0: BLAS overwrites yn without reading it
     for n0 in range(0, N, T):
         for t in prange(min(T, N - n0)):
             n = n0 + t
@@ -90,40 +97,57 @@ def conv2d_forward_kernel(x, w, b, stride, pad, cols, xps, y):
             im2col(x[n], kh, kw, stride, pad, col, xps[t])
             P = col.shape[1]
             yn = y[n].reshape(O, P)
-            for o in range(O):
-                yn[o] = b[o]
-            gemm_rm(False, False, O, P, R, 1.0, wmat, R, col, P, 1.0, yn, P)  # yn = b + W @ col
+            if has_bias:
+                for o in range(O):
+                    yn[o] = b[o]
+            for g in range(groups):  # a group's input channels are consecutive rows of col, its outputs rows of yn
+                gemm_rm(False, False, Og, P, R, 1.0, wmat[g * Og:], R, col[g * R:], P, beta, yn[g * Og:], P)
 
 
 @njit(parallel=True, cache=True)
-def conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, xps, dws, dbs, dx, dw, db, want_dx):
-    """dw += sum_n dy[n] @ im2col(x[n])^T; db += sum of dy; dx[n] = col2im(W^T @ dy[n]); thread t uses buffers [t]."""
+def conv2d_backward_kernel(x, w, dy, stride, pad, groups, cols, dcols, xps, dws, dbs, dx, dw, db,
+                           want_dx, want_dw, want_db):
+    """Per group g: dw_g += sum_n dy_g[n] @ im2col(x[n])_g^T; db += sum of dy; dx[n] = col2im(W_g^T @ dy_g[n]);
+    thread t uses buffers [t]. Unwanted gradients are not computed (their arguments are placeholders)."""
     N = x.shape[0]
-    O, C, kh, kw = w.shape
-    T = cols.shape[0]
-    R = C * kh * kw
+    O, Cg, kh, kw = w.shape
+    T = xps.shape[0]
+    R = Cg * kh * kw
+    Og = O // groups
+    P = dy.shape[2] * dy.shape[3]
     wmat = w.reshape(O, R)
-    dws[:] = 0
-    dbs[:] = 0
+    if want_dw:
+        dws[:] = 0
+    if want_db:
+        dbs[:] = 0
     for n0 in range(0, N, T):
         for t in prange(min(T, N - n0)):
             n = n0 + t
-            col = cols[t]
-            dyn = dy[n].reshape(O, col.shape[1])
-            im2col(x[n], kh, kw, stride, pad, col, xps[t])  # recomputed: keeping N column buffers costs N times the memory
-            gemm_rm(False, True, O, R, col.shape[1], 1.0, dyn, col.shape[1], col, col.shape[1], 1.0, dws[t], R)
-            sum_rows_into(dyn, dbs[t])
+            dyn = dy[n].reshape(O, P)
+            if want_dw:
+                col = cols[t]
+                im2col(x[n], kh, kw, stride, pad, col, xps[t])  # recomputed: keeping N column buffers costs N times the memory
+                for g in range(groups):
+                    gemm_rm(False, True, Og, R, P, 1.0, dyn[g * Og:], P, col[g * R:], P, 1.0, dws[t][g * Og:], R)
+            if want_db:
+                sum_rows_into(dyn, dbs[t])
             if want_dx:
-                np.dot(wmat.T, dyn, dcols[t])
-                col2im(dcols[t], kh, kw, stride, pad, dx[n], xps[t])
-    dwmat = dw.reshape(O, R)
-    for t in range(T):
-        dwmat += dws[t]
-        db += dbs[t]
+                dcol = dcols[t]
+                for g in range(groups):
+                    gemm_rm(True, False, R, P, Og, 1.0, wmat[g * Og:], R, dyn[g * Og:], P, 0.0, dcol[g * R:], P)
+                col2im(dcol, kh, kw, stride, pad, dx[n], xps[t])
+    if want_dw:
+        dwmat = dw.reshape(O, R)
+        for t in range(T):
+            dwmat += dws[t]
+    if want_db:
+        for t in range(T):
+            db += dbs[t]
 
 
-def _col_shape(w, y):
-    return (w.shape[1] * w.shape[2] * w.shape[3], y.shape[2] * y.shape[3])
+def _col_shape(x, w, y):
+    """(C*KH*KW, OH*OW): the im2col matrix of one whole image, every group's rows."""
+    return (x.shape[1] * w.shape[2] * w.shape[3], y.shape[2] * y.shape[3])
 
 
 def _threads(x):
@@ -135,23 +159,36 @@ def _padded(x, pad, T, ws):
     return ws.get("xps", (T, x.shape[1], x.shape[2] + 2 * pad, x.shape[3] + 2 * pad), x.dtype, empty)
 
 
-@single_threaded_blas
-def conv2d_forward(x, w, b, stride, pad, y, ws):
-    T = _threads(x)
-    cols = ws.get("cols", (T,) + _col_shape(w, y), x.dtype, empty)
-    conv2d_forward_kernel(x, w, b, stride, pad, cols, _padded(x, pad, T, ws), y)
+def _or_placeholder(a, w, ndim):
+    """`a`, or where it is None a view of w with `ndim` axes: numba then compiles one kernel
+    for wanted and unwanted arrays alike, and a flag keeps the kernel off the placeholder."""
+    return a if a is not None else w[(0,) * (4 - ndim)]
 
 
 @single_threaded_blas
-def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
+def conv2d_forward(x, w, b, stride, pad, y, ws, groups=1):
+    if is_depthwise(x.shape[1], groups):
+        return depthwise_forward(x, w, b, stride, pad, y, ws)
     T = _threads(x)
-    R, P = _col_shape(w, dy)
-    O = w.shape[0]
-    cols = ws.get("cols", (T, R, P), x.dtype, empty)
-    dcols = ws.get("dcols", (T, R, P), x.dtype, empty)
-    dws = ws.get("dws", (T, O, R), x.dtype, empty)
-    dbs = ws.get("dbs", (T, O), x.dtype, empty)
-    want_dx = dx is not None
-    # numba compiles for an array in dx's place either way; x is one, and unwritten without want_dx
-    conv2d_backward_kernel(x, w, dy, stride, pad, cols, dcols, _padded(x, pad, T, ws), dws, dbs,
-                           dx if want_dx else x, dw, db, want_dx)
+    cols = ws.get("cols", (T,) + _col_shape(x, w, y), x.dtype, empty)
+    conv2d_forward_kernel(x, w, _or_placeholder(b, w, 1), stride, pad, groups, cols, _padded(x, pad, T, ws), y,
+                          b is not None)
+
+
+@single_threaded_blas
+def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws, groups=1):
+    if is_depthwise(x.shape[1], groups):
+        return depthwise_backward(x, w, dy, stride, pad, dx, dw, db, ws)
+    if dx is None and dw is None and db is None:
+        return
+    T = _threads(x)
+    shape = (T,) + _col_shape(x, w, dy)
+    O, R = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]
+    cols = ws.get("cols", shape, x.dtype, empty) if dw is not None else None
+    dcols = ws.get("dcols", shape, x.dtype, empty) if dx is not None else None
+    dws = ws.get("dws", (T, O, R), x.dtype, empty) if dw is not None else None
+    dbs = ws.get("dbs", (T, O), x.dtype, empty) if db is not None else None
+    conv2d_backward_kernel(x, w, dy, stride, pad, groups, _or_placeholder(cols, w, 3), _or_placeholder(dcols, w, 3),
+                           _padded(x, pad, T, ws), _or_placeholder(dws, w, 3), _or_placeholder(dbs, w, 2),
+                           _or_placeholder(dx, w, 4), _or_placeholder(dw, w, 4), _or_placeholder(db, w, 1),
+                           dx is not None, dw is not None, db is not None)

@@ -36,15 +36,14 @@ def linear_dx_kernel(dy, w, dx, T):
 
 
 @njit(parallel=True, cache=True)
-def linear_dw_kernel(x, dy, dw, db, T):
-    """dw += dy^T @ x (thread t: rows [o0, o1)); db += column sums of dy."""
+def linear_dw_kernel(x, dy, dw, T):
+    """dw += dy^T @ x (thread t: rows [o0, o1))."""
     N, I = x.shape
     O = dy.shape[1]
     for t in prange(T):
         o0, o1 = block(t, T, O)
         if o0 < o1:
             gemm_rm(True, False, o1 - o0, I, N, 1.0, dy.reshape(-1)[o0:], O, x, I, 1.0, dw[o0:], I)
-    sum_cols_into(dy, db)
 
 
 @single_threaded_blas
@@ -56,4 +55,7 @@ def linear_forward(x, w, b, y):
 def linear_backward(x, w, dy, dx, dw, db):
     if dx is not None:
         linear_dx_kernel(dy, w, dx, num_threads())
-    linear_dw_kernel(x, dy, dw, db, num_threads())
+    if dw is not None:  # None: a frozen weight, its GEMM skipped
+        linear_dw_kernel(x, dy, dw, num_threads())
+    if db is not None:
+        sum_cols_into(dy, db)  # db += column sums of dy

@@ -10,7 +10,9 @@ batch 128 take 2-3 chunks, the later layers one.
 
 from numba import config, cuda
 
+from ..backend import is_depthwise
 from .array import check_int32, divmod32, empty, flat, launch, unravel3, unravel4
+from .depthwise import depthwise_backward, depthwise_forward
 from .gemm import MAX_GRID_Z, GemmPlan, batch_sum_groups, gemm, gemm_batch_sum, sum_batched_rows_into
 
 COL_BUDGET = 2**16 if config.ENABLE_CUDASIM else 2**27  # elements (512 MB of float32) per column buffer
@@ -66,14 +68,22 @@ def col2im_kernel(col, n0, kh, kw, stride, pad, x):
 
 def _geometry(x, w, y):
     N = x.shape[0]
-    O, C, kh, kw = w.shape
-    R, P = C * kh * kw, y.shape[2] * y.shape[3]
+    O, _, kh, kw = w.shape
+    R, P = x.shape[1] * kh * kw, y.shape[2] * y.shape[3]  # a whole image's columns, every group's rows
     chunk = max(1, min(N, MAX_GRID_Z, COL_BUDGET // max(1, R * P)))  # a chunk is grid z of its GEMM
     return N, O, kh, kw, R, P, chunk
 
 
-def conv2d_forward(x, w, b, stride, pad, y, ws):
+def _at(a, offset):
+    """`a` read flat from element `offset` on (group g's block of an operand); `a` itself at 0."""
+    return a if offset == 0 else flat(a)[offset:]
+
+
+def conv2d_forward(x, w, b, stride, pad, y, ws, groups=1):
+    if is_depthwise(x.shape[1], groups):
+        return depthwise_forward(x, w, b, stride, pad, y, ws)
     N, O, kh, kw, R, P, chunk = _geometry(x, w, y)
+    Og, Rg = O // groups, R // groups
     check_int32(x, y)
     col = ws.get("col", (chunk, R, P), x.dtype, empty)
     yf = flat(y)
@@ -81,29 +91,42 @@ def conv2d_forward(x, w, b, stride, pad, y, ws):
         nb = min(chunk, N - n0)
         cb = col[:nb]
         im2col_kernel[launch(cb.size)](x, n0, kh, kw, stride, pad, cb)
-        # y[n] (O, P) = W (O, R) @ col[n] (R, P) + b, one grid-z slice per image
-        gemm(w, cb, yf[n0 * O * P:], GemmPlan(O, P, R, batch=nb, stride_b=R * P, stride_c=O * P, bias_per="row"), b)
+        # y[n] rows of group g (Og, P) = W_g (Og, Rg) @ col[n] rows of group g (Rg, P) + b_g, one grid-z slice per image
+        plan = GemmPlan(Og, P, Rg, batch=nb, stride_b=R * P, stride_c=O * P, bias_per=None if b is None else "row")
+        for g in range(groups):
+            gemm(_at(w, g * Og * Rg), _at(cb, g * Rg * P), yf[(n0 * O + g * Og) * P:], plan,
+                 None if b is None else _at(b, g * Og))
 
 
-def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws):
+def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws, groups=1):
+    if is_depthwise(x.shape[1], groups):
+        return depthwise_backward(x, w, dy, stride, pad, dx, dw, db, ws)
     N, O, kh, kw, R, P, chunk = _geometry(x, w, dy)
+    Og, Rg = O // groups, R // groups
     check_int32(x, dy)
-    col = ws.get("col", (chunk, R, P), x.dtype, empty)
+    col = ws.get("col", (chunk, R, P), x.dtype, empty) if dw is not None else None
     dcol = ws.get("dcol", (chunk, R, P), x.dtype, empty) if dx is not None else None
-    partial = ws.get("dw_partial", (batch_sum_groups(O, R, chunk, x.dtype) + 1, O, R), x.dtype, empty)
+    partial = ws.get("dw_partial", (batch_sum_groups(Og, Rg, chunk, x.dtype) + 1, Og, Rg), x.dtype, empty) \
+        if dw is not None else None
     dyf = flat(dy)
-    for n0 in range(0, N, chunk):
+    for n0 in range(0, N if dw is not None or dx is not None else 0, chunk):
         nb = min(chunk, N - n0)
-        cb = col[:nb]
         dyb = dyf[n0 * O * P:]
-        # recomputed, not kept from forward: a buffer per layer for the whole batch costs more
-        im2col_kernel[launch(cb.size)](x, n0, kh, kw, stride, pad, cb)
-        # dw (O, R) += sum_n dy[n] (O, P) @ col[n]^T (P, R), the images split over the GPU
-        gemm_batch_sum(dyb, cb, dw, partial,
-                       GemmPlan(O, R, P, trans_b=True, terms=nb, stride_a=O * P, stride_b=R * P, beta=1.0))
+        if dw is not None:  # None: a frozen weight; its GEMM and the im2col feeding it are skipped
+            cb = col[:nb]
+            # recomputed, not kept from forward: a buffer per layer for the whole batch costs more
+            im2col_kernel[launch(cb.size)](x, n0, kh, kw, stride, pad, cb)
+            # dw_g (Og, Rg) += sum_n dy[n]_g (Og, P) @ col[n]_g^T (P, Rg), the images split over the GPU
+            plan = GemmPlan(Og, Rg, P, trans_b=True, terms=nb, stride_a=O * P, stride_b=R * P, beta=1.0)
+            for g in range(groups):
+                gemm_batch_sum(_at(dyb, g * Og * P), _at(cb, g * Rg * P),
+                               dw if groups == 1 else flat(dw)[g * Og * Rg:(g + 1) * Og * Rg], partial, plan)
         if dx is not None:
             dcol_b = dcol[:nb]
-            # dcol[n] (R, P) = W^T (R, O) @ dy[n] (O, P)
-            gemm(w, dyb, dcol_b, GemmPlan(R, P, O, trans_a=True, batch=nb, stride_b=O * P, stride_c=R * P))
+            # dcol[n]_g (Rg, P) = W_g^T (Rg, Og) @ dy[n]_g (Og, P)
+            plan = GemmPlan(Rg, P, Og, trans_a=True, batch=nb, stride_b=O * P, stride_c=R * P)
+            for g in range(groups):
+                gemm(_at(w, g * Og * Rg), _at(dyb, g * Og * P), _at(dcol_b, g * Rg * P), plan)
             col2im_kernel[launch(nb * x.shape[1] * x.shape[2] * x.shape[3])](dcol_b, n0, kh, kw, stride, pad, dx)
-    sum_batched_rows_into(dy.reshape(N, O, P), db)
+    if db is not None:
+        sum_batched_rows_into(dy.reshape(N, O, P), db)

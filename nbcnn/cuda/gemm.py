@@ -582,17 +582,11 @@ else:
     REDUCE_THREADS = 256
 
 
-@cuda.jit(cache=True)
-def sum_batched_rows_kernel(a, out):
-    """out[r] += sum_{b,s} a[b, r, s]; one block per r, a (B, R, S); float64 partial sums."""
+@cuda.jit(device=True)
+def block_sum(s, tid):
+    """The sum of s over the REDUCE_THREADS threads of a block (thread tid), in float64 and a fixed
+    order: a shared-memory tree. Every thread of the block must call it; the result is for thread 0."""
     part = cuda.shared.array(REDUCE_THREADS, numba.float64)
-    B, R, S = a.shape
-    r = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
-    s = 0.0
-    for i in range(tid, B * S, REDUCE_THREADS):
-        bi, si = divmod32(i, S)
-        s += a[bi, r, si]
     part[tid] = s
     cuda.syncthreads()
     width = REDUCE_THREADS // 2
@@ -601,8 +595,22 @@ def sum_batched_rows_kernel(a, out):
             part[tid] += part[tid + width]
         cuda.syncthreads()
         width //= 2
+    return part[0]
+
+
+@cuda.jit(cache=True)
+def sum_batched_rows_kernel(a, out):
+    """out[r] += sum_{b,s} a[b, r, s]; one block per r, a (B, R, S); float64 partial sums."""
+    B, R, S = a.shape
+    r = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    s = 0.0
+    for i in range(tid, B * S, REDUCE_THREADS):
+        bi, si = divmod32(i, S)
+        s += a[bi, r, si]
+    total = block_sum(s, tid)
     if tid == 0:
-        out[r] += part[0]
+        out[r] += total
 
 
 def sum_batched_rows_into(a, out):

@@ -10,10 +10,13 @@ def linear_forward(x, w, b, y):
 
 
 def linear_backward(x, w, dy, dx, dw, db):
-    """dx = dy @ w; dw += dy^T @ x (accumulated in the epilogue, no temporary); db += column sums of dy."""
+    """dx = dy @ w; dw += dy^T @ x (accumulated in the epilogue, no temporary); db += column sums of dy.
+    Each of dx, dw, db may be None: not computed."""
     n, i = x.shape
     o = w.shape[0]
     if dx is not None:
         gemm(dy, w, dx, GemmPlan(n, i, o))
-    gemm(dy, x, dw, GemmPlan(o, i, n, trans_a=True, beta=1.0))
-    sum_batched_rows_into(dy.reshape((n, o, 1)), db)
+    if dw is not None:  # None: a frozen weight, its GEMM skipped
+        gemm(dy, x, dw, GemmPlan(o, i, n, trans_a=True, beta=1.0))
+    if db is not None:
+        sum_batched_rows_into(dy.reshape((n, o, 1)), db)
