@@ -10,36 +10,17 @@ only a later launch can do. Eval's forward is one element-wise kernel. The per-c
 per-element rules are nbcnn.kernel_math's (bn_*), shared with the CPU.
 """
 
-import numba
 import numpy as np
 from numba import cuda
 
 from ..kernel_math import bn_dx, bn_invstd, bn_normalise, bn_update_running, bn_xhat
 from .array import check_int32, divmod32, empty, launch, unravel3
-from .gemm import REDUCE_THREADS
-
-
-@cuda.jit(device=True, cache=True)
-def block_sum(part, v):
-    """The sum of v over the block's REDUCE_THREADS threads, in a fixed tree, returned to every thread."""
-    tid = cuda.threadIdx.x
-    part[tid] = v
-    cuda.syncthreads()
-    width = REDUCE_THREADS // 2
-    while width > 0:
-        if tid < width:
-            part[tid] += part[tid + width]
-        cuda.syncthreads()
-        width //= 2
-    total = part[0]
-    cuda.syncthreads()  # every thread has read part[0] before a next call overwrites it
-    return total
+from .gemm import REDUCE_THREADS, block_sum
 
 
 @cuda.jit(cache=True)
 def batchnorm_stats_kernel(x, eps, momentum, running_mean, running_var, num_batches_tracked, track, mean, invstd):
     """Block c: mean and biased variance of channel c of x (N,C,S) (two passes, float64); mean, invstd; running statistics if track."""
-    part = cuda.shared.array(REDUCE_THREADS, numba.float64)
     N, _, S = x.shape
     c = cuda.blockIdx.x
     count = N * S
@@ -47,13 +28,13 @@ def batchnorm_stats_kernel(x, eps, momentum, running_mean, running_var, num_batc
     for i in range(cuda.threadIdx.x, count, REDUCE_THREADS):
         n, s = divmod32(i, S)
         acc += float(x[n, c, s])
-    m = block_sum(part, acc) / count
+    m = block_sum(acc) / count
     acc = 0.0
     for i in range(cuda.threadIdx.x, count, REDUCE_THREADS):
         n, s = divmod32(i, S)
         d = float(x[n, c, s]) - m
         acc += d * d
-    var = block_sum(part, acc) / count
+    var = block_sum(acc) / count
     if cuda.threadIdx.x == 0:
         mean[c] = m
         invstd[c] = bn_invstd(var, eps)
@@ -89,7 +70,6 @@ def batchnorm_forward_eval_kernel(x, gamma, beta, running_mean, running_var, eps
 @cuda.jit(cache=True)
 def batchnorm_grad_sums_kernel(x, dy, mean, invstd, sums, dgamma, dbeta):
     """Block c: sums[c] = (sum dy, sum dy*xhat) over channel c of x, dy (N,C,S) in float64; dbeta[c], dgamma[c] += them."""
-    part = cuda.shared.array(REDUCE_THREADS, numba.float64)
     N, _, S = x.shape
     c = cuda.blockIdx.x
     sum_dy = 0.0
@@ -99,8 +79,8 @@ def batchnorm_grad_sums_kernel(x, dy, mean, invstd, sums, dgamma, dbeta):
         g = float(dy[n, c, s])
         sum_dy += g
         sum_dy_xhat += g * bn_xhat(x[n, c, s], mean[c], invstd[c])
-    sum_dy = block_sum(part, sum_dy)
-    sum_dy_xhat = block_sum(part, sum_dy_xhat)
+    sum_dy = block_sum(sum_dy)
+    sum_dy_xhat = block_sum(sum_dy_xhat)
     if cuda.threadIdx.x == 0:
         sums[c, 0] = sum_dy
         sums[c, 1] = sum_dy_xhat

@@ -93,7 +93,7 @@ def depthwise_dw_kernel(x, dy, stride, pad, dw):
         ww = j * stride + q - pad
         if 0 <= h < H and 0 <= ww < W:
             s += np.float64(dy[n, o, i, j]) * np.float64(x[n, c, h, ww])
-    total = block_sum(s, tid)
+    total = block_sum(s)
     if tid == 0:
         dw[o, 0, p, q] += total
 

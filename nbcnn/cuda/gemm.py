@@ -583,10 +583,12 @@ else:
 
 
 @cuda.jit(device=True)
-def block_sum(s, tid):
-    """The sum of s over the REDUCE_THREADS threads of a block (thread tid), in float64 and a fixed
-    order: a shared-memory tree. Every thread of the block must call it; the result is for thread 0."""
+def block_sum(s):
+    """The sum of s over the REDUCE_THREADS threads of a block, in float64 and a fixed order (a
+    shared-memory tree: deterministic, no atomics), returned to every thread. Every thread of the
+    block must call it."""
     part = cuda.shared.array(REDUCE_THREADS, numba.float64)
+    tid = cuda.threadIdx.x
     part[tid] = s
     cuda.syncthreads()
     width = REDUCE_THREADS // 2
@@ -595,7 +597,9 @@ def block_sum(s, tid):
             part[tid] += part[tid + width]
         cuda.syncthreads()
         width //= 2
-    return part[0]
+    total = part[0]
+    cuda.syncthreads()  # every thread has read part[0] before a next call overwrites it
+    return total
 
 
 @cuda.jit(cache=True)
@@ -608,7 +612,7 @@ def sum_batched_rows_kernel(a, out):
     for i in range(tid, B * S, REDUCE_THREADS):
         bi, si = divmod32(i, S)
         s += a[bi, r, si]
-    total = block_sum(s, tid)
+    total = block_sum(s)
     if tid == 0:
         out[r] += total
 
