@@ -3,11 +3,14 @@
 These are plain Python functions marked `register_jitable`: numba.njit (CPU) and
 numba.cuda.jit (CUDA) kernels call them as device functions, so each formula exists once.
 The backends own only the iteration: prange on the CPU, a thread per item on the GPU.
-`float()` keeps float64 arithmetic in numba's CUDA simulator too, where NumPy's rules
-would otherwise keep float32 + Python float in float32.
+Where a formula computes in float64 it widens its float32 inputs with `np.float64()`, not
+`float()`: numba types `float(x)` of a float32 as float32, so `float(x) * float(y)` was a
+float32 product on the CPU and the GPU but a float64 one in the simulator.
 """
 
 import math
+
+import numpy as np
 
 from numba.core.extending import overload
 from numba.cuda.extending import overload as cuda_overload
@@ -83,14 +86,14 @@ def constant(a, value):
 @register_jitable
 def dropout(x, p, key, i):
     """x / (1 - p) where element i is kept by the stream `key` (nbcnn.random.keep_bit), else 0; in float64."""
-    return float(x) * (1.0 / (1.0 - p)) if keep_bit(key, i, keep_threshold(p)) else 0.0
+    return np.float64(x) * (1.0 / (1.0 - p)) if keep_bit(key, i, keep_threshold(p)) else 0.0
 
 
 @register_jitable
 def sgd_update(w, g, v, lr, momentum, weight_decay):
     """torch.optim.SGD without dampening, in float64: v' = momentum*v + (g + wd*w); w' = w - lr*v'. Returns (w', v')."""
-    v_new = add_rn(mul_rn(momentum, float(v)), add_rn(float(g), mul_rn(weight_decay, float(w))))
-    return add_rn(float(w), -mul_rn(lr, v_new)), v_new
+    v_new = add_rn(mul_rn(momentum, np.float64(v)), add_rn(np.float64(g), mul_rn(weight_decay, np.float64(w))))
+    return add_rn(np.float64(w), -mul_rn(lr, v_new)), v_new
 
 
 @register_jitable
@@ -110,14 +113,14 @@ def amsgrad_update(w, g, m, v, v_max, beta1, beta2, eps, step_size, bias_correct
     """adam_update with amsgrad: v_max' = max(v_max, v') replaces v' in the denominator. Returns (w', m', v', v_max')."""
     w0, g0 = adam_decay(w, g, l2, decay)
     m_new, v_new = adam_moments(g0, m, v, beta1, beta2)
-    v_max_new = nan_max(v_new, float(v_max))
+    v_max_new = nan_max(v_new, np.float64(v_max))
     return adam_apply(w0, m_new, v_max_new, eps, step_size, bias_correction2_sqrt), m_new, v_new, v_max_new
 
 
 @register_jitable
 def adam_decay(w, g, l2, decay):
     """(w * decay, g + l2*w) in float64, each skipped when it would change nothing (torch's `if weight_decay != 0`)."""
-    w0, g0 = float(w), float(g)
+    w0, g0 = np.float64(w), np.float64(g)
     if l2 != 0.0:
         g0 = add_rn(g0, mul_rn(l2, w0))
     if decay != 1.0:
@@ -128,8 +131,8 @@ def adam_decay(w, g, l2, decay):
 @register_jitable
 def adam_moments(g, m, v, beta1, beta2):
     """(beta1*m + (1-beta1)*g, beta2*v + ((1-beta2)*g)*g): torch's moment updates (its addcmul's order)."""
-    m_new = add_rn(mul_rn(beta1, float(m)), mul_rn(1.0 - beta1, g))
-    v_new = add_rn(mul_rn(beta2, float(v)), mul_rn(mul_rn(1.0 - beta2, g), g))
+    m_new = add_rn(mul_rn(beta1, np.float64(m)), mul_rn(1.0 - beta1, g))
+    v_new = add_rn(mul_rn(beta2, np.float64(v)), mul_rn(mul_rn(1.0 - beta2, g), g))
     return m_new, v_new
 
 
@@ -183,17 +186,17 @@ def rmsprop_core(w, g, sq, ga, buf, lr, alpha, eps, weight_decay, momentum, cent
     momentum: buf' = momentum*buf + g'/avg, w' = w - lr*buf'; else w' = w + (-lr*g')/avg.
     `centered` and `use_momentum` are constants of each caller, so the unused branches compile away.
     """
-    w0, g0 = float(w), float(g)
+    w0, g0 = np.float64(w), np.float64(g)
     if weight_decay != 0.0:
         g0 = add_rn(g0, mul_rn(weight_decay, w0))
-    sq_new = add_rn(mul_rn(alpha, float(sq)), mul_rn(mul_rn(1.0 - alpha, g0), g0))
-    ga_new = float(ga)
+    sq_new = add_rn(mul_rn(alpha, np.float64(sq)), mul_rn(mul_rn(1.0 - alpha, g0), g0))
+    ga_new = np.float64(ga)
     if centered:
         ga_new = add_rn(mul_rn(alpha, ga_new), mul_rn(1.0 - alpha, g0))
         avg = add_rn(sqrt_or_nan(add_rn(sq_new, -mul_rn(ga_new, ga_new))), eps)
     else:
         avg = add_rn(math.sqrt(sq_new), eps)
-    buf_new = float(buf)
+    buf_new = np.float64(buf)
     if use_momentum:
         buf_new = add_rn(mul_rn(momentum, buf_new), g0 / avg)
         w_new = add_rn(w0, mul_rn(-lr, buf_new))
@@ -230,10 +233,10 @@ def softmax_cross_entropy_row(logits, labels, dlogits, n):
         return 0.0, 1
     s = 0.0
     for j in range(K):
-        s += math.exp(float(logits[n, j]) - float(m))  # shifted by the max: exp never overflows
+        s += math.exp(np.float64(logits[n, j]) - np.float64(m))  # shifted by the max: exp never overflows
     for j in range(K):
-        dlogits[n, j] = (math.exp(float(logits[n, j]) - float(m)) / s - (1.0 if j == label else 0.0)) / N
-    return math.log(s) + float(m) - float(logits[n, label]), 0
+        dlogits[n, j] = (math.exp(np.float64(logits[n, j]) - np.float64(m)) / s - (1.0 if j == label else 0.0)) / N
+    return math.log(s) + np.float64(m) - np.float64(logits[n, label]), 0
 
 
 @register_jitable
@@ -308,13 +311,13 @@ def lrn_output(x, scale, beta):
 @register_jitable
 def lrn_backward_term(dy, y, scale):
     """dy*y/scale of one channel: its share of the gradient of each channel in its window."""
-    return float(dy) * float(y) / float(scale)
+    return np.float64(dy) * np.float64(y) / np.float64(scale)
 
 
 @register_jitable
 def lrn_dx(x, dy, scale, terms, size, alpha, beta):
     """dL/dx = dy*scale^-beta - 2*alpha*beta/size * x * (the sum of lrn_backward_term over lrn_adjoint_window)."""
-    return float(dy) * pow_neg(float(scale), beta) - 2.0 * alpha * beta / size * float(x) * terms
+    return np.float64(dy) * pow_neg(np.float64(scale), beta) - 2.0 * alpha * beta / size * np.float64(x) * terms
 
 
 @register_jitable
@@ -323,7 +326,7 @@ def lrn_forward_at(x, n, c, s, size, alpha, beta, k, y, scale):
     lo, hi = lrn_window(c, size, x.shape[1])
     acc = 0.0
     for cc in range(lo, hi):
-        v = float(x[n, cc, s])
+        v = np.float64(x[n, cc, s])
         acc += v * v
     sc = lrn_scale(acc, size, alpha, k)
     scale[n, c, s] = sc
@@ -350,19 +353,19 @@ CUMULATIVE = -1.0  # the momentum that asks for a cumulative average of the batc
 @register_jitable
 def bn_invstd(var, eps):
     """1 / sqrt(var + eps), in float64."""
-    return 1.0 / math.sqrt(float(var) + eps)
+    return 1.0 / math.sqrt(np.float64(var) + eps)
 
 
 @register_jitable
 def bn_xhat(x, mean, invstd):
     """The normalised value (x - mean) * invstd, in float64."""
-    return (float(x) - float(mean)) * float(invstd)
+    return (np.float64(x) - np.float64(mean)) * np.float64(invstd)
 
 
 @register_jitable
 def bn_normalise(x, mean, invstd, gamma, beta):
     """y = gamma * (x - mean) * invstd + beta, in float64."""
-    return float(gamma) * bn_xhat(x, mean, invstd) + float(beta)
+    return np.float64(gamma) * bn_xhat(x, mean, invstd) + np.float64(beta)
 
 
 @register_jitable
@@ -371,15 +374,15 @@ def bn_update_running(running_mean, running_var, c, mean, var, count, momentum, 
     variance unbiased (var * count / (count - 1)); f = momentum, or 1/batches (this batch counted)
     for a cumulative average (momentum < 0)."""
     f = momentum if momentum >= 0 else 1.0 / batches
-    running_mean[c] = (1.0 - f) * float(running_mean[c]) + f * mean
-    running_var[c] = (1.0 - f) * float(running_var[c]) + f * (var * count / (count - 1))
+    running_mean[c] = (1.0 - f) * np.float64(running_mean[c]) + f * mean
+    running_var[c] = (1.0 - f) * np.float64(running_var[c]) + f * (var * count / (count - 1))
 
 
 @register_jitable
 def bn_dx(x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, batch_stats):
     """dL/dx = gamma * invstd * (dy - (sum_dy + xhat * sum_dy_xhat) / count) when the statistics
     were the batch's (they depend on x), gamma * invstd * dy when they were the running ones."""
-    g = float(gamma) * float(invstd)
+    g = np.float64(gamma) * np.float64(invstd)
     if not batch_stats:
-        return g * float(dy)
-    return g * (float(dy) - (sum_dy + bn_xhat(x, mean, invstd) * sum_dy_xhat) / count)
+        return g * np.float64(dy)
+    return g * (np.float64(dy) - (sum_dy + bn_xhat(x, mean, invstd) * sum_dy_xhat) / count)

@@ -19,7 +19,7 @@ def row_sum(row):
     """sum of row[s], in float64."""
     acc = 0.0
     for s in range(row.shape[0]):
-        acc += float(row[s])
+        acc += np.float64(row[s])
     return acc
 
 
@@ -28,7 +28,7 @@ def row_squared_deviations(row, m):
     """sum of (row[s] - m)^2, in float64."""
     acc = 0.0
     for s in range(row.shape[0]):
-        d = float(row[s]) - m
+        d = np.float64(row[s]) - m
         acc += d * d
     return acc
 
@@ -39,7 +39,7 @@ def row_grad_sums(x, dy, mean, invstd):
     sum_dy = 0.0
     sum_dy_xhat = 0.0
     for s in range(x.shape[0]):
-        g = float(dy[s])
+        g = np.float64(dy[s])
         sum_dy += g
         sum_dy_xhat += g * bn_xhat(x[s], mean, invstd)
     return sum_dy, sum_dy_xhat
@@ -79,7 +79,7 @@ def batchnorm_forward_eval_kernel(x, gamma, beta, running_mean, running_var, eps
     """y = bn_normalise(x, running_mean[c], 1/sqrt(running_var[c] + eps), gamma[c], beta[c]) over x (N,C,S)."""
     N, C, S = x.shape
     for c in prange(C):
-        m, inv, g, b = float(running_mean[c]), bn_invstd(running_var[c], eps), gamma[c], beta[c]
+        m, inv, g, b = np.float64(running_mean[c]), bn_invstd(running_var[c], eps), gamma[c], beta[c]
         mean[c] = m
         invstd[c] = inv
         for n in range(N):

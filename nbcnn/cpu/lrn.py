@@ -39,7 +39,7 @@ def lrn_forward_kernel(x, size, alpha, beta, k, y, scale):
         sumsq = np.zeros(HW)  # float64, as the shared rule
         for cc in range(lo, hi):
             for s in range(HW):
-                v = float(x[n, cc, s])
+                v = np.float64(x[n, cc, s])
                 sumsq[s] += v * v
         # with beta a literal the compiler folds pow_neg's branch; left inside the loop it stops vectorisation (5x)
         if beta == FAST_BETA:

@@ -27,12 +27,12 @@ def batchnorm_stats_kernel(x, eps, momentum, running_mean, running_var, num_batc
     acc = 0.0
     for i in range(cuda.threadIdx.x, count, REDUCE_THREADS):
         n, s = divmod32(i, S)
-        acc += float(x[n, c, s])
+        acc += np.float64(x[n, c, s])
     m = block_sum(acc) / count
     acc = 0.0
     for i in range(cuda.threadIdx.x, count, REDUCE_THREADS):
         n, s = divmod32(i, S)
-        d = float(x[n, c, s]) - m
+        d = np.float64(x[n, c, s]) - m
         acc += d * d
     var = block_sum(acc) / count
     if cuda.threadIdx.x == 0:
@@ -76,7 +76,7 @@ def batchnorm_grad_sums_kernel(x, dy, mean, invstd, sums, dgamma, dbeta):
     sum_dy_xhat = 0.0
     for i in range(cuda.threadIdx.x, N * S, REDUCE_THREADS):
         n, s = divmod32(i, S)
-        g = float(dy[n, c, s])
+        g = np.float64(dy[n, c, s])
         sum_dy += g
         sum_dy_xhat += g * bn_xhat(x[n, c, s], mean[c], invstd[c])
     sum_dy = block_sum(sum_dy)
