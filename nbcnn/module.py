@@ -184,6 +184,10 @@ class Module:
         return ""
 
 
+# attributes of the containers themselves, which no child name may shadow (seq.modules, block.body, ...)
+_TAKEN = frozenset({"modules", "names", "parts", "body", "shortcut", "after", "training", "backend", "dtype", "ws"})
+
+
 def _check_names(owner, named):
     """A TypeError or ValueError for a child that is not a module or a name PyTorch would refuse."""
     for name, m in named:
@@ -191,6 +195,8 @@ def _check_names(owner, named):
             raise TypeError(f"{owner} takes nbcnn modules, got {type(m).__name__} for {name!r}")
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"{owner} child names must be non-empty strings without '.', got {name!r}")
+        if name in _TAKEN or name.startswith("_") or hasattr(Residual, name) or hasattr(Sequential, name):
+            raise ValueError(f"{owner} child name {name!r} is taken by an attribute of the container")
 
 
 def _check_distinct(owner, modules):
@@ -216,16 +222,21 @@ class Sequential(Module):
     """Modules applied in order; backward runs them in reverse.
 
     Sequential(a, b, c) names its children "0", "1", "2"; Sequential(OrderedDict(conv1=a, relu=b))
-    names them as given, as PyTorch does, and `seq.conv1` or `seq["conv1"]` is that child.
+    names them as given, as PyTorch does: `seq.conv1` or `seq["conv1"]` is that child, and
+    `seq.fc = Linear(...)` replaces the child named fc (a new head). Names may not shadow the
+    container's own attributes (modules, names, forward, ...).
     """
 
     def __init__(self, *modules):
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], dict):
             named = list(modules[0].items())
+            _check_names("Sequential", named)
         else:
             named = [(str(i), m) for i, m in enumerate(modules)]
-        _check_names("Sequential", named)
+            for m in modules:
+                if not isinstance(m, Module):
+                    raise TypeError(f"Sequential takes nbcnn modules, got {type(m).__name__}")
         _check_distinct("Sequential", [m for _, m in named])
         self.names = [name for name, _ in named]
         self.modules = [m for _, m in named]
@@ -249,6 +260,16 @@ class Sequential(Module):
         if name in names:
             return self.modules[names.index(name)]
         raise AttributeError(f"{type(self).__name__} has no attribute or child {name!r}")
+
+    def __setattr__(self, name, value):
+        # seq.fc = Linear(...) replaces the child named fc, as in PyTorch (a new head for fine-tuning)
+        names = self.__dict__.get("names", ())
+        if name not in names:
+            return super().__setattr__(name, value)
+        i = names.index(name)
+        _check_names("Sequential", [(name, value)])
+        _check_distinct("Sequential", self.modules[:i] + [value] + self.modules[i + 1:])
+        self.modules[i] = value
 
     def __len__(self):
         return len(self.modules)
@@ -274,7 +295,7 @@ class Residual(Module):
 
     Each part is a module, named "body", "shortcut" or "after" in the block's state_dict keys,
     or an OrderedDict of named modules run in order, whose names become the block's own
-    (`block.conv1`). So torchvision's BasicBlock, with its keys (conv1.weight, bn1.weight, ...,
+    (`block.conv1`, and `block.conv1 = ...` replaces it). So torchvision's BasicBlock, with its keys (conv1.weight, bn1.weight, ...,
     downsample.0.weight), is
 
         Residual(OrderedDict(conv1=Conv2d(cin, cout, 3, stride, 1), bn1=BatchNorm2d(cout), relu=ReLU(),
@@ -295,7 +316,8 @@ class Residual(Module):
             elif value is None and part != "body":
                 self.parts[part] = (None, False)
             else:
-                _check_names("Residual", [(part, value)])
+                if not isinstance(value, Module):
+                    raise TypeError(f"Residual takes nbcnn modules, got {type(value).__name__} for {part!r}")
                 self.parts[part] = (value, False)
         self.body, self.shortcut, self.after = (self.parts[p][0] for p in ("body", "shortcut", "after"))
         _check_distinct("Residual", self.children())
@@ -326,6 +348,20 @@ class Residual(Module):
                 if child_name == name:
                     return m
         raise AttributeError(f"{type(self).__name__} has no attribute or child {name!r}")
+
+    def __setattr__(self, name, value):
+        # block.conv1 = ... replaces the child its OrderedDict part named conv1, as in PyTorch
+        for part, (m, inline) in self.__dict__.get("parts", {}).items():
+            if inline and name in m.names:
+                old = m[name]
+                setattr(m, name, value)
+                try:
+                    _check_distinct("Residual", self.children())
+                except ValueError:
+                    setattr(m, name, old)
+                    raise
+                return
+        super().__setattr__(name, value)
 
     def forward(self, x):
         x = self.check_input(x)

@@ -62,6 +62,12 @@ def test_a_basic_block_has_torchvisions_keys_and_nests_by_name():
     assert keys[:2] == ["conv1.weight", "conv1.bias"]
     assert "layer1.0.conv1.weight" in keys and "layer2.0.downsample.0.weight" in keys and keys[-1] == "fc.bias"
     assert "layer1.0.downsample.0.weight" not in keys  # no projection where the shapes already match
+    conv = nbcnn.Conv2d(4, 6, 3, 2, 1)
+    block.conv1 = conv  # replaces the child of that name, as in PyTorch
+    assert block.conv1 is conv and list(block.state_dict())[0] == "conv1.weight"
+    with pytest.raises(ValueError, match="Residual got the same module instance twice"):
+        block.conv2 = block.downsample
+    assert block.conv2 is not block.downsample  # a refused replacement changes nothing
 
 
 def test_sequential_takes_named_children_like_torch():
@@ -73,6 +79,13 @@ def test_sequential_takes_named_children_like_torch():
         seq.bn
     with pytest.raises(KeyError, match="no child named 'bn'"):
         seq["bn"]
+    head = nbcnn.Linear(2, 2)
+    seq.act = head  # replaces the child of that name, as in PyTorch
+    assert seq[1] is head and list(seq.state_dict()) == ["conv.weight", "conv.bias", "act.weight", "act.bias"]
+    with pytest.raises(ValueError, match="same module instance twice"):
+        seq.act = seq.conv
+    seq.note = "any other attribute is a plain one"
+    assert seq.note.startswith("any") and len(seq) == 2
 
 
 def test_a_part_given_as_a_module_is_named_by_its_role():
@@ -262,3 +275,6 @@ def test_bad_parts_and_names_are_refused():
         nbcnn.Sequential(OrderedDict([("layer.0", nbcnn.ReLU())]))
     with pytest.raises(TypeError, match="Sequential takes nbcnn modules, got int for 'a'"):
         nbcnn.Sequential(OrderedDict(a=3))
+    for name in ("modules", "forward", "body", "_x"):
+        with pytest.raises(ValueError, match=f"child name '{name}' is taken by an attribute"):
+            nbcnn.Residual(OrderedDict([(name, nbcnn.ReLU())]))
