@@ -4,18 +4,18 @@ from . import lr_scheduler, models
 from .array import asarray, device_of, to_numpy
 from .backend import get_backend
 from .errors import NonFiniteLossError, OutOfMemoryError
-from .layers import Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU
-from .layers import BatchNorm1d, BatchNorm2d
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Identity, Linear,
+                     LocalResponseNorm, MaxPool2d, ReLU)
 from .loss import softmax_cross_entropy
-from .module import Module, Parameter, Sequential
+from .module import Module, Parameter, Residual, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from .random import manual_seed
 
 __all__ = [
-    "Conv2d", "Dropout", "Flatten", "Linear", "LocalResponseNorm", "MaxPool2d", "Module",
-    "NonFiniteLossError", "OutOfMemoryError", "Parameter", "ReLU", "SGD", "Sequential", "asarray", "device_of", "get_backend",
+    "Adam", "AdamW", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d",
+    "Dropout", "Flatten", "Identity", "Linear", "LocalResponseNorm", "MaxPool2d", "Module",
+    "NonFiniteLossError", "Optimizer", "OutOfMemoryError", "Parameter", "RMSprop", "ReLU",
+    "Residual", "SGD", "Sequential", "asarray", "device_of", "get_backend", "lr_scheduler",
     "manual_seed", "models", "softmax_cross_entropy", "to_numpy",
-    "Adam", "AdamW", "Optimizer", "RMSprop", "lr_scheduler",
 ]
-__all__ += ["BatchNorm1d", "BatchNorm2d"]
 __version__ = "0.1.0"

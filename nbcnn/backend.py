@@ -77,6 +77,10 @@ class Backend:
         """dst += src, element-wise: gradient accumulation."""
         raise NotImplementedError
 
+    def add_out(self, a, b, y):
+        """y = a + b, element-wise, any shape (all three C-contiguous, one size): a residual sum."""
+        raise NotImplementedError
+
     def memory_stats(self):
         """The caching allocator's counters: {"allocations", "reserved_bytes", "in_use_bytes"}."""
         raise NotImplementedError
@@ -121,16 +125,44 @@ class Backend:
         raise NotImplementedError
 
     # -- pooling -----------------------------------------------------------------------
-    def maxpool2d_forward(self, x, k, stride, y, argmax):
-        """y[n,c,i,j] = max_{p,q<k} x[n,c,i*stride+p,j*stride+q]; no padding, floor mode.
+    def maxpool2d_forward(self, x, k, stride, pad, y, argmax):
+        """y[n,c,i,j] = max_{p,q<k} xpad[n,c,i*stride+p,j*stride+q]; padding -inf, floor mode.
 
-        argmax (N,C,OH,OW) int32 holds the flat index (h*W + w) of the maximum within its
-        (H,W) plane; ties go to the first maximum in row-major order, as in PyTorch.
+        x (N,C,H,W), y and argmax (N,C,OH,OW) with OH = (H+2*pad-k)//stride+1, 0 <= pad <= k//2
+        (so every window holds a pixel). argmax, int32, holds the flat index (h*W + w) of the
+        maximum within the unpadded (H,W) plane; ties go to the first maximum in row-major
+        order, as in PyTorch; a NaN wins (the first NaN).
         """
         raise NotImplementedError
 
     def maxpool2d_backward(self, dy, argmax, dx):
         """dx = 0, then dx[n,c].flat[argmax[n,c,i,j]] += dy[n,c,i,j] (overlapping windows add)."""
+        raise NotImplementedError
+
+    def avgpool2d_forward(self, x, k, stride, pad, count_include_pad, y):
+        """y[n,c,i,j] = (sum of x over window (i,j) inside the plane) / divisor; zero padding, floor mode.
+
+        Window (i,j) covers rows i*stride-pad .. +k-1 and columns j*stride-pad .. +k-1; shapes
+        as in maxpool2d_forward. divisor = k*k with count_include_pad, else the number of the
+        window's pixels inside the plane (PyTorch's AvgPool2d). Sums in float64.
+        """
+        raise NotImplementedError
+
+    def avgpool2d_backward(self, dy, k, stride, pad, count_include_pad, dx):
+        """dx[n,c,h,w] = sum over the windows (i,j) holding (h,w) of dy[n,c,i,j] / divisor(i,j).
+
+        A gather in float64 (no atomics): deterministic, the same order on every backend.
+        Pixels that no window holds get 0. Arguments as in avgpool2d_forward.
+        """
+        raise NotImplementedError
+
+    def adaptive_avgpool2d_forward(self, x, y):
+        """y[n,c,i,j] = mean of x[n,c,h0:h1,w0:w1], PyTorch's adaptive bins of y's size over x's:
+        h0 = floor(i*H/OH), h1 = ceil((i+1)*H/OH) (likewise w). x (N,C,H,W), y (N,C,OH,OW), any OH, OW >= 1."""
+        raise NotImplementedError
+
+    def adaptive_avgpool2d_backward(self, dy, dx):
+        """dx[n,c,h,w] = sum over the bins (i,j) holding (h,w) of dy[n,c,i,j] / their size; a gather, as in avgpool2d_backward."""
         raise NotImplementedError
 
     # -- element-wise ------------------------------------------------------------------
@@ -288,10 +320,11 @@ def is_depthwise(in_channels, groups):
 OP_FILES = {
     "array": ("is_array", "empty", "from_numpy", "to_numpy", "copy", "contiguous", "reshape",
               "memory_stats", "empty_cache", "is_out_of_memory"),
-    "elementwise": ("fill", "add"),
+    "elementwise": ("fill", "add", "add_out"),
     "gemm": ("matmul",),
     "conv": ("conv2d_forward", "conv2d_backward"),
-    "pool": ("maxpool2d_forward", "maxpool2d_backward"),
+    "pool": ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
+             "adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward"),
     "relu": ("relu_forward", "relu_backward"),
     "dropout": ("dropout_forward", "dropout_backward"),
     "lrn": ("lrn_forward", "lrn_backward"),

@@ -86,6 +86,7 @@ def python_number(v):
 RELU_FORWARD = Elementwise("relu_forward", kernel_math.relu, arrays=("x", "y"), writes=("y",))
 RELU_BACKWARD = Elementwise("relu_backward", kernel_math.relu_grad, arrays=("y", "dy", "dx"), writes=("dx",))
 ADD = Elementwise("add", kernel_math.accumulate, arrays=("src", "dst"), writes=("dst",))
+ADD_OUT = Elementwise("add_out", kernel_math.plus, arrays=("a", "b", "y"), writes=("y",))
 FILL = Elementwise("fill", kernel_math.constant, arrays=("a",), writes=("a",))
 DROPOUT = Elementwise("dropout", kernel_math.dropout, arrays=("x", "y"), writes=("y",))
 SGD_STEP = Elementwise("sgd_step", kernel_math.sgd_update, arrays=("w", "g", "v"), writes=("w", "v"))

@@ -57,6 +57,26 @@ def _add_rn_cuda(a, b):
     return lambda a, b: dadd_rn(a, b)
 
 
+# -- integer division of indices -----------------------------------------------------------------
+# numba divides integers in 64 bits, which on a GPU is a ~70-instruction subroutine call; index
+# arithmetic is non-negative and below 2**31, so CUDA divides in unsigned 32 bits instead (as
+# nbcnn.cuda.array.divmod32 does for the kernels' own unravelling).
+
+def idiv(a, b):
+    """a // b for 0 <= a < 2**31 and 0 < b."""
+    return a // b
+
+
+@overload(idiv)
+def _idiv_cpu(a, b):
+    return lambda a, b: a // b
+
+
+@cuda_overload(idiv, target="cuda")
+def _idiv_cuda(a, b):
+    return lambda a, b: np.int32(np.uint32(a) // np.uint32(b))
+
+
 # -- element-wise formulas (nbcnn/elementwise.py makes ops of them) ------------------------------
 
 @register_jitable
@@ -75,6 +95,12 @@ def relu_grad(y, dy):
 def accumulate(src, dst):
     """dst + src: gradient accumulation."""
     return dst + src
+
+
+@register_jitable
+def plus(a, b):
+    """a + b: a residual connection's sum of its two branches (and of their gradients)."""
+    return a + b
 
 
 @register_jitable
@@ -240,37 +266,117 @@ def softmax_cross_entropy_row(logits, labels, dlogits, n):
 
 
 @register_jitable
-def maxpool_window(x, n, c, i, j, k, stride, y, argmax):
-    """y[n,c,i,j] = max of the k*k window at (i*stride, j*stride); argmax = h*W + w of its first
-    maximum in row-major order. A NaN wins (the first NaN, bit for bit), as in PyTorch.
+def window_max(x, n, c, h0, w0, kh, kw):
+    """(max, h*W + w of its first position in row-major order) over rows h0..h0+kh-1 and columns
+    w0..w0+kw-1 of plane (n, c). A NaN wins (the first NaN, bit for bit), as in PyTorch.
 
     Two branch-free passes: the max (only a strictly greater value replaces it, so it keeps
     the first maximum's bits), then a backward scan for the first position holding it. Where
-    k is a compile-time constant (the CPU compiles a kernel per window size) LLVM inlines this
-    and unrolls the loops: 6x faster than one pass with a branch on AlexNet's pool1.
+    kh and kw are compile-time constants (the CPU compiles a kernel per window size) LLVM
+    unrolls the loops: 6x faster than one pass with a branch on AlexNet's pool1.
     """
     W = x.shape[3]
-    h0 = i * stride
-    w0 = j * stride
     m = x[n, c, h0, w0]
     nan = False
-    for p in range(k):
-        for q in range(k):
+    for p in range(kh):
+        for q in range(kw):
             v = x[n, c, h0 + p, w0 + q]
             m = v if v > m else m
             nan |= v != v
     idx = 0
     if nan:  # rare: the first NaN wins, and y takes its bits
-        for p in range(k - 1, -1, -1):
-            for q in range(k - 1, -1, -1):
+        for p in range(kh - 1, -1, -1):
+            for q in range(kw - 1, -1, -1):
                 idx = (h0 + p) * W + w0 + q if x[n, c, h0 + p, w0 + q] != x[n, c, h0 + p, w0 + q] else idx
         m = x[n, c, idx // W, idx % W]
     else:
-        for p in range(k - 1, -1, -1):
-            for q in range(k - 1, -1, -1):
+        for p in range(kh - 1, -1, -1):
+            for q in range(kw - 1, -1, -1):
                 idx = (h0 + p) * W + w0 + q if x[n, c, h0 + p, w0 + q] == m else idx
-    y[n, c, i, j] = m
-    argmax[n, c, i, j] = idx
+    return m, idx
+
+
+@register_jitable
+def pool_span(i, k, stride, pad, size):
+    """The rows [lo, hi) of window i (rows i*stride - pad .. + k - 1) that lie inside the plane [0, size)."""
+    start = i * stride - pad
+    return max(start, 0), min(start + k, size)
+
+
+@register_jitable
+def maxpool_window(x, n, c, i, j, k, stride, pad, y, argmax):
+    """y[n,c,i,j] = max of the k*k window at (i*stride - pad, j*stride - pad); argmax = h*W + w of its
+    first maximum (window_max's rule) in the unpadded plane.
+
+    The padding is -inf, as in PyTorch: it never beats a pixel, so a window takes the max of its
+    part inside the plane (never empty: padding <= k // 2). The CPU kernel passes the windows
+    wholly inside straight to window_max with a constant k instead.
+    """
+    h0, h1 = pool_span(i, k, stride, pad, x.shape[2])
+    w0, w1 = pool_span(j, k, stride, pad, x.shape[3])
+    y[n, c, i, j], argmax[n, c, i, j] = window_max(x, n, c, h0, w0, h1 - h0, w1 - w0)
+
+
+@register_jitable
+def avgpool_rows(i, size, out, k, stride, pad, adaptive):
+    """The rows [lo, hi) of average-pooling window i inside the plane [0, size): with `adaptive`,
+    PyTorch's bin i of `out`, [floor(i*size/out), ceil((i+1)*size/out)); else pool_span."""
+    if adaptive:
+        return idiv(i * size, out), idiv((i + 1) * size + out - 1, out)
+    return pool_span(i, k, stride, pad, size)
+
+
+@register_jitable
+def avgpool_windows_holding(h, size, out, k, stride, pad, adaptive):
+    """The windows [lo, hi) whose avgpool_rows hold row h (empty where strides skip it)."""
+    if adaptive:
+        return idiv(h * out, size), idiv((h + 1) * out + size - 1, size)
+    t = h + pad - k + 1  # window i holds h when t <= i*stride <= h + pad
+    return (0 if t <= 0 else idiv(t + stride - 1, stride)), min(idiv(h + pad, stride) + 1, out)
+
+
+@register_jitable
+def avgpool_divisor(h0, h1, w0, w1, k, count_include_pad):
+    """k*k with count_include_pad (floor mode keeps every window within the padding), else the
+    number of pixels of the window inside the plane, as in PyTorch."""
+    return k * k if count_include_pad else (h1 - h0) * (w1 - w0)
+
+
+@register_jitable
+def avgpool_term(dy, h0, h1, w0, w1, k, count_include_pad):
+    """dy / avgpool_divisor in float64: window [h0, h1) x [w0, w1)'s share of the gradient of each of its pixels."""
+    return np.float64(dy) / avgpool_divisor(h0, h1, w0, w1, k, count_include_pad)
+
+
+@register_jitable
+def avgpool_window(x, n, c, i, j, k, stride, pad, count_include_pad, adaptive, y):
+    """y[n,c,i,j] = the float64 sum of x over window (i, j) inside the plane, row by row, / avgpool_divisor.
+
+    Windows from avgpool_rows (adaptive: PyTorch's bins of the output's size, count_include_pad False).
+    """
+    h0, h1 = avgpool_rows(i, x.shape[2], y.shape[2], k, stride, pad, adaptive)
+    w0, w1 = avgpool_rows(j, x.shape[3], y.shape[3], k, stride, pad, adaptive)
+    acc = 0.0
+    for h in range(h0, h1):
+        for w in range(w0, w1):
+            acc += np.float64(x[n, c, h, w])
+    y[n, c, i, j] = acc / avgpool_divisor(h0, h1, w0, w1, k, count_include_pad)
+
+
+@register_jitable
+def avgpool_grad(dy, n, c, h, w, k, stride, pad, count_include_pad, adaptive, dx):
+    """dx[n,c,h,w] = the float64 sum, over the windows (i, j) holding (h, w) in row-major order, of
+    avgpool_term: a gather (CUDA). The CPU scatters the same terms in the same order instead."""
+    H, W, OH, OW = dx.shape[2], dx.shape[3], dy.shape[2], dy.shape[3]
+    i0, i1 = avgpool_windows_holding(h, H, OH, k, stride, pad, adaptive)
+    j0, j1 = avgpool_windows_holding(w, W, OW, k, stride, pad, adaptive)
+    acc = 0.0
+    for i in range(i0, i1):
+        h0, h1 = avgpool_rows(i, H, OH, k, stride, pad, adaptive)
+        for j in range(j0, j1):
+            w0, w1 = avgpool_rows(j, W, OW, k, stride, pad, adaptive)
+            acc += avgpool_term(dy[n, c, i, j], h0, h1, w0, w1, k, count_include_pad)
+    dx[n, c, h, w] = acc
 
 
 FAST_BETA = 0.75  # AlexNet's LRN exponent, which pow_neg computes without pow

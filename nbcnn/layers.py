@@ -164,27 +164,16 @@ class ReLU(Module):
         return dx
 
 
-class MaxPool2d(Module):
-    """Max pooling without padding, floor mode; stride defaults to the kernel size.
-    Overlapping when stride < kernel (AlexNet's 3/2)."""
-
-    def __init__(self, kernel_size, stride=None):
-        super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
-        if self.kernel_size < 1 or self.stride < 1:
-            raise ValueError(f"MaxPool2d needs a positive kernel and stride: {self.extra_repr()}")
+class _Pooling(Module):
+    """The pooling layers' forward and backward around their ops, `pool(x, y)` and `unpool(dy, dx)`:
+    forward keeps the input's shape for backward (and whatever `pool` stores)."""
 
     def forward(self, x):
         x = self.check_input(x, 4)
-        n, c, h, w = x.shape
-        k, s = self.kernel_size, self.stride
-        if min(h, w) < k:
-            raise ValueError(f"MaxPool2d input {h}x{w} is smaller than the {k}x{k} window")
-        shape = (n, c, (h - k) // s + 1, (w - k) // s + 1)
-        y = self.backend.empty(shape, x.dtype)
-        self.argmax = self.backend.empty(shape, np.int32)  # forward's output for backward
-        self.backend.maxpool2d_forward(x, k, s, y, self.argmax)
+        if min(x.shape[2:]) < 1:
+            raise ValueError(f"{type(self).__name__} input must have pixels, got shape {tuple(x.shape)}")
+        y = self.backend.empty(self.output_shape(x), x.dtype)
+        self.pool(x, y)
         self.x_shape, self.x_dtype = x.shape, x.dtype
         return self.expect_grad_like(y)
 
@@ -193,11 +182,114 @@ class MaxPool2d(Module):
         if not input_grad:
             return None
         dx = self.backend.empty(self.x_shape, self.x_dtype)
-        self.backend.maxpool2d_backward(dy, self.argmax, dx)
+        self.unpool(dy, dx)
         return dx
 
+
+class _Pool2d(_Pooling):
+    """Square windows of kernel_size, stride (default: the kernel size) and padding, floor mode."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        name = type(self).__name__
+        if self.kernel_size < 1 or self.stride < 1 or self.padding < 0:
+            raise ValueError(f"{name} needs a positive kernel and stride and padding >= 0: "
+                             f"{_Pool2d.extra_repr(self)}")
+        if self.padding > self.kernel_size // 2:  # else a window could lie wholly in the padding
+            raise ValueError(f"{name} padding must be at most half the kernel size, as in PyTorch: "
+                             f"got padding={self.padding} for kernel_size={self.kernel_size}")
+
+    def output_shape(self, x):
+        """(N, C, OH, OW) for input x, or a ValueError when the padded input is smaller than a window."""
+        n, c, h, w = x.shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if min(h, w) + 2 * p < k:
+            padded = f" with padding {p}" if p else ""
+            raise ValueError(f"{type(self).__name__} input {h}x{w}{padded} is smaller than the {k}x{k} window")
+        return n, c, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling, padding -inf (PyTorch's), floor mode; stride defaults to the kernel size.
+    Overlapping when stride < kernel (AlexNet's 3/2); ResNet's stem is MaxPool2d(3, 2, 1)."""
+
+    def pool(self, x, y):
+        self.argmax = self.backend.empty(y.shape, np.int32)  # forward's output for backward
+        self.backend.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding, y, self.argmax)
+
+    def unpool(self, dy, dx):
+        self.backend.maxpool2d_backward(dy, self.argmax, dx)
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling, zero padding, floor mode; stride defaults to the kernel size. The divisor is
+    k*k with count_include_pad (PyTorch's default), else the window's pixels inside the input.
+    ceil_mode stands where PyTorch has it and must be False."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding)
+        if ceil_mode:
+            raise ValueError("AvgPool2d supports floor mode only: ceil_mode must be False")
+        self.count_include_pad = bool(count_include_pad)
+
+    def pool(self, x, y):
+        self.backend.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad, y)
+
+    def unpool(self, dy, dx):
+        self.backend.avgpool2d_backward(dy, self.kernel_size, self.stride, self.padding, self.count_include_pad, dx)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, count_include_pad={self.count_include_pad}"
+
+
+class AdaptiveAvgPool2d(_Pooling):
+    """Average pooling to a fixed output size, PyTorch's bins: row i covers [floor(i*H/OH), ceil((i+1)*H/OH)).
+
+    output_size: an int (square) or a pair (OH, OW), None in a pair keeping that input size. 1 is
+    global average pooling (ResNet); larger than the input, bins repeat pixels, as in PyTorch.
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        if len(sizes) != 2:
+            raise ValueError(f"AdaptiveAvgPool2d output_size must be an int or a pair, got {output_size!r}")
+        self.output_size = tuple(None if v is None else _count(v, "AdaptiveAvgPool2d output_size") for v in sizes)
+
+    def output_shape(self, x):
+        n, c, h, w = x.shape
+        oh, ow = self.output_size
+        return n, c, h if oh is None else oh, w if ow is None else ow
+
+    def pool(self, x, y):
+        self.backend.adaptive_avgpool2d_forward(x, y)
+
+    def unpool(self, dy, dx):
+        self.backend.adaptive_avgpool2d_backward(dy, dx)
+
+    def extra_repr(self):
+        oh, ow = self.output_size
+        return f"output_size={oh if oh == ow else self.output_size}"
+
+
+class Identity(Module):
+    """y = x: a placeholder (PyTorch's; arguments are accepted and ignored)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return self.expect_grad_like(self.check_input(x))
+
+    def backward(self, dy, input_grad=True):
+        dy = self.check_grad(dy)
+        return dy if input_grad else None
 
 
 class LocalResponseNorm(Module):

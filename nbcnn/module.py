@@ -236,28 +236,92 @@ class Module:
         return ""
 
 
+# attributes of the containers themselves, which no child name may shadow (seq.modules, block.body, ...)
+_TAKEN = frozenset({"modules", "names", "parts", "body", "shortcut", "after", "training", "backend", "dtype", "ws"})
+
+
+def _check_names(owner, named):
+    """A TypeError or ValueError for a child that is not a module or a name PyTorch would refuse."""
+    for name, m in named:
+        if not isinstance(m, Module):
+            raise TypeError(f"{owner} takes nbcnn modules, got {type(m).__name__} for {name!r}")
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"{owner} child names must be non-empty strings without '.', got {name!r}")
+        if name in _TAKEN or name.startswith("_") or hasattr(Residual, name) or hasattr(Sequential, name):
+            raise ValueError(f"{owner} child name {name!r} is taken by an attribute of the container")
+
+
+def _check_distinct(owner, modules):
+    """A ValueError when one module instance sits twice anywhere in the trees of `modules`.
+
+    A layer keeps what its own backward needs from its last forward: used twice, the first
+    use's state would be gone by the time its gradient comes back.
+    """
+    seen = set()
+
+    def walk(m):
+        if id(m) in seen:
+            raise ValueError(f"{owner} got the same module instance twice; make a new one for each place")
+        seen.add(id(m))
+        for child in m.children():
+            walk(child)
+
+    for m in modules:
+        walk(m)
+
+
 class Sequential(Module):
-    """Modules applied in order; backward runs them in reverse."""
+    """Modules applied in order; backward runs them in reverse.
+
+    Sequential(a, b, c) names its children "0", "1", "2"; Sequential(OrderedDict(conv1=a, relu=b))
+    names them as given, as PyTorch does: `seq.conv1` or `seq["conv1"]` is that child, and
+    `seq.fc = Linear(...)` replaces the child named fc (a new head). Names may not shadow the
+    container's own attributes (modules, names, forward, ...).
+    """
 
     def __init__(self, *modules):
         super().__init__()
-        for m in modules:
-            if not isinstance(m, Module):
-                raise TypeError(f"Sequential takes nbcnn modules, got {type(m).__name__}")
-        if len({id(m) for m in modules}) != len(modules):
-            # a layer keeps what its own backward needs from its last forward: used twice, the
-            # first use's state would be gone by the time its gradient comes back
-            raise ValueError("Sequential got the same module instance twice; make a new one for each place")
-        self.modules = list(modules)
+        if len(modules) == 1 and isinstance(modules[0], dict):
+            named = list(modules[0].items())
+            _check_names("Sequential", named)
+        else:
+            named = [(str(i), m) for i, m in enumerate(modules)]
+            for m in modules:
+                if not isinstance(m, Module):
+                    raise TypeError(f"Sequential takes nbcnn modules, got {type(m).__name__}")
+        _check_distinct("Sequential", [m for _, m in named])
+        self.names = [name for name, _ in named]
+        self.modules = [m for _, m in named]
 
     def children(self):
         return self.modules
 
     def named_children(self):
-        return [(str(i), m) for i, m in enumerate(self.modules)]
+        return list(zip(self.names, self.modules))
 
     def __getitem__(self, i):
+        if isinstance(i, str):
+            if i not in self.names:
+                raise KeyError(f"Sequential has no child named {i!r}; its children: {self.names}")
+            return self.modules[self.names.index(i)]
         return self.modules[i]
+
+    def __getattr__(self, name):
+        # only reached when normal lookup fails: a child by its name
+        names = self.__dict__.get("names", ())
+        if name in names:
+            return self.modules[names.index(name)]
+        raise AttributeError(f"{type(self).__name__} has no attribute or child {name!r}")
+
+    def __setattr__(self, name, value):
+        # seq.fc = Linear(...) replaces the child named fc, as in PyTorch (a new head for fine-tuning)
+        names = self.__dict__.get("names", ())
+        if name not in names:
+            return super().__setattr__(name, value)
+        i = names.index(name)
+        _check_names("Sequential", [(name, value)])
+        _check_distinct("Sequential", self.modules[:i] + [value] + self.modules[i + 1:])
+        self.modules[i] = value
 
     def __len__(self):
         return len(self.modules)
@@ -273,5 +337,110 @@ class Sequential(Module):
         return dy
 
     def __repr__(self):
-        inner = "".join(f"\n  ({i}): {m!r}" for i, m in enumerate(self.modules))
+        inner = "".join(f"\n  ({name}): {m!r}" for name, m in self.named_children())
         return f"Sequential({inner}\n)"
+
+
+class Residual(Module):
+    """y = after(body(x) + shortcut(x)): a residual block (He et al. 2016). shortcut None is the
+    identity, after None is nothing; backward sums the input gradients of both branches.
+
+    Each part is a module, named "body", "shortcut" or "after" in the block's state_dict keys,
+    or an OrderedDict of named modules run in order, whose names become the block's own
+    (`block.conv1`, and `block.conv1 = ...` replaces it). So torchvision's BasicBlock, with its keys (conv1.weight, bn1.weight, ...,
+    downsample.0.weight), is
+
+        Residual(OrderedDict(conv1=Conv2d(cin, cout, 3, stride, 1), bn1=BatchNorm2d(cout), relu=ReLU(),
+                             conv2=Conv2d(cout, cout, 3, 1, 1), bn2=BatchNorm2d(cout)),
+                 OrderedDict(downsample=Sequential(Conv2d(cin, cout, 1, stride), BatchNorm2d(cout))),
+                 after=ReLU())
+
+    The two branches must give arrays of one shape; every module instance may appear once.
+    """
+
+    def __init__(self, body, shortcut=None, after=None):
+        super().__init__()
+        self.parts = {}  # name -> (module or None, whether its children's names are the block's own)
+        for part, value in (("body", body), ("shortcut", shortcut), ("after", after)):
+            if isinstance(value, dict):
+                _check_names("Residual", value.items())
+                self.parts[part] = (Sequential(value), True)
+            elif value is None and part != "body":
+                self.parts[part] = (None, False)
+            else:
+                if not isinstance(value, Module):
+                    raise TypeError(f"Residual takes nbcnn modules, got {type(value).__name__} for {part!r}")
+                self.parts[part] = (value, False)
+        self.body, self.shortcut, self.after = (self.parts[p][0] for p in ("body", "shortcut", "after"))
+        _check_distinct("Residual", self.children())
+        names = [name for name, _ in self.named_children()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Residual got one name for two modules: {sorted({n for n in names if names.count(n) > 1})}")
+
+    def children(self):
+        return [m for m in (self.body, self.shortcut, self.after) if m is not None]
+
+    def named_children(self):
+        out = []
+        for part, (m, inline) in self.parts.items():
+            if m is not None:
+                out += m.named_children() if inline else [(part, m)]
+        return out
+
+    def __getitem__(self, name):
+        for child_name, m in self.named_children():
+            if child_name == name:
+                return m
+        raise KeyError(f"Residual has no child named {name!r}")
+
+    def __getattr__(self, name):
+        # only reached when normal lookup fails: a child by its name
+        if "parts" in self.__dict__ and not name.startswith("_"):
+            for child_name, m in self.named_children():
+                if child_name == name:
+                    return m
+        raise AttributeError(f"{type(self).__name__} has no attribute or child {name!r}")
+
+    def __setattr__(self, name, value):
+        # block.conv1 = ... replaces the child its OrderedDict part named conv1, as in PyTorch
+        for part, (m, inline) in self.__dict__.get("parts", {}).items():
+            if inline and name in m.names:
+                old = m[name]
+                setattr(m, name, value)
+                try:
+                    _check_distinct("Residual", self.children())
+                except ValueError:
+                    setattr(m, name, old)
+                    raise
+                return
+        super().__setattr__(name, value)
+
+    def forward(self, x):
+        x = self.check_input(x)
+        a = self.body(x)
+        b = x if self.shortcut is None else self.shortcut(x)
+        if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+            what = "the identity" if self.shortcut is None else "the shortcut"
+            raise ValueError(f"Residual: the body gives {a.dtype} of shape {tuple(a.shape)} but {what} gives "
+                             f"{b.dtype} of shape {tuple(b.shape)}; a residual sum needs one shape")
+        y = self.backend.empty(a.shape, a.dtype)
+        self.backend.add_out(self.backend.contiguous(a), self.backend.contiguous(b), y)
+        if self.after is not None:
+            y = self.after(y)
+        return self.expect_grad_like(y)
+
+    def backward(self, dy, input_grad=True):
+        dy = self.check_grad(dy)
+        if self.after is not None:
+            dy = self.after.backward(dy)
+        da = self.body.backward(dy, input_grad=input_grad)
+        db = dy if self.shortcut is None else self.shortcut.backward(dy, input_grad=input_grad)
+        if not input_grad:
+            return None
+        dx = self.backend.empty(da.shape, da.dtype)  # new memory: da or db may be dy itself (an identity)
+        self.backend.add_out(self.backend.contiguous(da), self.backend.contiguous(db), dx)
+        return dx
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({name}): " + repr(m).replace("\n", "\n  ") for name, m in self.named_children())
+        return f"Residual({inner}\n)"

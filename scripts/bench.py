@@ -129,7 +129,7 @@ def torch_layer(m, params):
     if isinstance(m, nbcnn.LocalResponseNorm):
         return lambda x: F.local_response_norm(x, m.size, m.alpha, m.beta, m.k)
     if isinstance(m, nbcnn.MaxPool2d):
-        return lambda x: F.max_pool2d(x, m.kernel_size, m.stride)
+        return lambda x: F.max_pool2d(x, m.kernel_size, m.stride, m.padding)
     if isinstance(m, nbcnn.Dropout):
         return lambda x: F.dropout(x, m.p, training=True)
     if isinstance(m, nbcnn.Flatten):
@@ -182,7 +182,7 @@ def torch_module(m):
     else:
         return {nbcnn.ReLU: lambda: nn.ReLU(), nbcnn.Flatten: lambda: nn.Flatten(),
                 nbcnn.Dropout: lambda: nn.Dropout(m.p),
-                nbcnn.MaxPool2d: lambda: nn.MaxPool2d(m.kernel_size, m.stride),
+                nbcnn.MaxPool2d: lambda: nn.MaxPool2d(m.kernel_size, m.stride, m.padding),
                 nbcnn.LocalResponseNorm: lambda: nn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k)}[type(m)]()
     sd = m.state_dict()
     t.weight.data = torch.from_numpy(sd["weight"])
@@ -232,7 +232,7 @@ def gemm_shapes(net, batch, input_size):
                            m.out_channels, oh * oh, m.in_channels * m.kernel_size ** 2))
             h = oh
         elif isinstance(m, nbcnn.MaxPool2d):
-            h = (h - m.kernel_size) // m.stride + 1
+            h = (h + 2 * m.padding - m.kernel_size) // m.stride + 1
         elif isinstance(m, nbcnn.Linear):
             shapes.append((f"fc {m.out_features}x{m.in_features}", batch, m.out_features, m.in_features))
     return shapes

@@ -1,5 +1,7 @@
 """Plain NumPy/SciPy references for every op, written independently of the kernels."""
 
+import math
+
 import numpy as np
 from scipy.signal import correlate
 
@@ -35,23 +37,51 @@ def depthwise_conv2d(x, w, b, stride, pad):
     return y if b is None else y + b[None, :, None, None]
 
 
-def maxpool2d(x, k, stride):
-    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
+def maxpool2d(x, k, stride, pad=0):
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))
     return win[:, :, ::stride, ::stride].max(axis=(-1, -2))
 
 
-def maxpool2d_argmax(x, k, stride):
+def maxpool2d_argmax(x, k, stride, pad=0):
     """(y, argmax): the first maximum of each window in row-major order (np.argmax: a NaN counts as
-    the largest), its value bit for bit (-0.0 stays -0.0) and its flat index h*W + w in the plane."""
+    the largest), its value bit for bit (-0.0 stays -0.0) and its flat index h*W + w in the
+    unpadded plane. The padding is -inf (PyTorch's), so for finite inputs it is never the maximum."""
     n, c, h, w = x.shape
-    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
     oh, ow = win.shape[2], win.shape[3]
     first = win.reshape(n, c, oh, ow, k * k).argmax(axis=-1)
     p, q = np.divmod(first, k)
     i, j = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
-    rows, cols = i * stride + p, j * stride + q
+    rows, cols = i * stride + p - pad, j * stride + q - pad
     y = np.take_along_axis(x.reshape(n, c, h * w), (rows * w + cols).reshape(n, c, -1), axis=2)
     return y.reshape(n, c, oh, ow), (rows * w + cols).astype(np.int32)
+
+
+def avgpool2d(x, k, stride, pad=0, count_include_pad=True):
+    """Window sums of the zero-padded input, divided by k*k or by the count of real pixels in the window."""
+    pads = ((0, 0), (0, 0), (pad, pad), (pad, pad))
+    view = np.lib.stride_tricks.sliding_window_view
+    sums = view(np.pad(x.astype(np.float64), pads), (k, k), axis=(2, 3))[:, :, ::stride, ::stride].sum(axis=(-1, -2))
+    if count_include_pad:
+        return sums / (k * k)
+    real = view(np.pad(np.ones(x.shape[2:]), pads[2:]), (k, k))[::stride, ::stride].sum(axis=(-1, -2))
+    return sums / real
+
+
+def adaptive_bins(size, out):
+    """PyTorch's adaptive pooling bins: [floor(i*size/out), ceil((i+1)*size/out)) for i < out."""
+    return [(math.floor(i * size / out), math.ceil((i + 1) * size / out)) for i in range(out)]
+
+
+def adaptive_avgpool2d(x, oh, ow):
+    n, c, h, w = x.shape
+    y = np.empty((n, c, oh, ow))
+    for i, (h0, h1) in enumerate(adaptive_bins(h, oh)):
+        for j, (w0, w1) in enumerate(adaptive_bins(w, ow)):
+            y[:, :, i, j] = x[:, :, h0:h1, w0:w1].astype(np.float64).mean(axis=(2, 3))
+    return y
 
 
 def relu(x):

@@ -220,6 +220,10 @@ LAYERS = {
     "LocalResponseNorm": (lambda: nbcnn.LocalResponseNorm(3), (2, 3, 8, 8)),
     "Dropout": (lambda: nbcnn.Dropout(0.5), (2, 3, 8, 8)),
     "Flatten": (nbcnn.Flatten, (2, 3, 8, 8)),
+    "AvgPool2d": (lambda: nbcnn.AvgPool2d(3, 2, 1), (2, 3, 9, 9)),
+    "AdaptiveAvgPool2d": (lambda: nbcnn.AdaptiveAvgPool2d(2), (2, 3, 5, 5)),
+    "Identity": (nbcnn.Identity, (2, 3, 8, 8)),
+    "Residual": (lambda: nbcnn.Residual(nbcnn.Conv2d(3, 3, 3, padding=1)), (2, 3, 8, 8)),
 }
 
 

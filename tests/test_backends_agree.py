@@ -147,17 +147,18 @@ def test_depthwise_forward_and_dx_agree_bit_for_bit_in_float32(c, mult, k, strid
 @st.composite
 def pool_cases(draw):
     k, stride = draw(st.sampled_from([(3, 2), (2, 2), (1, 1), (2, 3), (3, 1)] + [(4, 2)] * BIG))
-    h = draw(st.integers(k, k + 4 + 20 * BIG))
+    pad = draw(st.integers(0, k // 2))
+    h = draw(st.integers(max(1, k - 2 * pad), k + 4 + 20 * BIG))
     return dict(n=draw(st.integers(1, 2 + 2 * BIG)), c=draw(st.integers(1, 2 + 6 * BIG)), h=h,
-                w=draw(st.sampled_from([h, h + 1])), k=k, stride=stride, dtype=draw(DTYPES),
+                w=draw(st.sampled_from([h, h + 1])), k=k, stride=stride, pad=pad, dtype=draw(DTYPES),
                 ties=draw(st.booleans()), nan=draw(st.booleans()), seed=draw(st.integers(0, 2**31)))
 
 
 @cases(EXAMPLES + 2)
 @given(case=pool_cases())
 def test_maxpool2d_forward_and_backward_agree(case):
-    n, c, h, w, k, s, dt = (case[key] for key in ("n", "c", "h", "w", "k", "stride", "dtype"))
-    oh, ow = (h - k) // s + 1, (w - k) // s + 1
+    n, c, h, w, k, s, p, dt = (case[key] for key in ("n", "c", "h", "w", "k", "stride", "pad", "dtype"))
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     x = data(case["seed"], (n, c, h, w), dt, ties=case["ties"])
     if case["nan"]:
         x.reshape(-1)[case["seed"] % x.size] = np.nan
@@ -165,7 +166,7 @@ def test_maxpool2d_forward_and_backward_agree(case):
 
     def op(be, x, dy):
         y, am = be.empty((n, c, oh, ow), x.dtype), be.empty((n, c, oh, ow), np.int32)
-        be.maxpool2d_forward(x, k, s, y, am)
+        be.maxpool2d_forward(x, k, s, p, y, am)
         dx = be.empty(x.shape, x.dtype)
         be.maxpool2d_backward(dy, am, dx)
         return y, am, dx

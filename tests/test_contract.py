@@ -154,6 +154,17 @@ def _(be):
         assert_close(dst, b + a, exact=True)
 
 
+@case("add_out")
+def _(be):
+    for shape in SHAPES:
+        a, b = data(shape, seed=1), data(shape, seed=2)
+        y = be.empty(shape, np.float32)
+        ad = be.from_numpy(a)
+        be.add_out(ad, be.from_numpy(b), y)
+        assert_close(y, a + b, exact=True)
+        assert_close(ad, a, exact=True)  # the inputs stay as they were
+
+
 @case("memory_stats")
 def _(be):
     stats = be.memory_stats()
@@ -251,11 +262,12 @@ def check_conv2d_backward(be, c, o, groups, want_dx, want_dw, want_db):
 @case("maxpool2d_forward")
 def _(be):
     x = data((2, 3, 7, 6))
-    y, argmax = be.empty((2, 3, 3, 2), np.float32), be.empty((2, 3, 3, 2), np.int32)
-    be.maxpool2d_forward(be.from_numpy(x), 3, 2, y, argmax)
-    ref_y, ref_argmax = ref.maxpool2d_argmax(x, 3, 2)
-    assert_close(y, ref_y, exact=True)
-    assert_close(argmax, ref_argmax, exact=True)
+    for pad, out in ((0, (2, 3, 3, 2)), (1, (2, 3, 4, 3))):  # -inf padding; argmax in the unpadded plane
+        y, argmax = be.empty(out, np.float32), be.empty(out, np.int32)
+        be.maxpool2d_forward(be.from_numpy(x), 3, 2, pad, y, argmax)
+        ref_y, ref_argmax = ref.maxpool2d_argmax(x, 3, 2, pad)
+        assert_close(y, ref_y, exact=True)
+        assert_close(argmax, ref_argmax, exact=True)
 
 
 @case("maxpool2d_backward")
@@ -268,6 +280,47 @@ def _(be):
     for c in range(2):
         np.add.at(expected[0, c], argmax[0, c].reshape(-1), dy[0, c].reshape(-1))
     assert_close(dx, expected.reshape(x.shape).astype(np.float32), rtol=1e-6)
+
+
+@case("avgpool2d_forward")
+def _(be):
+    x = data((2, 3, 7, 6), np.float64)
+    for pad, include, out in ((0, True, (2, 3, 3, 2)), (1, True, (2, 3, 4, 3)), (1, False, (2, 3, 4, 3))):
+        y = be.empty(out, np.float64)
+        be.avgpool2d_forward(be.from_numpy(x), 3, 2, pad, include, y)
+        assert_close(y, ref.avgpool2d(x, 3, 2, pad, include))
+
+
+@case("avgpool2d_backward")
+def _(be):
+    x, dy = data((1, 2, 6, 5), np.float64), data((1, 2, 3, 3), np.float64, 1)  # 3/2 pad 1: windows overlap
+    for include in (True, False):
+        dx = be.empty(x.shape, np.float64)
+        be.avgpool2d_backward(be.from_numpy(dy), 3, 2, 1, include, dx)
+        # a linear map: backward is its adjoint, <dy, avgpool(x)> = <dx, x>
+        assert np.isclose(np.vdot(dy, ref.avgpool2d(x, 3, 2, 1, include)), np.vdot(be.to_numpy(dx), x))
+    dx = be.empty((1, 2, 7, 7), np.float64)  # stride 3 > k 2: rows and columns no window holds get 0
+    be.avgpool2d_backward(be.from_numpy(dy[:, :, :2, :2].copy()), 2, 3, 0, True, dx)
+    assert_close(be.to_numpy(dx)[:, :, 2::3], np.zeros((1, 2, 2, 7)), exact=True)
+
+
+@case("adaptive_avgpool2d_forward")
+def _(be):
+    x = data((2, 3, 7, 5), np.float64)
+    for oh, ow in ((1, 1), (3, 2), (7, 5), (9, 6)):  # global, uneven bins, identity, more bins than pixels
+        y = be.empty((2, 3, oh, ow), np.float64)
+        be.adaptive_avgpool2d_forward(be.from_numpy(x), y)
+        assert_close(y, ref.adaptive_avgpool2d(x, oh, ow))
+
+
+@case("adaptive_avgpool2d_backward")
+def _(be):
+    x = data((1, 2, 7, 5), np.float64)
+    for oh, ow in ((1, 1), (3, 2), (9, 6)):
+        dy = data((1, 2, oh, ow), np.float64, oh)
+        dx = be.empty(x.shape, np.float64)
+        be.adaptive_avgpool2d_backward(be.from_numpy(dy), dx)
+        assert np.isclose(np.vdot(dy, ref.adaptive_avgpool2d(x, oh, ow)), np.vdot(be.to_numpy(dx), x))
 
 
 @case("lrn_forward")

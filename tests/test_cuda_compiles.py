@@ -25,8 +25,8 @@ import pytest
 # Kernels whose results the tests require to equal the CPU backend's bit for bit. NVVM
 # contracts a * b + c into one FMA (one rounding instead of two) unless told otherwise, so
 # their PTX must hold no fma. (Checked where PTX is made: with NVVM, i.e. a CUDA toolkit.)
-BIT_EXACT = {"sgd", "dropout", "relu_fwd", "relu_bwd", "fill", "add", "maxpool_fwd"} | {
-    f"strided_copy_{n}d" for n in range(1, 6)} | {"adam", "amsgrad"} | {
+BIT_EXACT = {"sgd", "dropout", "relu_fwd", "relu_bwd", "fill", "add", "add_out", "maxpool_fwd", "avgpool_fwd",
+             "avgpool_bwd"} | {f"strided_copy_{n}d" for n in range(1, 6)} | {"adam", "amsgrad"} | {
     f"rmsprop{variant}" for variant in ("", "_centered", "_momentum", "_centered_momentum")}
 NO_COMPILER = 3  # the exit status of main() when NVVM/NVRTC are missing: a skip, not a pass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,8 +51,11 @@ def kernels():
              f"void({a4}, {a4}, {v}, int64, int64, {a4}, boolean)"),
             ("depthwise_dx", depthwise.depthwise_dx_kernel, f"void({a4}, {a4}, int64, int64, {a4})"),
             ("depthwise_dw", depthwise.depthwise_dw_kernel, f"void({a4}, {a4}, int64, int64, {a4})"),
-            ("maxpool_fwd", pool.maxpool2d_forward_kernel, f"void({a4}, int64, int64, {a4}, {i4})"),
+            ("add_out", elementwise.add_out.kernel, f"void({v}, {v}, {v})"),
+            ("maxpool_fwd", pool.maxpool2d_forward_kernel, f"void({a4}, int64, int64, int64, {a4}, {i4})"),
             ("maxpool_bwd", pool.maxpool2d_backward_kernel, f"void({a4}, {i4}, {a4})"),
+            ("avgpool_fwd", pool.avgpool2d_forward_kernel, f"void({a4}, int64, int64, int64, boolean, boolean, {a4})"),
+            ("avgpool_bwd", pool.avgpool2d_backward_kernel, f"void({a4}, int64, int64, int64, boolean, boolean, {a4})"),
             ("relu_fwd", relu.relu_forward.kernel, f"void({v}, {v})"),
             ("relu_bwd", relu.relu_backward.kernel, f"void({v}, {v}, {v})"),
             ("dropout", dropout.dropout_forward.kernel, f"void({v}, float64, int64, {v})"),

@@ -105,7 +105,7 @@ def test_maxpool2d_picks_the_first_maximum_of_each_window_and_a_nan_wins(device,
     be = nbcnn.get_backend(device)
     oh, ow = (9 - k) // stride + 1, (8 - k) // stride + 1
     y, argmax = be.empty((2, 3, oh, ow), np.float32), be.empty((2, 3, oh, ow), np.int32)
-    be.maxpool2d_forward(be.from_numpy(x), k, stride, y, argmax)
+    be.maxpool2d_forward(be.from_numpy(x), k, stride, 0, y, argmax)
     ref_y, ref_argmax = ref.maxpool2d_argmax(x, k, stride)
     np.testing.assert_array_equal(be.to_numpy(argmax), ref_argmax)
     np.testing.assert_array_equal(be.to_numpy(y).view(np.int32), ref_y.view(np.int32))

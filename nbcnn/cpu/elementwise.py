@@ -30,3 +30,4 @@ def elementwise(spec):
 # The contract's element-wise array ops (the others have files of their own: relu.py, dropout.py, sgd.py).
 fill = elementwise(ew.FILL)
 add = elementwise(ew.ADD)
+add_out = elementwise(ew.ADD_OUT)

@@ -1,20 +1,21 @@
-"""Max pooling on CUDA (no padding, floor mode): one thread per output element, forward and backward."""
+"""Pooling on CUDA (floor mode, padding): one thread per output element forward, per input element
+for the average-pool backward (a gather, no atomics); max pooling's backward scatters atomically."""
 
 from numba import cuda
 
-from ..kernel_math import maxpool_window
+from ..kernel_math import avgpool_grad, avgpool_window, maxpool_window
 from .array import divmod32, launch, unravel4
 from .elementwise import fill
 
 
 @cuda.jit(cache=True)
-def maxpool2d_forward_kernel(x, k, stride, y, argmax):
-    """y[n,c,i,j] = max over the k*k window at (i*stride, j*stride); argmax = h*W + w of the first maximum (NaN wins)."""
+def maxpool2d_forward_kernel(x, k, stride, pad, y, argmax):
+    """y[n,c,i,j] = max over the k*k window at (i*stride - pad, j*stride - pad); argmax = h*W + w of the first maximum (NaN wins)."""
     _, C, OH, OW = y.shape
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, y.size, step):
         n, c, i, j = unravel4(e, C, OH, OW)
-        maxpool_window(x, n, c, i, j, k, stride, y, argmax)
+        maxpool_window(x, n, c, i, j, k, stride, pad, y, argmax)
 
 
 @cuda.jit(cache=True)
@@ -35,12 +36,52 @@ def maxpool2d_backward_kernel(dy, argmax, dx):
         cuda.atomic.add(dx, (n, c, h, w), dy[n, c, i, j])
 
 
-def maxpool2d_forward(x, k, stride, y, argmax):
+@cuda.jit(cache=True)
+def avgpool2d_forward_kernel(x, k, stride, pad, count_include_pad, adaptive, y):
+    """y[n,c,i,j] = the mean of window (i, j) (kernel_math.avgpool_window), one thread per output."""
+    _, C, OH, OW = y.shape
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, y.size, step):
+        n, c, i, j = unravel4(e, C, OH, OW)
+        avgpool_window(x, n, c, i, j, k, stride, pad, count_include_pad, adaptive, y)
+
+
+@cuda.jit(cache=True)
+def avgpool2d_backward_kernel(dy, k, stride, pad, count_include_pad, adaptive, dx):
+    """dx[n,c,h,w] = the sum of dy / divisor over the windows holding (h, w) (kernel_math.avgpool_grad), one thread per pixel."""
+    _, C, H, W = dx.shape
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, dx.size, step):
+        n, c, h, w = unravel4(e, C, H, W)
+        avgpool_grad(dy, n, c, h, w, k, stride, pad, count_include_pad, adaptive, dx)
+
+
+def maxpool2d_forward(x, k, stride, pad, y, argmax):
     if y.size:
-        maxpool2d_forward_kernel[launch(y.size)](x, k, stride, y, argmax)
+        maxpool2d_forward_kernel[launch(y.size)](x, k, stride, pad, y, argmax)
 
 
 def maxpool2d_backward(dy, argmax, dx):
     fill(dx, 0)
     if dy.size:
         maxpool2d_backward_kernel[launch(dy.size)](dy, argmax, dx)
+
+
+def avgpool2d_forward(x, k, stride, pad, count_include_pad, y):
+    if y.size:
+        avgpool2d_forward_kernel[launch(y.size)](x, k, stride, pad, bool(count_include_pad), False, y)
+
+
+def avgpool2d_backward(dy, k, stride, pad, count_include_pad, dx):
+    if dx.size:
+        avgpool2d_backward_kernel[launch(dx.size)](dy, k, stride, pad, bool(count_include_pad), False, dx)
+
+
+def adaptive_avgpool2d_forward(x, y):
+    if y.size:
+        avgpool2d_forward_kernel[launch(y.size)](x, 0, 1, 0, False, True, y)  # the bins come from the shapes
+
+
+def adaptive_avgpool2d_backward(dy, dx):
+    if dx.size:
+        avgpool2d_backward_kernel[launch(dx.size)](dy, 0, 1, 0, False, True, dx)
