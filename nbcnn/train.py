@@ -6,11 +6,12 @@ Resuming is exact: a step's batch depends only on (seed, epoch, step) (nbcnn.dat
 and a checkpoint holds the parameters, momentum buffers, lr and schedule, the dropout
 counter and numpy generator, and the position (epoch, step) with the epoch's running sums.
 
-Crash safety: every file is written atomically, in the order last.ckpt, best.ckpt (a byte
-copy of last.ckpt when the epoch is the best so far), then the reports. A run killed between
-two of these writes is made whole when resumed: best.ckpt is copied again when the resumed
-checkpoint ends the best epoch and best.ckpt's digest differs, and the reports are rewritten
-from the checkpoint's history.
+Crash safety: every file is written atomically. last.ckpt is written when an epoch's steps
+are done (before validating, so that a failed validation loses no training), then at the
+epoch end in the order last.ckpt, best.ckpt (a byte copy of last.ckpt when the epoch is the
+best so far), then the reports. A run killed between two of these writes is made whole when
+resumed: best.ckpt is copied again when the resumed checkpoint ends the best epoch and
+best.ckpt's digest differs, and the reports are rewritten from the checkpoint's history.
 """
 
 import collections
@@ -36,6 +37,20 @@ TOP5_MIN_CLASSES = 6
 
 class TrainingError(Exception):
     """Training cannot go on (NaN loss, out of GPU memory); the message says what to do."""
+
+
+class OutputError(Exception):
+    """An output file or folder could not be written (disk full, permissions); the message names
+    the path and the operating system's reason."""
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turn an OSError raised while writing `path` into an OutputError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 class Interrupted(Exception):
@@ -74,6 +89,29 @@ def log_softmax(z):
 def best_row(history):
     """The history row of the first epoch with the lowest validation top-1 error (best.ckpt's)."""
     return min(history, key=lambda row: (row["val_top1_err"], row["epoch"]))
+
+
+def ends_best_epoch(epoch, step, history):
+    """True at the end (step 0) of `epoch` when it is the epoch with the lowest validation error."""
+    return step == 0 and bool(history) and best_row(history)["epoch"] == epoch
+
+
+def repair_best(source, best, epoch, step, history):
+    """best.ckpt after a kill: copy the checkpoint `source` to `best` when it ends the best epoch
+    and `best` is missing or holds another checkpoint; True when it copied."""
+    if not (best and ends_best_epoch(epoch, step, history)):
+        return False
+    digest = checkpoint_digest(best)
+    if digest is not None and digest == checkpoint_digest(source):
+        return False
+    with writing(best):
+        copy_checkpoint(source, best)
+    return True
+
+
+def is_out_of_memory(net, exc):
+    """True when `exc` says the network's backend ran out of memory."""
+    return isinstance(exc, OutOfMemoryError) or net.backend.is_out_of_memory(exc)
 
 
 def eta(step_seconds, steps_left, epochs_after, steps_per_epoch, val_seconds):
@@ -300,28 +338,29 @@ class Trainer:
                 "seed": self.config.seed, **self.extra}
 
     def save(self):
-        save_checkpoint(self.config.checkpoint_path, self.net, self.opt, **self.progress())
+        with writing(self.config.checkpoint_path):
+            save_checkpoint(self.config.checkpoint_path, self.net, self.opt, **self.progress())
         self.last_save = self.position()
-
-    def at_best_epoch_end(self):
-        """True at the end of the epoch with the lowest validation error so far."""
-        return self.step == 0 and bool(self.history) and best_row(self.history)["epoch"] == self.epoch
 
     def save_epoch(self):
         """last.ckpt at an epoch end, then best.ckpt as its byte copy when the epoch is the best."""
         self.save()
-        if self.config.best_path and self.at_best_epoch_end():
-            copy_checkpoint(self.config.checkpoint_path, self.config.best_path)
+        if self.config.best_path and ends_best_epoch(self.epoch, self.step, self.history):
+            with writing(self.config.best_path):
+                copy_checkpoint(self.config.checkpoint_path, self.config.best_path)
+
+    def save_before_validation(self):
+        """last.ckpt at the end of the epoch's steps (unless it holds that position already), so
+        that a validation that fails (out of memory, a kill) loses none of the epoch's training."""
+        if self.last_save != self.position():
+            self.save()
 
     def repair_outputs(self):
         """On resume, redo the writes a kill may have cut off after the resumed checkpoint:
         best.ckpt when that checkpoint ends the best epoch, and the reports."""
         source, best = self.config.resumed_from, self.config.best_path
-        if best and self.at_best_epoch_end():
-            digest = checkpoint_digest(best)
-            if digest is None or digest != checkpoint_digest(source):
-                copy_checkpoint(source, best)
-                self.printer.say(f"{best} was missing or older than epoch {self.epoch}: copied it from {source}")
+        if repair_best(source, best, self.epoch, self.step, self.history):
+            self.printer.say(f"{best} was missing or older than epoch {self.epoch}: copied it from {source}")
         if self.history and self.write_reports is not None:
             self.write_reports(self.history, self.net)
 
@@ -358,6 +397,7 @@ class Trainer:
             while self.epoch < self.config.epochs:
                 if not self.train_epoch():
                     return "stopped"
+                self.save_before_validation()
                 self.end_epoch(self.validate())
         return "done"
 
@@ -395,7 +435,7 @@ class Trainer:
         except NonFiniteLossError as exc:
             raise TrainingError(self.nan_message(exc)) from None
         except Exception as exc:
-            if isinstance(exc, OutOfMemoryError) or self.net.backend.is_out_of_memory(exc):
+            if is_out_of_memory(self.net, exc):
                 raise TrainingError(self.oom_message()) from None
             raise
         m = len(batch.y)
@@ -413,8 +453,13 @@ class Trainer:
     def validate(self):
         """(loss, top-1 error, top-5 error or None) on the validation set, timed."""
         t = time.perf_counter()
-        result = evaluate(self.net, self.val_loader, self.config.device, self.config.ten_crop,
-                          should_stop=lambda: self.stop_requested, max_unreadable=self.config.max_unreadable)
+        try:
+            result = evaluate(self.net, self.val_loader, self.config.device, self.config.ten_crop,
+                              should_stop=lambda: self.stop_requested, max_unreadable=self.config.max_unreadable)
+        except Exception as exc:
+            if is_out_of_memory(self.net, exc):
+                raise TrainingError(self.validation_oom_message()) from None
+            raise
         if result is None:
             self.interrupt()
         self.val_seconds = time.perf_counter() - t
@@ -481,8 +526,23 @@ class Trainer:
         return (f"the loss became {'NaN' if math.isnan(exc.loss) else 'NaN or inf'} at {where} with lr "
                 f"{self.opt.lr:g}; training stopped. Try a lower --lr. {keep[0].upper() + keep[1:]}.")
 
+    def out_of_memory(self):
+        """Who ran out of memory, by device."""
+        return "the GPU ran out of memory" if self.config.device == "cuda" else "the machine ran out of memory"
+
     def oom_message(self):
+        """A training step ran out of memory."""
         self.printer.end_line()
         bs = self.train_loader.batch_size
-        return (f"the GPU ran out of memory at batch size {bs}; try --batch-size {max(1, bs // 2)}"
-                + (" (or a smaller --crop)" if bs <= 2 else ""))
+        keep = ("; --resume keeps the checkpoint's batch size, so that is a new run" if self.last_save else "")
+        return (f"{self.out_of_memory()} at batch size {bs} in a training step; try --batch-size {max(1, bs // 2)}"
+                + (" (or a smaller --crop)" if bs <= 2 else "") + keep)
+
+    def validation_oom_message(self):
+        """Validation ran out of memory; last.ckpt holds the epoch's training (save_before_validation)."""
+        self.printer.end_line()
+        bs = self.val_loader.batch_size
+        crops = f" (--ten-crop: 10 crops an image, {bs * 10:,} a forward pass)" if self.config.ten_crop else ""
+        return (f"{self.out_of_memory()} validating at batch size {bs}{crops}; the epoch's training is saved in "
+                f"{self.config.checkpoint_path}: resume with --resume {self.config.checkpoint_path} --val-batch-size "
+                f"{max(1, bs // 2)} (or start a new run with a smaller --batch-size)")

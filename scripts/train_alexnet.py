@@ -13,9 +13,12 @@ filters.png, last.ckpt and best.ckpt under --out. See docs/training.md.
 import argparse
 import csv
 import io
+import math
 import os
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 
 if __package__ in (None, ""):  # run as a file: make the repository's nbcnn importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,10 +28,11 @@ import numpy as np  # noqa: E402
 import nbcnn  # noqa: E402
 from nbcnn.checkpoint import (CheckpointError, atomic_write, read_checkpoint,  # noqa: E402
                               remove_stale_temporaries, restore_checkpoint)
-from nbcnn.data import (DataError, Loader, Transform, cached_channel_stats, embedded_mnist,  # noqa: E402
-                        open_dataset, stratified_subset)
-from nbcnn.train import (Interrupted, LRSchedule, TrainConfig, Trainer, TrainingError, best_row,  # noqa: E402
-                         plural)
+from nbcnn.data import (DataError, Loader, Transform, cached_channel_stats, dataset_summary,  # noqa: E402
+                        embedded_mnist, open_dataset, stratified_subset, summary_difference)
+from nbcnn.layers import Conv2d, Flatten, Linear, MaxPool2d  # noqa: E402
+from nbcnn.train import (Interrupted, LRSchedule, OutputError, TrainConfig, Trainer, TrainingError,  # noqa: E402
+                         best_row, plural, repair_best, writing)
 
 EMBEDDED_EPOCHS = 12
 DATA_EPOCHS = 90  # the paper: about 90 passes over ImageNet
@@ -37,6 +41,10 @@ SMALL_IMAGES = 64  # images up to this many pixels (short side) get alexnet-smal
 RECIPE = ("data", "arch", "batch_size", "lr", "momentum", "weight_decay", "lr_policy", "lr_step",
           "lr_patience", "seed", "crop", "image_size", "pad", "flip", "init", "lighting", "subset",
           "val_subset", "stats_sample", "ten_crop")
+# Recipe flags whose None means "chosen from the data" (resolve_recipe).
+AUTOMATIC = ("arch", "crop", "image_size", "pad", "flip", "init")
+# The smallest crop each network takes.
+MIN_CROP = {"alexnet": 63, "alexnet-small": 7}
 CSV_FIELDS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err",
               "val_top5_err", "unreadable", "time_s", "epoch_s")
 # The files a run writes in --out (each through a temporary that a SIGKILL can leave behind).
@@ -68,6 +76,9 @@ def build_parser():
                    help=f"epochs (default: {EMBEDDED_EPOCHS} on the embedded digits, {DATA_EPOCHS} otherwise, "
                         "the checkpoint's with --resume)")
     p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="images per SGD step")
+    p.add_argument("--val-batch-size", type=int, metavar="N",
+                   help="images per validation forward pass (default: --batch-size); not part of the recipe, "
+                        "so a resumed run may change it")
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
     p.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4, metavar="WD",
@@ -109,7 +120,7 @@ def build_parser():
                    help="output directory (default: runs/<timestamp>, or the --resume checkpoint's)")
     p.add_argument("--resume", metavar="CKPT",
                    help="continue the run saved in this checkpoint, with its recipe (data, network, "
-                        "optimiser and augmentation flags)")
+                        "optimiser and augmentation flags); --data may name the dataset's new folder")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop and checkpoint after this many steps in all")
     p.add_argument("--save-every", type=int, metavar="N",
                    help="also write last.ckpt every N steps, not only at epoch ends (for long epochs)")
@@ -128,18 +139,39 @@ def given_flags(parser, argv):
     return {name for name, value in vars(namespace).items() if value is not unset}
 
 
+def flag(name):
+    """A namespace attribute as its flag: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
+def bad_number(args):
+    """The message for the first numeric flag out of its range, else None."""
+    for name in ("epochs", "batch_size", "val_batch_size", "lr_step", "lr_patience", "crop", "image_size",
+                 "subset", "val_subset", "stats_sample", "max_steps", "save_every", "prefetch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return f"{flag(name)} must be at least 1, got {value}"
+    for name in ("workers", "pad"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            return f"{flag(name)} must be at least 0, got {value}"
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        return f"--lr must be a finite number above 0, got {args.lr}"
+    for name in ("momentum", "weight_decay", "lighting"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):
+            return f"{flag(name)} must be a finite number of at least 0, got {value}"
+    if not 0 <= args.max_unreadable <= 1:
+        return f"--max-unreadable must be a fraction between 0 and 1, got {args.max_unreadable}"
+    return None
+
+
 def parse_args(argv):
     p = build_parser()
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "lr_step", "crop", "image_size", "subset", "val_subset",
-                 "stats_sample", "max_steps", "save_every"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.workers < 0 or args.prefetch < 1 or args.lr <= 0 or (args.pad is not None and args.pad < 0):
-        p.error("--workers must be >= 0, --prefetch >= 1, --lr > 0 and --pad >= 0")
-    if not 0 <= args.max_unreadable <= 1:
-        p.error(f"--max-unreadable must be a fraction between 0 and 1, got {args.max_unreadable}")
+    message = bad_number(args)
+    if message:
+        p.error(message)
     args.data = data_path(args.data)
     args.given = given_flags(p, argv)
     return args
@@ -151,18 +183,25 @@ def data_path(path):
 
 
 def load_data(args):
+    """(train, val, the full dataset's summary) with the recipe's subsets."""
     train, val = open_dataset(args.data) if args.data else embedded_mnist()
+    summary = dataset_summary(train, val)
+    for name, n in (("subset", args.subset), ("val_subset", args.val_subset)):
+        if n is not None and n < len(train.classes):
+            raise DataError(f"{flag(name)} {n} is smaller than the number of classes ({len(train.classes):,}): "
+                            "a stratified subset holds at least one image of each class")
     if args.subset:
         train = train.subset(stratified_subset(train.labels, args.subset))
     if args.val_subset:
         val = val.subset(stratified_subset(val.labels, args.val_subset))
-    return train, val
+    return train, val, summary
 
 
-def resolve_recipe(args, train):
+def resolve_recipe(args, train, image_size):
     """Fill in the recipe flags left automatic (arch, crop, image size, pad, flip, init) from the
-    data, in args, so that checkpoints record the recipe as run."""
-    small = train.image_size is not None and train.image_size <= SMALL_IMAGES
+    data, in args, so that checkpoints record the recipe as run. `image_size` is the data's
+    image size as the choice sees it (train.image_size, but see Resume.legacy)."""
+    small = image_size is not None and image_size <= SMALL_IMAGES
     args.arch = args.arch or ("alexnet-small" if small else "alexnet")
     if args.arch == "alexnet":
         args.crop = args.crop or 224
@@ -170,7 +209,7 @@ def resolve_recipe(args, train):
         args.pad = args.pad or 0
         args.init = args.init or "kaiming"
     else:
-        args.crop = args.crop or train.image_size or 32
+        args.crop = args.crop or image_size or 32
         args.image_size = args.image_size or args.crop
         args.pad = args.crop // 8 if args.pad is None else args.pad
         args.init = args.init or "he"
@@ -196,13 +235,74 @@ def lighting_on(args, train):
     return args.arch == "alexnet" and train.channels == 3 and args.lighting > 0
 
 
-def build_model(args, train):
-    """The recipe's network, sized for the data's classes, channels and crop."""
+def build_model(args, train, crop=None):
+    """The recipe's network, sized for the data's classes, channels and crop (args.crop unless given)."""
+    crop = crop or args.crop
     if args.arch == "alexnet":
-        return nbcnn.models.alexnet(len(train.classes), input_size=args.crop, in_channels=train.channels,
+        return nbcnn.models.alexnet(len(train.classes), input_size=crop, in_channels=train.channels,
                                     init=args.init)
-    return nbcnn.models.alexnet_small(len(train.classes), in_channels=train.channels, input_size=args.crop,
+    return nbcnn.models.alexnet_small(len(train.classes), in_channels=train.channels, input_size=crop,
                                       init=args.init)
+
+
+# -- memory: refuse a recipe that cannot fit before allocating it ------------------------------
+def network_size(args, train):
+    """(parameters, activations an image) of the recipe's network on its crops, from the layers of
+    the same network built for the smallest crop (building it at the crop would allocate what
+    is being estimated). Activations: the elements of every layer's output."""
+    c, side, features = train.channels, args.crop, None
+    params = activations = 0
+    for layer in build_model(args, train, crop=MIN_CROP[args.arch]).children():
+        if isinstance(layer, Conv2d):
+            params += layer.out_channels * (layer.in_channels * layer.kernel_size ** 2 + 1)
+            c, side = layer.out_channels, layer.output_size(side)
+        elif isinstance(layer, MaxPool2d):
+            side = (side - layer.kernel_size) // layer.stride + 1
+        elif isinstance(layer, Flatten):
+            features = c * side * side
+            continue  # a view, no new memory
+        elif isinstance(layer, Linear):
+            params += layer.out_features * (features + 1)
+            features = layer.out_features
+        activations += c * side * side if features is None else features
+    return params, activations
+
+
+def memory_bytes(device):
+    """The device's memory in bytes: the GPU's, or the machine's RAM (its cgroup's limit when
+    lower); None when unknown (the CUDA simulator)."""
+    if device == "cuda":
+        from numba import config, cuda
+        if config.ENABLE_CUDASIM:
+            return None
+        try:
+            return cuda.current_context().get_memory_info()[1]
+        except Exception:  # a driver without the query: no estimate is better than no run
+            return None
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+    except OSError:
+        limit = "max"
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def check_memory(args, train, params, activations):
+    """A DataError when the recipe's network needs more memory than the device has, counting
+    only what it cannot do without (a lower bound): float32 weights, gradients and momentum,
+    and every layer's output for the largest batch (a validation batch is 10 times larger with
+    --ten-crop)."""
+    total = memory_bytes(args.device)
+    batch = max(args.batch_size, (args.val_batch_size or args.batch_size) * (10 if args.ten_crop else 1))
+    need = 4 * (3 * params + batch * activations)
+    if total is None or need <= total:
+        return
+    size = "image size unknown" if train.image_size is None else f"the images are {train.image_size} pixels"
+    raise DataError(f"{args.arch} on {args.crop}x{args.crop} crops needs at least {need / 2**30:,.1f} GiB of memory "
+                    f"({params:,} parameters, {activations * 4 / 2**20:,.1f} MiB of activations an image, "
+                    f"batches of {batch:,}), more than the {total / 2**30:,.1f} GiB of --device {args.device}; "
+                    f"use a smaller --crop ({size}) or --batch-size")
 
 
 def check_device(device):
@@ -227,33 +327,130 @@ def flag_value(value):
     return "not given" if value is None else str(value)
 
 
-def take_checkpoint_recipe(args, saved):
-    """Set the recipe flags to the checkpoint's; a UsageError naming each flag given on the
-    command line with a value other than the checkpoint's (flags that do not change the recipe,
-    such as --device, --workers, --epochs or --out, stay free)."""
+def flag_differences(pairs):
+    """A UsageError naming each (name, given, checkpoint's) pair; None when there are none."""
+    if not pairs:
+        return None
+    return UsageError("--resume continues the checkpoint's recipe, and these flags differ from it: "
+                      + ", ".join(f"{flag(name)} {flag_value(given)} (the checkpoint's: {flag_value(saved)})"
+                                  for name, given, saved in pairs)
+                      + "; drop them to resume, or start a new run without --resume")
+
+
+@dataclass
+class Resume:
+    """A --resume checkpoint and what taking its recipe left to check once the data is loaded."""
+
+    state: dict
+    # Automatic flags (AUTOMATIC) given on the command line where the checkpoint recorded None:
+    # compared with the values the run resolves to (check_pending_flags).
+    pending: dict = field(default_factory=dict)
+    # The checkpoint's data folder when --data names another one: the data found there must
+    # match the checkpoint's (check_moved_data).
+    moved_from: str | None = None
+    # Written before checkpoints recorded the recipe as run (d88042c and before: automatic flags
+    # None in args, the network in progress["arch"]); that code saw no image size in an ImageFolder.
+    legacy: bool = False
+
+    @property
+    def progress(self):
+        return self.state["progress"]
+
+
+def take_checkpoint_recipe(args, progress):
+    """Set the recipe flags to the checkpoint's (a Resume's pending, moved_from and legacy
+    fields returned); a UsageError naming each flag given on the command line with a value
+    other than the checkpoint's (flags that do not change the recipe, such as --device,
+    --workers, --epochs or --out, stay free)."""
+    saved = dict(progress.get("args", {}))
     if saved.get("data"):
-        saved = dict(saved, data=data_path(saved["data"]))
-    differ = [f"--{key.replace('_', '-')} {flag_value(getattr(args, key))} "
-              f"(the checkpoint's: {flag_value(saved[key])})"
-              for key in RECIPE if key in saved and key in args.given and getattr(args, key) != saved[key]]
-    if differ:
-        raise UsageError("--resume continues the checkpoint's recipe, and these flags differ from it: "
-                         + ", ".join(differ) + "; drop them to resume, or start a new run without --resume")
+        saved["data"] = data_path(saved["data"])
+    # an automatic flag recorded as None: written before the recipe was recorded as run
+    legacy = any(key in saved and saved[key] is None for key in AUTOMATIC)
+    if saved.get("arch") is None and progress.get("arch"):
+        saved["arch"] = progress["arch"]  # the network the run actually used wins
+    moved_from = None
+    if "data" in args.given and saved.get("data") and args.data != saved["data"]:
+        moved_from, saved["data"] = saved["data"], args.data
+    given = [key for key in RECIPE if key in saved and key in args.given]
+    pending = {key: getattr(args, key) for key in given if key in AUTOMATIC and saved[key] is None}
+    error = flag_differences([(key, getattr(args, key), saved[key]) for key in given
+                              if key not in pending and getattr(args, key) != saved[key]])
+    if error:
+        raise error
     for key in RECIPE:
         if key in saved:
             setattr(args, key, saved[key])
+    return pending, moved_from, legacy
+
+
+def check_pending_flags(args, pending):
+    """A UsageError for automatic flags given on the command line that differ from the values the
+    resumed run resolved to (the checkpoint recorded them as automatic)."""
+    error = flag_differences([(key, given, getattr(args, key)) for key, given in pending.items()
+                              if given != getattr(args, key)])
+    if error:
+        raise error
+
+
+def check_moved_data(args, resume, summary):
+    """--data naming another folder than the checkpoint's: fine when the dataset there is the
+    checkpoint's (same layout, classes and counts), a UsageError otherwise; a warning when the
+    checkpoint predates the record."""
+    if resume is None or resume.moved_from is None:
+        return
+    saved = resume.progress.get("data_summary")
+    if saved is None:
+        print(f"warning: the checkpoint does not record what its dataset held (it predates that record), so "
+              f"nothing checks that --data {args.data} holds the dataset of {resume.moved_from}; resuming on it",
+              flush=True)
+        return
+    difference = summary_difference(saved, summary)
+    if difference:
+        raise UsageError(f"--data {args.data} is not the checkpoint's dataset ({resume.moved_from}): {difference}; "
+                         "resume without --data once the dataset is back, or start a new run without --resume")
+    print(f"data: the checkpoint's {resume.moved_from} found at {args.data} (same layout, classes and counts)",
+          flush=True)
 
 
 def read_resume(args):
-    """The --resume checkpoint (None without one); its recipe, epochs and folder go into args."""
+    """The --resume checkpoint as a Resume (None without one); its recipe, epochs and folder go
+    into args."""
     if not args.resume:
         return None
+    if os.path.isdir(args.resume):
+        hint = os.path.join(args.resume, "last.ckpt")
+        raise CheckpointError(f"--resume {args.resume} is a folder, not a checkpoint file; "
+                              + (f"did you mean --resume {hint}?" if os.path.isfile(hint)
+                                 else "give a run's last.ckpt or best.ckpt"))
     state = read_checkpoint(args.resume)
     progress = state["progress"]
-    take_checkpoint_recipe(args, progress.get("args", {}))
+    resume = Resume(state, *take_checkpoint_recipe(args, progress))
+    if args.data and resume.moved_from is None and not os.path.exists(args.data):
+        raise DataError(f"the checkpoint's data folder {args.data} does not exist; if the dataset moved, "
+                        "resume with --data NEW_FOLDER")
     args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
     args.epochs = args.epochs or progress.get("epochs")
-    return state
+    return resume
+
+
+def run_is_complete(progress, epochs):
+    """True when a checkpoint's run has trained and validated all its epochs."""
+    return progress.get("step", 0) == 0 and progress.get("epoch", 0) >= epochs
+
+
+def finish_complete_run(args, resume, epochs, out_dir):
+    """--resume of a run with nothing left to train: repair best.ckpt and the reports (a kill may
+    have cut them off after the last last.ckpt) and say how to train it longer."""
+    p = resume.progress
+    best = os.path.join(out_dir, "best.ckpt")
+    if repair_best(args.resume, best, p["epoch"], p["step"], p.get("history", [])):
+        print(f"{best} was missing or older than epoch {p['epoch']}: copied it from {args.resume}")
+    if p.get("history"):
+        write_reports(out_dir, p["history"], resume.state["model"]["0.weight"])
+    print(f"the run is already complete: {args.resume} ends epoch {p['epoch']} of {epochs}; to train it longer, "
+          f"resume with --epochs N for an N above {p['epoch']}")
+    return 0
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -266,7 +463,7 @@ def csv_cell(value):
 
 
 def write_metrics(path, history):
-    with atomic_write(path, "w") as f:
+    with writing(path), atomic_write(path, "w") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n")
         w.writeheader()
         for row in history:
@@ -276,7 +473,7 @@ def write_metrics(path, history):
 def save_png(path, fig):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    with atomic_write(path) as f:
+    with writing(path), atomic_write(path) as f:
         f.write(buf.getvalue())
 
 
@@ -329,10 +526,10 @@ def plot_filters(path, weight):
     plt.close(fig)
 
 
-def write_reports(out_dir, history, net):
+def write_reports(out_dir, history, conv1_weight):
     write_metrics(os.path.join(out_dir, "metrics.csv"), history)
     plot_curves(os.path.join(out_dir, "curves.png"), history)
-    plot_filters(os.path.join(out_dir, "filters.png"), net.state_dict()["0.weight"])
+    plot_filters(os.path.join(out_dir, "filters.png"), conv1_weight)
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -349,10 +546,19 @@ def check_environment(args):
 
 
 def prepare_out_dir(args):
-    """The output folder, created, without the temporaries a killed run left in it."""
+    """The output folder, created and found writable, without the temporaries a killed run left
+    in it; an OutputError when it cannot be used."""
     out_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(out_dir, exist_ok=True)
-    removed = remove_stale_temporaries(out_dir, OUTPUTS)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputError(f"the output folder {out_dir} is a file; choose a folder with --out")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):  # fail now, not after the first epoch
+            pass
+        removed = remove_stale_temporaries(out_dir, OUTPUTS)
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output folder {out_dir}: {exc.strerror or exc}; "
+                          "choose another with --out") from None
     if removed:
         print(f"removed {plural(len(removed), 'temporary file')} a killed run left in {out_dir}")
     return out_dir
@@ -376,18 +582,23 @@ def data_line(args, train, val):
             f"{plural(len(train.classes), 'class', 'classes')}, {plural(train.channels, 'channel')}, {size}")
 
 
-def print_header(args, train, val, net, opt, epochs, out_dir, progress):
-    """What the run is about to do: data, model, optimiser (at the lr it continues at), position."""
+def print_data_and_model(args, train, val, params):
+    """The header's first two lines, flushed before the slow or memory-hungry steps (channel
+    statistics, building the network) so that a run killed in them shows what it was doing."""
     print(data_line(args, train, val))
     print(f"model: {args.arch} on {args.crop}x{args.crop} crops (resize {args.image_size}, pad {args.pad}, "
           f"flip {'on' if args.flip else 'off'}, lighting {'on' if lighting_on(args, train) else 'off'}), "
-          f"{sum(int(np.prod(p.shape)) for p in net.parameters()):,} parameters, device {args.device}")
+          f"{params:,} parameters, device {args.device}", flush=True)
+
+
+def print_run(args, opt, epochs, out_dir, progress):
+    """The header's last lines: the optimiser (at the lr it continues at) and the position."""
     lr = f"lr {opt.lr:g}" + (f" (initial {args.lr:g}, lowered by the schedule)" if opt.lr != args.lr else "")
     print(f"SGD {lr} momentum {args.momentum:g} weight decay {args.weight_decay:g} batch "
           f"{args.batch_size}, lr policy {args.lr_policy}; {plural(epochs, 'epoch')}; output {out_dir}")
     if progress is not None:
         print(f"resuming {args.resume} at epoch {progress['epoch'] + 1} step {progress['step']} "
-              f"(global step {progress['global_step']})")
+              f"(global step {progress['global_step']})", flush=True)
 
 
 def print_summary(trainer, out_dir):
@@ -399,14 +610,23 @@ def print_summary(trainer, out_dir):
 
 
 def run(args):
-    resume_state = read_resume(args)
+    resume = read_resume(args)
     check_environment(args)
-    train, val = load_data(args)
-    resolve_recipe(args, train)
     epochs = args.epochs or (DATA_EPOCHS if args.data else EMBEDDED_EPOCHS)
+    if resume is not None and run_is_complete(resume.progress, epochs):
+        return finish_complete_run(args, resume, epochs, prepare_out_dir(args))
+    train, val, summary = load_data(args)
+    check_moved_data(args, resume, summary)
+    legacy_size = resume is not None and resume.legacy and train.layout == "ImageFolder"
+    resolve_recipe(args, train, None if legacy_size else train.image_size)
+    if resume is not None:
+        check_pending_flags(args, resume.pending)
+    params, activations = network_size(args, train)
+    check_memory(args, train, params, activations)
     out_dir = prepare_out_dir(args)
-    if resume_state is not None and "stats" in resume_state["progress"]:
-        stats = resume_state["progress"]["stats"]
+    print_data_and_model(args, train, val, params)
+    if resume is not None and "stats" in resume.progress:
+        stats = resume.progress["stats"]
     else:
         stats = cached_channel_stats(train, args.image_size, args.crop, args.stats_sample)
     transform = make_transform(args, train, stats)
@@ -415,21 +635,22 @@ def run(args):
     net = build_model(args, train).to(args.device)
     opt = nbcnn.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     schedule = LRSchedule(args.lr_policy, args.lr, step=args.lr_step, patience=args.lr_patience)
-    progress = None if resume_state is None else restore_checkpoint(resume_state, net, opt, path=args.resume)
+    progress = None if resume is None else restore_checkpoint(resume.state, net, opt, path=args.resume)
 
     config = TrainConfig(
         epochs=epochs, checkpoint_path=os.path.join(out_dir, "last.ckpt"),
         best_path=os.path.join(out_dir, "best.ckpt"), device=args.device, seed=args.seed,
         ten_crop=args.ten_crop, max_steps=args.max_steps, save_every=args.save_every,
         max_unreadable=args.max_unreadable, resumed_from=args.resume)
-    extra = {"args": {k: getattr(args, k) for k in RECIPE}, "stats": stats, "arch": args.arch, "epochs": epochs}
+    extra = {"args": {k: getattr(args, k) for k in RECIPE}, "stats": stats, "arch": args.arch, "epochs": epochs,
+             "data_summary": summary}
     trainer = Trainer(
         net, opt,
         Loader(train, transform, args.batch_size, args.workers, args.prefetch),
-        Loader(val, transform, args.batch_size, args.workers, args.prefetch),
+        Loader(val, transform, args.val_batch_size or args.batch_size, args.workers, args.prefetch),
         schedule, config, progress=progress, extra=extra,
-        write_reports=lambda history, model: write_reports(out_dir, history, model))
-    print_header(args, train, val, net, opt, epochs, out_dir, progress)
+        write_reports=lambda history, model: write_reports(out_dir, history, model.state_dict()["0.weight"]))
+    print_run(args, opt, epochs, out_dir, progress)
     if trainer.run() == "done" and trainer.history:
         print_summary(trainer, out_dir)
     return 0
@@ -439,7 +660,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return run(args)
-    except (DataError, TrainingError, CheckpointError) as exc:
+    except (DataError, TrainingError, CheckpointError, OutputError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     except UsageError as exc:

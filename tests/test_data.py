@@ -228,3 +228,43 @@ def test_channel_stats_of_unreadable_images_is_a_data_error_naming_a_file(tmp_pa
     folder = str(tmp_path / "train")
     assert f"from {folder} " in str(info.value)
     assert re.search(re.escape(folder) + r"/(cat|dog)/\d\.(jpg|png)", str(info.value))
+
+
+def test_channel_stats_are_the_mean_and_covariance_of_the_pixels(tmp_path):
+    from nbcnn.data import ArrayDataset
+    images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    stats = channel_stats(ArrayDataset(images, np.zeros(20), ["a"], "random"), 8, 8)
+    pixels = images.reshape(-1, 3).T / 255.0
+    eigval, eigvec = np.linalg.eigh(np.cov(pixels))
+    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(stats["eigval"], eigval, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(stats["eigvec"]), np.abs(eigvec), atol=1e-5)
+
+
+def test_channel_stats_of_unreadable_images_names_the_first_bad_file_in_folder_order(tmp_path):
+    make_image_folder(tmp_path)
+    for f in (tmp_path / "train").rglob("*.*"):
+        f.write_bytes(b"not an image")
+    train, _ = open_dataset(str(tmp_path))
+    first = tmp_path / "train" / "cat" / "0.jpg"  # the sample's first is dog/0.jpg
+    with pytest.raises(DataError, match=re.escape(f"the first in folder order: {first}:")):
+        channel_stats(train, 36, 32)
+
+
+def test_a_subset_of_an_image_folder_measures_its_own_image_size(tmp_path):
+    make_image_folder(tmp_path, sizes=((20, 20), (60, 60)), per_class=4)
+    train, _ = open_dataset(str(tmp_path))
+    assert train.image_size == 60
+    small = [i for i, path in enumerate(train.paths) if path.endswith((("0.jpg", "2.jpg")))]
+    assert train.subset(small).image_size == 20
+
+
+def test_a_dataset_summary_tells_a_moved_copy_from_another_dataset(tmp_path):
+    from nbcnn.data import dataset_summary, summary_difference
+    make_image_folder(tmp_path / "a")
+    make_image_folder(tmp_path / "b")
+    a, b = dataset_summary(*open_dataset(str(tmp_path / "a"))), dataset_summary(*open_dataset(str(tmp_path / "b")))
+    assert summary_difference(a, b) is None
+    (tmp_path / "b" / "val" / "dog" / "0.jpg").rename(tmp_path / "b" / "val" / "cat" / "9.jpg")
+    b = dataset_summary(*open_dataset(str(tmp_path / "b")))
+    assert summary_difference(a, b) == "its class 'cat' holds 4 validation images, not 3"

@@ -307,7 +307,8 @@ def test_an_lr_drop_after_the_last_epoch_is_announced(script, tmp_path, capsys):
 def test_the_resume_header_shows_the_lr_the_run_continues_at(script, tmp_path, capsys):
     assert script.main(TINY + ["--epochs", "1", "--lr-policy", "step", "--lr-step", "1", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
-    assert script.main(["--resume", str(tmp_path / "last.ckpt"), "--workers", "0"]) == 0
+    assert script.main(["--resume", str(tmp_path / "last.ckpt"), "--epochs", "2", "--max-steps", "4",
+                        "--workers", "0"]) == 0
     assert "SGD lr 0.001 " in capsys.readouterr().out
 
 
@@ -325,7 +326,8 @@ def test_metrics_csv_epoch_s_is_each_epochs_share_of_the_cumulative_time_s(scrip
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     time_s, epoch_s = [float(r["time_s"]) for r in rows], [float(r["epoch_s"]) for r in rows]
-    assert epoch_s == pytest.approx([time_s[0], time_s[1] - time_s[0]], rel=1e-5)
+    # metrics.csv holds 6 significant digits: the difference of two cells is good to about 1e-5 of time_s
+    assert epoch_s == pytest.approx([time_s[0], time_s[1] - time_s[0]], abs=1e-5 * time_s[1])
 
 
 # -- --help ---------------------------------------------------------------------------------------------
@@ -446,3 +448,243 @@ def test_save_every_checkpoint_resumes_exactly_after_a_kill(script, tmp_path, mo
     a, b = params(straight / "last.ckpt")[0], params(killed / "last.ckpt")[0]
     for key in a:
         np.testing.assert_array_equal(b[key], a[key])
+
+
+# -- resume: checkpoints written before the recipe was recorded as run (d88042c) -------------------
+def old_progress(data, **args):
+    """A checkpoint's progress as d88042c wrote it after epoch 1 of 2: the recipe's automatic
+    flags as given (None), the network the run chose in progress["arch"], no dataset record."""
+    recipe = {"data": str(data), "arch": None, "batch_size": 4, "lr": 0.01, "momentum": 0.9,
+              "weight_decay": 5e-4, "lr_policy": "plateau", "lr_step": 30, "lr_patience": 2, "seed": 0,
+              "crop": None, "image_size": None, "pad": None, "flip": None, "init": None, "lighting": 0.1,
+              "subset": None, "val_subset": None, "stats_sample": 1000}
+    recipe.update(args)
+    row = {"epoch": 1, "lr": 0.01, "train_loss": 0.7, "train_top1_err": 0.5, "val_loss": 0.69,
+           "val_top1_err": 0.5, "val_top5_err": 0.0, "unreadable": 0, "time_s": 3.0}
+    return {"epoch": 1, "step": 0, "global_step": 2, "sums": {"loss": 0.0, "err1": 0.0, "n": 0, "bad": 0},
+            "history": [row], "elapsed": 3.0, "schedule": {"lr": 0.01, "best": 0.5, "bad_epochs": 0},
+            "saved_epoch": 1, "seed": 0, "args": recipe,
+            "stats": {"mean": np.full(3, 0.4, np.float32), "eigval": np.ones(3, np.float32),
+                      "eigvec": np.eye(3, dtype=np.float32)},
+            "epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def old_alexnet_run(tmp_path_factory):
+    """(data folder, checkpoint) of a d88042c run on 32-pixel images: `--data DIR --crop 63` got
+    the full AlexNet (that code saw no image size in an ImageFolder), recorded as arch None."""
+    from nbcnn.checkpoint import save_checkpoint
+    from test_data import make_image_folder
+    root = tmp_path_factory.mktemp("old")
+    data = make_image_folder(root / "data", sizes=((32, 32),), per_class=4)
+    net = nbcnn.models.alexnet(2, input_size=63, in_channels=3)
+    save_checkpoint(str(root / "last.ckpt"), net, nbcnn.SGD(net.parameters(), lr=0.01),
+                    **old_progress(data, crop=63), arch="alexnet")
+    return data, root / "last.ckpt"
+
+
+def copy_run(ckpt, tmp_path):
+    import shutil
+    (tmp_path / "run").mkdir()
+    return str(shutil.copy(ckpt, tmp_path / "run" / "last.ckpt"))
+
+
+def test_an_old_checkpoint_resumes_with_the_network_it_recorded(script, old_alexnet_run, tmp_path, capsys):
+    ckpt = copy_run(old_alexnet_run[1], tmp_path)
+    assert script.main(["--resume", ckpt, "--workers", "0", "--max-steps", "3"]) == 0
+    assert "model: alexnet on 63x63 crops (resize 72," in capsys.readouterr().out
+
+
+def test_an_old_checkpoint_takes_the_flag_its_run_resolved_to(script, old_alexnet_run, tmp_path):
+    ckpt = copy_run(old_alexnet_run[1], tmp_path)
+    assert script.main(["--resume", ckpt, "--arch", "alexnet", "--image-size", "72", "--workers", "0",
+                        "--max-steps", "3"]) == 0
+
+
+def test_an_old_checkpoint_refuses_a_flag_its_run_did_not_resolve_to(script, old_alexnet_run, tmp_path, capsys):
+    ckpt = copy_run(old_alexnet_run[1], tmp_path)
+    assert script.main(["--resume", ckpt, "--image-size", "80", "--workers", "0"]) == 2
+    assert "--image-size 80 (the checkpoint's: 72)" in capsys.readouterr().err
+
+
+def test_an_old_alexnet_small_checkpoint_on_an_image_folder_keeps_its_32_pixel_crop(script, tmp_path):
+    """d88042c's --arch alexnet-small on an ImageFolder cropped 32 pixels whatever the images' size."""
+    from nbcnn.checkpoint import save_checkpoint
+    from test_data import make_image_folder
+    data = make_image_folder(tmp_path / "data", sizes=((48, 48),), per_class=4)
+    net = nbcnn.models.alexnet_small(2, in_channels=3, input_size=32)
+    (tmp_path / "run").mkdir()
+    save_checkpoint(str(tmp_path / "run" / "last.ckpt"), net, nbcnn.SGD(net.parameters(), lr=0.01),
+                    **old_progress(data, arch="alexnet-small"), arch="alexnet-small")
+    assert script.main(["--resume", str(tmp_path / "run" / "last.ckpt"), "--workers", "0", "--max-steps", "3"]) == 0
+
+
+# -- resume: a moved dataset -----------------------------------------------------------------------------
+@pytest.fixture
+def folder_run(script, tmp_path):
+    """(data folder, checkpoint) of a run stopped after one step on a small ImageFolder."""
+    from test_data import make_image_folder
+    data = make_image_folder(tmp_path / "data", sizes=((16, 16),), per_class=4)
+    assert script.main(["--data", str(data), "--epochs", "1", "--batch-size", "4", "--workers", "0",
+                        "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
+    return data, tmp_path / "run" / "last.ckpt"
+
+
+def test_resume_takes_data_that_moved(script, folder_run, tmp_path, capsys):
+    data, ckpt = folder_run
+    data.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert script.main(["--resume", str(ckpt), "--data", str(tmp_path / "moved"), "--workers", "0"]) == 0
+    assert f"found at {tmp_path / 'moved'} (same layout, classes and counts)" in capsys.readouterr().out
+
+
+def test_resume_refuses_moved_data_that_differs(script, folder_run, tmp_path, capsys):
+    data, ckpt = folder_run
+    data.rename(tmp_path / "moved")
+    (tmp_path / "moved" / "train" / "cat" / "0.jpg").unlink()
+    capsys.readouterr()
+    assert script.main(["--resume", str(ckpt), "--data", str(tmp_path / "moved"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not the checkpoint's dataset" in err and "holds 7 training images, not 8" in err and "\n" not in err
+
+
+def test_resume_names_the_missing_data_folder_and_the_way_out(script, folder_run, tmp_path, capsys):
+    data, ckpt = folder_run
+    data.rename(tmp_path / "moved")
+    err = run_failing(script, ["--resume", str(ckpt), "--workers", "0"], capsys)
+    assert f"{data} does not exist" in err and "--data NEW_FOLDER" in err
+
+
+def test_resume_of_an_old_checkpoint_on_moved_data_warns(script, old_alexnet_run, tmp_path, capsys):
+    import shutil
+    ckpt = copy_run(old_alexnet_run[1], tmp_path)
+    shutil.copytree(old_alexnet_run[0], tmp_path / "moved")
+    assert script.main(["--resume", ckpt, "--data", str(tmp_path / "moved"), "--workers", "0", "--max-steps", "3"]) == 0
+    assert "warning: the checkpoint does not record what its dataset held" in capsys.readouterr().out
+
+
+# -- out of memory in validation -----------------------------------------------------------------------
+def oom_in_validation(monkeypatch):
+    def oom(*a):
+        raise nbcnn.OutOfMemoryError("out of memory allocating 1,024 bytes")
+
+    monkeypatch.setattr(nbcnn.train, "eval_log_probs", oom)
+
+
+def test_out_of_memory_in_validation_is_a_one_line_error(script, tmp_path, capsys, monkeypatch):
+    oom_in_validation(monkeypatch)
+    err = run_failing(script, TINY + ["--epochs", "1", "--out", str(tmp_path)], capsys).strip()
+    assert err.startswith("error:") and "\n" not in err
+    assert "out of memory validating at batch size 32" in err and "--val-batch-size 16" in err
+
+
+def test_out_of_memory_in_validation_says_ten_crops_multiply_the_batch(script, tmp_path, capsys, monkeypatch):
+    oom_in_validation(monkeypatch)
+    err = run_failing(script, TINY + ["--epochs", "1", "--ten-crop", "--out", str(tmp_path)], capsys)
+    assert "--ten-crop: 10 crops an image, 320 a forward pass" in err
+
+
+def test_the_epochs_training_is_saved_before_validation(script, tmp_path, capsys, monkeypatch):
+    oom_in_validation(monkeypatch)
+    run_failing(script, TINY + ["--epochs", "1", "--out", str(tmp_path)], capsys)
+    progress = params(tmp_path / "last.ckpt")[2]
+    assert (progress["epoch"], progress["step"], progress["global_step"]) == (0, 3, 3)
+
+
+def test_resume_after_a_failed_validation_equals_a_straight_run(script, tmp_path, monkeypatch):
+    straight, failed = tmp_path / "straight", tmp_path / "failed"
+    assert script.main(TINY + ["--epochs", "1", "--out", str(straight)]) == 0
+    with monkeypatch.context() as m:
+        oom_in_validation(m)
+        assert script.main(TINY + ["--epochs", "1", "--out", str(failed)]) == 1
+    assert script.main(["--resume", str(failed / "last.ckpt"), "--val-batch-size", "16", "--workers", "0"]) == 0
+    a, b = params(straight / "last.ckpt"), params(failed / "last.ckpt")
+    for key in a[0]:
+        np.testing.assert_array_equal(b[0][key], a[0][key])
+    assert b[2]["history"][0]["val_loss"] == pytest.approx(a[2]["history"][0]["val_loss"], rel=1e-6)  # float32 GEMMs
+
+
+def test_out_of_memory_on_the_cpu_does_not_blame_a_gpu(script, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(nbcnn.train, "train_step", lambda *a: (_ for _ in ()).throw(nbcnn.OutOfMemoryError("oom")))
+    err = run_failing(script, TINY + ["--out", str(tmp_path)], capsys)
+    assert "the machine ran out of memory" in err and "GPU" not in err
+
+
+# -- more bad input --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "nan"], "--lr must be a finite number above 0, got nan"),
+    (["--lr", "inf"], "--lr must be a finite number above 0, got inf"),
+    (["--momentum", "-1"], "--momentum must be a finite number of at least 0"),
+    (["--wd", "-1"], "--weight-decay must be a finite number of at least 0"),
+    (["--lighting", "-1"], "--lighting must be a finite number of at least 0"),
+    (["--lr-patience", "-3"], "--lr-patience must be at least 1, got -3"),
+    (["--val-batch-size", "0"], "--val-batch-size must be at least 1, got 0")])
+def test_a_bad_number_is_refused_by_name(script, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        script.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_out_naming_a_file_is_a_one_line_error(script, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    err = run_failing(script, TINY + ["--out", str(tmp_path / "file")], capsys).strip()
+    assert f"the output folder {tmp_path / 'file'} is a file" in err and "\n" not in err
+
+
+def test_an_out_folder_that_cannot_be_made_names_the_os_reason(script, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    err = run_failing(script, TINY + ["--out", str(tmp_path / "file" / "run")], capsys)
+    assert f"cannot write to the output folder {tmp_path / 'file' / 'run'}: Not a directory" in err
+
+
+def test_a_failed_write_names_the_file_and_the_os_reason(script, tmp_path, capsys, monkeypatch):
+    import errno
+    real = os.replace
+
+    def disk_full(src, dst, *a, **kw):
+        if os.path.basename(dst) == "last.ckpt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    err = run_failing(script, TINY + ["--epochs", "1", "--out", str(tmp_path)], capsys).strip()
+    assert err == f"error: cannot write {tmp_path / 'last.ckpt'}: No space left on device"
+
+
+def test_resume_of_a_folder_suggests_its_last_ckpt(script, tmp_path, capsys):
+    assert script.main(TINY + ["--epochs", "1", "--max-steps", "1", "--out", str(tmp_path)]) == 0
+    err = run_failing(script, ["--resume", str(tmp_path)], capsys)
+    assert "is a folder" in err and f"--resume {tmp_path / 'last.ckpt'}" in err
+
+
+def test_a_subset_smaller_than_the_classes_is_refused(script, tmp_path, capsys):
+    err = run_failing(script, ["--subset", "5", "--workers", "0", "--out", str(tmp_path)], capsys)
+    assert "--subset 5 is smaller than the number of classes (10)" in err
+
+
+def test_a_crop_too_large_for_memory_is_refused_before_allocating(script, tmp_path, capsys):
+    err = run_failing(script, ["--crop", "5000", "--workers", "0", "--out", str(tmp_path)], capsys)
+    assert "alexnet-small on 5000x5000 crops needs at least" in err and "use a smaller --crop" in err
+
+
+def test_the_header_is_out_before_the_channel_statistics(script, tmp_path, capsys, monkeypatch):
+    def killed(*a):
+        raise Killed()
+
+    monkeypatch.setattr(script, "cached_channel_stats", killed)
+    with pytest.raises(Killed):
+        script.main(TINY + ["--out", str(tmp_path)])
+    assert "model: alexnet-small on 28x28 crops" in capsys.readouterr().out
+
+
+# -- resuming a finished run ---------------------------------------------------------------------------
+def test_resuming_a_complete_run_says_so_and_trains_nothing(script, tmp_path, capsys):
+    from nbcnn.checkpoint import checkpoint_digest
+    assert script.main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
+    before = checkpoint_digest(str(tmp_path / "last.ckpt"))
+    capsys.readouterr()
+    assert script.main(["--resume", str(tmp_path / "last.ckpt"), "--workers", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "already complete" in text and "--epochs N for an N above 1" in text and " at epoch 2" not in text
+    assert checkpoint_digest(str(tmp_path / "last.ckpt")) == before

@@ -44,3 +44,17 @@ def test_plural(n, text):
 
 def test_plural_of_an_irregular_noun():
     assert plural(3, "class", "classes") == "3 classes" and plural(1, "class", "classes") == "1 class"
+
+
+def test_a_failed_write_is_an_output_error_naming_the_path_and_the_reason(tmp_path):
+    from nbcnn.train import OutputError, writing
+    with pytest.raises(OutputError, match=r"^cannot write out/last.ckpt: No such file or directory$"):
+        with writing("out/last.ckpt"):
+            open(tmp_path / "missing" / "x", "wb")
+
+
+@pytest.mark.parametrize("epoch, step, expected", [(2, 0, True), (1, 0, False), (2, 5, False)])
+def test_ends_best_epoch(epoch, step, expected):
+    from nbcnn.train import ends_best_epoch
+    history = [{"epoch": 1, "val_top1_err": 0.5}, {"epoch": 2, "val_top1_err": 0.3}]
+    assert ends_best_epoch(epoch, step, history) is expected

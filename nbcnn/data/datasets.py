@@ -123,8 +123,10 @@ class ImageFolder:
             raise UnreadableImage(f"{path}: {exc}") from None
 
     def subset(self, indices):
+        """The images `indices`; its image_size is measured on its own images, not the folder's."""
         sub = object.__new__(ImageFolder)
         sub.__dict__.update(self.__dict__)
+        sub.__dict__.pop("image_size", None)  # the folder's cached measure
         sub.paths = [self.paths[i] for i in indices]
         sub.labels = self.labels[np.asarray(indices, dtype=np.int64)]
         return sub
@@ -138,6 +140,35 @@ def short_side(path):
             return min(img.size)
     except Exception:  # Pillow raises many types for a corrupt file; the loader reports it later
         return None
+
+
+def dataset_summary(train, val):
+    """What identifies a dataset wherever it lies: layout, classes, channels and the images of each
+    class in each split (a checkpoint records it, so that a moved dataset can be recognised)."""
+    return {"layout": train.layout, "classes": list(train.classes), "channels": int(train.channels),
+            "train_counts": np.bincount(train.labels, minlength=len(train.classes)).tolist(),
+            "val_counts": np.bincount(val.labels, minlength=len(train.classes)).tolist()}
+
+
+def summary_difference(expected, found):
+    """How the dataset_summary `found` differs from `expected`, in words; None when they match."""
+    if expected["layout"] != found["layout"]:
+        return f"its layout is {found['layout']}, not {expected['layout']}"
+    if expected["classes"] != found["classes"]:
+        if len(expected["classes"]) != len(found["classes"]):
+            return f"it has {len(found['classes']):,} classes, not {len(expected['classes']):,}"
+        names = [(a, b) for a, b in zip(expected["classes"], found["classes"]) if a != b]
+        return f"its classes differ (for example {names[0][1]!r} where the checkpoint's has {names[0][0]!r})"
+    if expected["channels"] != found["channels"]:
+        return f"its images have {found['channels']} channels, not {expected['channels']}"
+    for split, name in (("train_counts", "training"), ("val_counts", "validation")):
+        want, got = expected[split], found[split]
+        if sum(want) != sum(got):
+            return f"it holds {sum(got):,} {name} images, not {sum(want):,}"
+        if want != got:
+            c = next(i for i, (a, b) in enumerate(zip(want, got)) if a != b)
+            return f"its class {found['classes'][c]!r} holds {got[c]:,} {name} images, not {want[c]:,}"
+    return None
 
 
 def stratified_split(labels, fraction, seed=0):

@@ -14,25 +14,32 @@ from .transforms import Transform, center_crop, resize_short
 
 def channel_stats(dataset, resize, crop, sample=1000, seed=0):
     """{"mean": (C,), "eigval": (C,), "eigvec": (C, C)} of the [0, 1] pixels of centre crops of
-    up to `sample` training images drawn with a fixed seed; unreadable images are passed over."""
+    up to `sample` training images drawn with a fixed seed; unreadable images are passed over.
+
+    The sums are accumulated image by image (float64), so memory stays at one crop whatever
+    the crop size and the sample.
+    """
     indices = np.random.default_rng(seed).permutation(len(dataset))[:sample]
     plain = Transform(resize, crop)
-    pixels, unreadable = [], []
+    count, total, outer, unreadable = 0, 0.0, 0.0, []
     for i in indices:
         try:
             img = dataset.load(int(i))
         except UnreadableImage as exc:
-            unreadable.append(str(exc))
+            unreadable.append((int(i), str(exc)))
             continue
         x = plain.to_float(center_crop(resize_short(img, resize), crop))
-        pixels.append(x.reshape(x.shape[0], -1))
-    if not pixels:
-        first = f"; the first: {unreadable[0]}" if unreadable else ""
+        p = x.reshape(x.shape[0], -1).astype(np.float64)
+        count, total, outer = count + p.shape[1], total + p.sum(axis=1), outer + p @ p.T
+    if not count:
+        # the sample's order is random: name the first bad file in the dataset's own order
+        first = f"; the first in folder order: {min(unreadable)[1]}" if unreadable else ""
         raise DataError(f"none of the {len(indices):,} training images sampled from {dataset.name} could be "
                         f"read, so there are no channel statistics{first}")
-    p = np.concatenate(pixels, axis=1).astype(np.float64)
-    eigval, eigvec = np.linalg.eigh(np.atleast_2d(np.cov(p)))
-    return {"mean": p.mean(axis=1).astype(np.float32),
+    mean = total / count
+    cov = (outer - count * np.outer(mean, mean)) / max(count - 1, 1)
+    eigval, eigvec = np.linalg.eigh(np.atleast_2d(cov))
+    return {"mean": mean.astype(np.float32),
             "eigval": np.clip(eigval, 0, None).astype(np.float32),
             "eigvec": eigvec.astype(np.float32)}
 
