@@ -268,3 +268,19 @@ def test_a_dataset_summary_tells_a_moved_copy_from_another_dataset(tmp_path):
     (tmp_path / "b" / "val" / "dog" / "0.jpg").rename(tmp_path / "b" / "val" / "cat" / "9.jpg")
     b = dataset_summary(*open_dataset(str(tmp_path / "b")))
     assert summary_difference(a, b) == "its class 'cat' holds 4 validation images, not 3"
+
+
+def test_class_subset_keeps_the_classes_images_relabelled_in_the_datasets_order():
+    from nbcnn.data import ArrayDataset, class_subset
+    images = np.arange(6 * 2 * 2, dtype=np.uint8).reshape(6, 2, 2)
+    ds = ArrayDataset(images, [0, 1, 2, 0, 2, 1], ["a", "b", "c"], "six")
+    sub = class_subset(ds, ["c", "a"])
+    assert sub.classes == ["a", "c"] and sub.labels.tolist() == [0, 1, 0, 1]
+    np.testing.assert_array_equal(sub.images[..., 0], images[[0, 2, 3, 4]])
+
+
+def test_class_subset_names_an_unknown_class():
+    from nbcnn.data import ArrayDataset, DataError, class_subset
+    ds = ArrayDataset(np.zeros((2, 2, 2), np.uint8), [0, 1], ["a", "b"], "two")
+    with pytest.raises(DataError, match="two has no class 'z'; its classes are a, b"):
+        class_subset(ds, ["a", "z"])

