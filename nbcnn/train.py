@@ -1,10 +1,15 @@
-"""The training loop: SGD steps, validation, the learning-rate schedule, progress lines,
+"""The training loop: optimiser steps, validation, the learning-rate schedule, progress lines,
 checkpoints (epoch ends, every --save-every steps, Ctrl-C, --max-steps) and the errors a
 user can act on.
 
 Resuming is exact: a step's batch depends only on (seed, epoch, step) (nbcnn.data.loader),
-and a checkpoint holds the parameters, momentum buffers, lr and schedule, the dropout
-counter and numpy generator, and the position (epoch, step) with the epoch's running sums.
+and a checkpoint holds the parameters and buffers, the optimiser's state and lrs, the schedule's
+state, the dropout counter and numpy generator, and the position (epoch, step) with the epoch's
+running sums.
+
+The schedule is an nbcnn.lr_scheduler object (or a WarmUp of one) bound to the optimiser: the
+trainer calls its step_end(global_step) after every step and epoch_end(epochs_done, val_error)
+after every epoch, and the schedule sets the optimiser's lrs itself.
 
 Crash safety: every file is written atomically. last.ckpt is written when an epoch's steps
 are done (before validating, so that a failed validation loses no training), then at the
@@ -30,6 +35,7 @@ from .checkpoint import checkpoint_digest, copy_checkpoint, save_checkpoint
 from .data.datasets import DataError
 from .errors import NonFiniteLossError, OutOfMemoryError
 from .loss import softmax_cross_entropy
+from .lr_scheduler import CosineAnnealingLR, LinearLR, ReduceLROnPlateau, StepLR
 
 # Top-5 error is reported only with at least this many classes: with 5 or fewer it is always 0.
 TOP5_MIN_CLASSES = 6
@@ -122,7 +128,7 @@ def eta(step_seconds, steps_left, epochs_after, steps_per_epoch, val_seconds):
 
 # -- one step, one validation pass ----------------------------------------------------------------
 def train_step(net, opt, x, y, device):
-    """One SGD step on a batch; returns (loss, host logits)."""
+    """One optimiser step on a batch; returns (loss, host logits)."""
     logits = net(asarray(x, device))
     loss, dlogits = softmax_cross_entropy(logits, asarray(y, device))  # NonFiniteLossError on NaN/inf logits
     if not math.isfinite(loss):
@@ -187,34 +193,84 @@ def eval_log_probs(net, x, device, ten_crop):
     return np.log(np.maximum(probs, 1e-300))
 
 
-class LRSchedule:
-    """"plateau": lr / 10 after `patience` epochs without a lower validation top-1 error (the
-    paper's rule, automated); "step": lr / 10 every `step` epochs."""
+# -- learning-rate policies: nbcnn.lr_scheduler objects --------------------------------------------
+POLICIES = ("plateau", "step", "cosine")
+# A warm-up starts at this fraction of the lr (torchvision's --lr-warmup-decay default).
+WARMUP_START = 0.01
 
-    def __init__(self, policy, lr, step=30, patience=2):
-        if policy not in ("plateau", "step"):
-            raise ValueError(f"lr policy must be 'plateau' or 'step', got {policy!r}")
-        self.policy, self.base_lr, self.step, self.patience = policy, float(lr), int(step), int(patience)
-        self.lr, self.best, self.bad_epochs = float(lr), math.inf, 0
 
-    def epoch_end(self, epochs_done, val_error):
-        """Update after `epochs_done` epochs; returns the lr for the next epoch."""
-        if self.policy == "step":
-            self.lr = self.base_lr * 0.1 ** (epochs_done // self.step)
-        elif val_error < self.best - 1e-6:
-            self.best, self.bad_epochs = val_error, 0
-        else:
-            self.bad_epochs += 1
-            if self.bad_epochs >= self.patience:
-                self.lr, self.bad_epochs = self.lr / 10, 0
-        self.best = min(self.best, val_error)
-        return self.lr
+class WarmUp:
+    """A linear warm-up over the first `epochs` epochs (per step: `steps` optimiser steps), then
+    `main`, which counts its epochs and steps from the warm-up's end. For a closed-form main
+    schedule counting steps this is torch's SequentialLR([LinearLR, main], milestones=[steps]);
+    it also runs ReduceLROnPlateau or a per-epoch StepLR after a per-step warm-up, which
+    SequentialLR cannot. The same hooks and state_dict as the schedules."""
+
+    def __init__(self, optimizer, main, epochs, steps, start_factor=WARMUP_START):
+        self.main, self.epochs, self.steps = main, epochs, steps
+        # made after `main`, whose making sets the lrs of its count 0
+        self.warmup = LinearLR(optimizer, start_factor=start_factor, total_iters=steps, per="step")
+
+    @property
+    def lr(self):
+        return self.main.lr
+
+    def step_end(self, steps_done):
+        if steps_done <= self.steps:
+            return self.warmup.step_end(steps_done)
+        return self.main.step_end(steps_done - self.steps)
+
+    def epoch_end(self, epochs_done, val_error=None):
+        if epochs_done <= self.epochs:  # a warm-up epoch's error says nothing about a plateau
+            return self.lr
+        return self.main.epoch_end(epochs_done - self.epochs, val_error)
 
     def state_dict(self):
-        return {"lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs}
+        return {"warmup": self.warmup.state_dict(), "main": self.main.state_dict()}
 
     def load_state_dict(self, state):
-        self.lr, self.best, self.bad_epochs = state["lr"], state["best"], state["bad_epochs"]
+        self.main.load_state_dict(state["main"])
+        self.warmup.load_state_dict(state["warmup"])  # sets the warm-up's lrs ...
+        if self.warmup.last >= self.steps:
+            self.main.restore_lrs(state["main"])  # ... or, past it, the main schedule's
+
+
+def make_schedule(opt, policy, *, epochs, steps_per_epoch, step=30, patience=2, warmup_epochs=0):
+    """The trainer's lr policy over `opt` (the lr its groups have now is the initial lr):
+
+    "plateau": lr / 10 after `patience` epochs without a lower validation top-1 error (the
+    paper's rule, automated); "step": lr / 10 every `step` epochs; "cosine": cosine annealing per
+    step to 0 at the end of the last epoch. `warmup_epochs` > 0 first ramps the lr linearly per
+    step from WARMUP_START * lr, and the policy counts its epochs from the warm-up's end.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"lr policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if not 0 <= warmup_epochs < epochs:
+        raise ValueError(f"the warm-up ({warmup_epochs} epochs) must be shorter than the run ({epochs} epochs)")
+    if policy == "plateau":
+        main = ReduceLROnPlateau(opt, patience=patience - 1, threshold=1e-6, threshold_mode="abs")
+    elif policy == "step":
+        main = StepLR(opt, step_size=step)
+    else:
+        main = CosineAnnealingLR(opt, T_max=(epochs - warmup_epochs) * steps_per_epoch, per="step")
+    if warmup_epochs == 0:
+        return main
+    return WarmUp(opt, main, warmup_epochs, warmup_epochs * steps_per_epoch)
+
+
+def is_legacy_schedule_state(state):
+    """True for the state nbcnn.train's LRSchedule saved (checkpoints before the lr_scheduler objects)."""
+    return isinstance(state, dict) and set(state) == {"lr", "best", "bad_epochs"}
+
+
+def legacy_schedule_state(state, policy, initial_lr, epochs_done):
+    """The state of make_schedule(policy) (no warm-up) that continues a LRSchedule state saved after
+    `epochs_done` epochs of a run whose initial lr was `initial_lr`."""
+    common = {"last": int(epochs_done), "initial_lrs": [float(initial_lr)]}
+    if policy == "step":
+        return common
+    return {**common, "best": float(state["best"]), "num_bad_epochs": int(state["bad_epochs"]),
+            "cooldown_counter": 0, "lrs": [float(state["lr"])]}
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -243,8 +299,8 @@ class TrainConfig:
 
 
 def fresh_sums():
-    """The running sums of an epoch's training steps."""
-    return {"loss": 0.0, "err1": 0.0, "n": 0, "bad": 0}
+    """The running sums of an epoch's training steps, and the lr of its last step (None before one)."""
+    return {"loss": 0.0, "err1": 0.0, "n": 0, "bad": 0, "lr": None}
 
 
 # -- progress lines -------------------------------------------------------------------------------
@@ -296,7 +352,8 @@ class Printer:
 class Trainer:
     """Runs epochs of `net` on `train_loader`, validating on `val_loader` after each.
 
-    `progress` is the dict a checkpoint stored (None for a fresh run); `extra` is stored in
+    `schedule` sets the optimiser's lrs (make_schedule). `progress` is the dict a checkpoint
+    stored (None for a fresh run), restored after the optimiser's state; `extra` is stored in
     every checkpoint beside it (the script's arguments and data statistics);
     `write_reports(history, net)` writes the run's reports after each epoch and on resume.
     """
@@ -313,13 +370,12 @@ class Trainer:
         self.restore_position(progress or {})
         if progress is not None:
             schedule.load_state_dict(progress["schedule"])
-        opt.lr = schedule.lr
 
     # -- checkpoints ---------------------------------------------------------------------
     def restore_position(self, p):
         """Where the run stands: from a checkpoint's progress dict ({} for a fresh run)."""
         self.epoch, self.step, self.global_step = p.get("epoch", 0), p.get("step", 0), p.get("global_step", 0)
-        self.sums = dict(p.get("sums", fresh_sums()))
+        self.sums = {**fresh_sums(), **p.get("sums", {})}  # older checkpoints' sums lack the lr
         self.history = list(p.get("history", []))
         self.elapsed = p.get("elapsed", 0.0)  # seconds of training and validation, all sessions
         self.val_seconds = p.get("val_seconds")  # the last validation's, for the ETA
@@ -412,6 +468,7 @@ class Trainer:
             self.sums["bad"] = counter.count
             loss = self.train_batch(batch)
             self.step, self.global_step = self.step + 1, self.global_step + 1
+            self.schedule.step_end(self.global_step)
             seconds = time.perf_counter() - t0 + batch.wait
             self.elapsed += seconds
             self.clock.add(seconds, len(batch.y), batch.wait)
@@ -439,6 +496,7 @@ class Trainer:
                 raise TrainingError(self.oom_message()) from None
             raise
         m = len(batch.y)
+        self.sums["lr"] = self.opt.lr  # before step_end sets the next step's
         self.sums["loss"] += loss * m
         self.sums["err1"] += errors_at(logits, batch.y, 1) * m
         self.sums["n"] += m
@@ -482,25 +540,28 @@ class Trainer:
     def history_row(self, val_loss, val_err1, val_err5):
         n = max(self.sums["n"], 1)
         before = self.history[-1]["time_s"] if self.history else 0.0
-        return {"epoch": self.epoch + 1, "lr": self.opt.lr, "train_loss": self.sums["loss"] / n,
+        lr = self.opt.lr if self.sums["lr"] is None else self.sums["lr"]  # the epoch's last step's
+        return {"epoch": self.epoch + 1, "lr": lr, "train_loss": self.sums["loss"] / n,
                 "train_top1_err": self.sums["err1"] / n, "val_loss": val_loss,
                 "val_top1_err": val_err1, "val_top5_err": val_err5, "unreadable": self.sums["bad"],
                 "time_s": self.elapsed, "epoch_s": self.elapsed - before}
 
     def update_lr(self, val_err1):
-        """Apply the schedule after an epoch, announcing a change (also after the last epoch: a
-        resumed run with more epochs continues at the new lr)."""
+        """Tell the schedule an epoch ended, announcing the change it makes (a plateau or step drop,
+        also after the last epoch: a resumed run with more epochs continues at the new lr; the
+        per-step changes of a warm-up or cosine show in the progress and epoch lines)."""
+        before = self.opt.lr
         new_lr = self.schedule.epoch_end(self.epoch, val_err1)
-        if new_lr != self.opt.lr:
-            self.printer.say(f"lr {self.opt.lr:g} -> {new_lr:g} from epoch {self.epoch + 1}")
-        self.opt.lr = new_lr
+        if new_lr != before:
+            self.printer.say(f"lr {before:g} -> {new_lr:g} from epoch {self.epoch + 1}")
 
     # -- messages --------------------------------------------------------------------------------
     def step_line(self, loss, n_steps):
         step_s = self.clock.step_seconds()
         epoch_eta, run_eta = eta(step_s, n_steps - self.step, self.config.epochs - self.epoch - 1,
                                  n_steps, self.validation_estimate(step_s))
-        return (f"epoch {self.epoch + 1}/{self.config.epochs} step {self.step}/{n_steps} loss {loss:.4f} "
+        lr = "" if self.sums["lr"] is None else f"lr {self.sums['lr']:.3g} "
+        return (f"epoch {self.epoch + 1}/{self.config.epochs} step {self.step}/{n_steps} loss {loss:.4f} {lr}"
                 f"{self.clock.images_per_second():.0f} img/s data wait {self.clock.mean_wait() * 1000:.0f} ms "
                 f"ETA {fmt_time(epoch_eta)} epoch, {fmt_time(run_eta)} run")
 

@@ -4,6 +4,7 @@
     python scripts/train_alexnet.py --device cpu                # 5,000 embedded MNIST digits
     python scripts/train_alexnet.py --data ~/imagenet --device cuda --workers 8
     python scripts/train_alexnet.py --resume runs/<stamp>/last.ckpt
+    python scripts/train_alexnet.py --finetune runs/<stamp>/best.ckpt --data DIR --freeze 0 --freeze 4
 
 --data DIR takes an ImageFolder tree (DIR/train/<class>/*.jpg, DIR/val/<class>/...), MNIST-format
 IDX files (MNIST, Fashion-MNIST) or CIFAR-10's python batches. Writes metrics.csv, curves.png,
@@ -18,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 if __package__ in (None, ""):  # run as a file: make the repository's nbcnn importable
@@ -28,23 +30,54 @@ import numpy as np  # noqa: E402
 import nbcnn  # noqa: E402
 from nbcnn.checkpoint import (CheckpointError, atomic_write, read_checkpoint,  # noqa: E402
                               remove_stale_temporaries, restore_checkpoint)
-from nbcnn.data import (DataError, Loader, Transform, cached_channel_stats, dataset_summary,  # noqa: E402
-                        embedded_mnist, open_dataset, stratified_subset, summary_difference)
-from nbcnn.layers import Conv2d, Flatten, Linear, MaxPool2d  # noqa: E402
-from nbcnn.train import (Interrupted, LRSchedule, OutputError, TrainConfig, Trainer, TrainingError,  # noqa: E402
-                         best_row, plural, repair_best, writing)
+from nbcnn.data import (DataError, Loader, Transform, cached_channel_stats, class_subset,  # noqa: E402
+                        dataset_summary, embedded_mnist, open_dataset, stratified_subset, summary_difference)
+from nbcnn.layers import AdaptiveAvgPool2d, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d  # noqa: E402
+from nbcnn.train import (POLICIES, Interrupted, OutputError, TrainConfig, Trainer, TrainingError,  # noqa: E402
+                         best_row, is_legacy_schedule_state, legacy_schedule_state, make_schedule, plural,
+                         repair_best, writing)
 
 EMBEDDED_EPOCHS = 12
 DATA_EPOCHS = 90  # the paper: about 90 passes over ImageNet
 SMALL_IMAGES = 64  # images up to this many pixels (short side) get alexnet-small
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A network --arch names: how to build it and the recipe it comes with."""
+
+    build: Callable  # build(num_classes, in_channels, input_size, init) -> the network
+    min_crop: int    # the smallest crop it takes
+    inits: tuple     # the --init values it takes, its default first
+    small: bool      # True: crops of the images' own size, zero-padded by crop/8 (CIFAR's recipe);
+    #                  False: ImageNet's 224 crops of images resized to 256
+    lighting: bool = False  # the PCA colour noise on colour images (AlexNet's)
+
+
+# --arch's networks; a new one is a line here (the models' classifier head is their last Linear).
+ARCHS = {
+    "alexnet": Arch(lambda n, c, size, init: nbcnn.models.alexnet(n, input_size=size, in_channels=c, init=init),
+                    min_crop=63, inits=("kaiming", "paper"), small=False, lighting=True),
+    "alexnet-small": Arch(lambda n, c, size, init: nbcnn.models.alexnet_small(n, in_channels=c, input_size=size,
+                                                                              init=init),
+                          min_crop=7, inits=("he", "kaiming", "paper"), small=True),
+}
+# --opt's optimisers and their defaults where --lr, --momentum, --weight-decay are not given:
+# torch.optim's, but SGD's, which are the paper's (torch's SGD has no default lr)
+OPTIMISERS = {
+    "sgd": (nbcnn.SGD, {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}),
+    "adam": (nbcnn.Adam, {"lr": 1e-3, "weight_decay": 0.0}),
+    "adamw": (nbcnn.AdamW, {"lr": 1e-3, "weight_decay": 1e-2}),
+    "rmsprop": (nbcnn.RMSprop, {"lr": 1e-2, "momentum": 0.0, "weight_decay": 0.0}),
+}
 # Arguments that define the run; --resume takes them from the checkpoint.
-RECIPE = ("data", "arch", "batch_size", "lr", "momentum", "weight_decay", "lr_policy", "lr_step",
-          "lr_patience", "seed", "crop", "image_size", "pad", "flip", "init", "lighting", "subset",
-          "val_subset", "stats_sample", "ten_crop")
+RECIPE = ("data", "arch", "batch_size", "opt", "lr", "momentum", "weight_decay", "lr_policy", "lr_step",
+          "lr_patience", "warmup_epochs", "seed", "crop", "image_size", "pad", "flip", "init", "lighting",
+          "subset", "val_subset", "classes", "stats_sample", "ten_crop", "finetune", "freeze")
+# The values of recipe flags added after checkpoints were first written, for those checkpoints.
+RECIPE_BEFORE = {"opt": "sgd", "warmup_epochs": 0, "classes": None, "finetune": None, "freeze": []}
 # Recipe flags whose None means "chosen from the data" (resolve_recipe).
 AUTOMATIC = ("arch", "crop", "image_size", "pad", "flip", "init")
-# The smallest crop each network takes.
-MIN_CROP = {"alexnet": 63, "alexnet-small": 7}
 CSV_FIELDS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err",
               "val_top5_err", "unreadable", "time_s", "epoch_s")
 # The files a run writes in --out (each through a temporary that a SIGKILL can leave behind).
@@ -69,23 +102,31 @@ def build_parser():
     p.add_argument("--data", metavar="DIR",
                    help="dataset: an ImageFolder tree (DIR/train/<class>/*.jpg, DIR/val/...), MNIST IDX files or "
                         "CIFAR-10 python batches (default: the embedded MNIST digits)")
-    p.add_argument("--arch", choices=["alexnet", "alexnet-small"],
-                   help=f"network (default: alexnet-small for images of {SMALL_IMAGES} pixels or less, else alexnet)")
+    p.add_argument("--arch", choices=list(ARCHS),
+                   help=f"network (default: alexnet-small for images of {SMALL_IMAGES} pixels or less, else alexnet; "
+                        "the --finetune checkpoint's with --finetune)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--epochs", type=int, metavar="N",
                    help=f"epochs (default: {EMBEDDED_EPOCHS} on the embedded digits, {DATA_EPOCHS} otherwise, "
                         "the checkpoint's with --resume)")
-    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="images per SGD step")
+    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="images per optimiser step")
     p.add_argument("--val-batch-size", type=int, metavar="N",
                    help="images per validation forward pass (default: --batch-size); not part of the recipe, "
                         "so a resumed run may change it")
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
-    p.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
-    p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4, metavar="WD",
-                   help="weight decay (L2, added to the gradient as in torch.optim.SGD)")
-    p.add_argument("--lr-policy", choices=["plateau", "step"], default="plateau",
+    p.add_argument("--opt", choices=list(OPTIMISERS), default="sgd",
+                   help="optimiser, with torch.optim's update rule and defaults (betas, eps, alpha)")
+    p.add_argument("--lr", type=float,
+                   help="initial learning rate (default: 0.01 for sgd and rmsprop, 0.001 for adam and adamw)")
+    p.add_argument("--momentum", type=float, metavar="M",
+                   help="momentum of sgd and rmsprop (default: 0.9 for sgd, 0 for rmsprop)")
+    p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, metavar="WD",
+                   help="weight decay: L2 added to the gradient (sgd, adam, rmsprop), decoupled (adamw) "
+                        "(default: 5e-4 for sgd, 0.01 for adamw, 0 for adam and rmsprop)")
+    p.add_argument("--lr-policy", choices=POLICIES, default="plateau",
                    help="plateau: lr/10 when the validation error stops improving (the paper); "
-                        "step: lr/10 every --lr-step epochs")
+                        "step: lr/10 every --lr-step epochs; cosine: cosine annealing per step to 0 at the end")
+    p.add_argument("--warmup-epochs", type=int, default=0, metavar="N",
+                   help="ramp the lr linearly per step from lr/100 over the first N epochs, then the lr policy")
     p.add_argument("--lr-step", type=int, default=30, metavar="N", help="epochs between lr drops for --lr-policy step")
     p.add_argument("--lr-patience", type=int, default=2, metavar="N",
                    help="epochs without a better validation top-1 error before lr/10 (plateau)")
@@ -108,6 +149,9 @@ def build_parser():
     p.add_argument("--subset", type=int, metavar="N", help="train on a fixed, stratified subset of this many images")
     p.add_argument("--val-subset", type=int, metavar="N",
                    help="validate on a fixed, stratified subset of this many images")
+    p.add_argument("--classes", type=class_list, metavar="NAME,NAME,...",
+                   help="train and validate on these classes only (class names: 0,1,2 for the digits, "
+                        "folder names for an ImageFolder)")
     p.add_argument("--stats-sample", type=int, default=1000, metavar="N",
                    help="training images sampled for the channel mean and colour eigenvectors")
     p.add_argument("--max-unreadable", type=float, default=0.01, metavar="FRACTION",
@@ -121,6 +165,12 @@ def build_parser():
     p.add_argument("--resume", metavar="CKPT",
                    help="continue the run saved in this checkpoint, with its recipe (data, network, "
                         "optimiser and augmentation flags); --data may name the dataset's new folder")
+    p.add_argument("--finetune", metavar="CKPT",
+                   help="start a new run from this checkpoint's parameters and buffers, its classifier "
+                        "head re-initialised where the classes differ")
+    p.add_argument("--freeze", action="append", metavar="NAME_PREFIX",
+                   help="do not train the parameters under this name (0 for 0.weight and 0.bias, layer1 "
+                        "for layer1.0.conv1.weight, ...); repeatable")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop and checkpoint after this many steps in all")
     p.add_argument("--save-every", type=int, metavar="N",
                    help="also write last.ckpt every N steps, not only at epoch ends (for long epochs)")
@@ -132,16 +182,30 @@ def given_flags(parser, argv):
 
     argparse fills in a default only where the namespace lacks the attribute, so parsing into
     a namespace that already holds a marker for every flag leaves the marker on those not given.
+    A repeatable flag appends to its value, so it keeps its default (None) and is given when set.
     """
     unset = object()
-    namespace = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset))
+    repeatable = {a.dest for a in parser._actions if isinstance(a, argparse._AppendAction)}
+    namespace = argparse.Namespace(**{name: None if name in repeatable else unset
+                                      for name in vars(parser.parse_args([]))})
     parser.parse_args(argv, namespace=namespace)
-    return {name for name, value in vars(namespace).items() if value is not unset}
+    return {name for name, value in vars(namespace).items()
+            if value is not (None if name in repeatable else unset)}
 
 
 def flag(name):
     """A namespace attribute as its flag: batch_size -> --batch-size."""
     return "--" + name.replace("_", "-")
+
+
+def class_list(text):
+    """--classes: comma-separated class names, each once."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected class names separated by commas, got {text!r}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a class is named twice in {text!r}")
+    return names
 
 
 def bad_number(args):
@@ -151,28 +215,51 @@ def bad_number(args):
         value = getattr(args, name)
         if value is not None and value < 1:
             return f"{flag(name)} must be at least 1, got {value}"
-    for name in ("workers", "pad"):
+    for name in ("workers", "pad", "warmup_epochs"):
         value = getattr(args, name)
         if value is not None and value < 0:
             return f"{flag(name)} must be at least 0, got {value}"
-    if not (math.isfinite(args.lr) and args.lr > 0):
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         return f"--lr must be a finite number above 0, got {args.lr}"
     for name in ("momentum", "weight_decay", "lighting"):
         value = getattr(args, name)
-        if not (math.isfinite(value) and value >= 0):
+        if value is not None and not (math.isfinite(value) and value >= 0):
             return f"{flag(name)} must be a finite number of at least 0, got {value}"
     if not 0 <= args.max_unreadable <= 1:
         return f"--max-unreadable must be a fraction between 0 and 1, got {args.max_unreadable}"
     return None
 
 
+def bad_combination(args):
+    """The message for flags that cannot go together, else None."""
+    if args.momentum is not None and "momentum" not in OPTIMISERS[args.opt][1]:
+        return f"--momentum is for --opt sgd and rmsprop; {args.opt} keeps its betas (0.9, 0.999)"
+    if args.finetune and args.resume:
+        return ("--finetune starts a new run from a checkpoint's parameters and --resume continues a run: "
+                "give one of them")
+    if args.epochs is not None and args.warmup_epochs >= args.epochs:
+        return (f"--warmup-epochs {args.warmup_epochs} leaves no epoch of the lr policy in --epochs {args.epochs}: "
+                "give fewer warm-up epochs")
+    return None
+
+
+def optimiser_defaults(args):
+    """--lr, --momentum and --weight-decay where not given: the --opt optimiser's defaults
+    (momentum None for adam and adamw, which have none)."""
+    for name, value in OPTIMISERS[args.opt][1].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def parse_args(argv):
     p = build_parser()
     args = p.parse_args(argv)
-    message = bad_number(args)
+    message = bad_number(args) or bad_combination(args)
     if message:
         p.error(message)
-    args.data = data_path(args.data)
+    optimiser_defaults(args)
+    args.data, args.finetune = data_path(args.data), data_path(args.finetune)
+    args.freeze = args.freeze or []
     args.given = given_flags(p, argv)
     return args
 
@@ -183,9 +270,11 @@ def data_path(path):
 
 
 def load_data(args):
-    """(train, val, the full dataset's summary) with the recipe's subsets."""
+    """(train, val, the full dataset's summary) with the recipe's classes and subsets."""
     train, val = open_dataset(args.data) if args.data else embedded_mnist()
     summary = dataset_summary(train, val)
+    if args.classes:
+        train, val = class_subset(train, args.classes), class_subset(val, args.classes)
     for name, n in (("subset", args.subset), ("val_subset", args.val_subset)):
         if n is not None and n < len(train.classes):
             raise DataError(f"{flag(name)} {n} is smaller than the number of classes ({len(train.classes):,}): "
@@ -203,46 +292,41 @@ def resolve_recipe(args, train, image_size):
     image size as the choice sees it (train.image_size, but see Resume.legacy)."""
     small = image_size is not None and image_size <= SMALL_IMAGES
     args.arch = args.arch or ("alexnet-small" if small else "alexnet")
-    if args.arch == "alexnet":
-        args.crop = args.crop or 224
-        args.image_size = args.image_size or round(args.crop * 256 / 224)
-        args.pad = args.pad or 0
-        args.init = args.init or "kaiming"
-    else:
+    arch = ARCHS[args.arch]
+    if arch.small:
         args.crop = args.crop or image_size or 32
         args.image_size = args.image_size or args.crop
         args.pad = args.crop // 8 if args.pad is None else args.pad
-        args.init = args.init or "he"
+    else:
+        args.crop = args.crop or 224
+        args.image_size = args.image_size or round(args.crop * 256 / 224)
+        args.pad = args.pad or 0
+    args.init = args.init or arch.inits[0]
     args.flip = train.channels == 3 if args.flip is None else args.flip
     check_recipe(args)
 
 
 def check_recipe(args):
     """A DataError for a recipe the network or the crops cannot run."""
-    crop, resize, pad = args.crop, args.image_size, args.pad
+    crop, resize, pad, arch = args.crop, args.image_size, args.pad, ARCHS[args.arch]
     if resize + 2 * pad < crop:
         raise DataError(f"--crop {crop} is larger than the resized image ({resize} pixels + {pad} padding)")
-    if args.arch == "alexnet" and crop < 63:
-        raise DataError(f"--arch alexnet needs a crop of at least 63 pixels, got {crop}; use --arch alexnet-small")
-    if args.arch == "alexnet-small" and crop < 7:
-        raise DataError(f"--arch alexnet-small needs a crop of at least 7 pixels, got {crop}")
-    if args.arch == "alexnet" and args.init == "he":
-        raise DataError("--init he is for --arch alexnet-small; alexnet takes kaiming or paper")
+    if crop < arch.min_crop:
+        smaller = [name for name, a in ARCHS.items() if a.small and a.min_crop <= crop]
+        raise DataError(f"--arch {args.arch} needs a crop of at least {arch.min_crop} pixels, got {crop}"
+                        + (f"; use --arch {smaller[0]}" if smaller else ""))
+    if args.init not in arch.inits:
+        raise DataError(f"--init {args.init} is not for --arch {args.arch}, which takes {' or '.join(arch.inits)}")
 
 
 def lighting_on(args, train):
     """The PCA colour noise: the paper's, for alexnet on colour images."""
-    return args.arch == "alexnet" and train.channels == 3 and args.lighting > 0
+    return ARCHS[args.arch].lighting and train.channels == 3 and args.lighting > 0
 
 
 def build_model(args, train, crop=None):
     """The recipe's network, sized for the data's classes, channels and crop (args.crop unless given)."""
-    crop = crop or args.crop
-    if args.arch == "alexnet":
-        return nbcnn.models.alexnet(len(train.classes), input_size=crop, in_channels=train.channels,
-                                    init=args.init)
-    return nbcnn.models.alexnet_small(len(train.classes), in_channels=train.channels, input_size=crop,
-                                      init=args.init)
+    return ARCHS[args.arch].build(len(train.classes), train.channels, crop or args.crop, args.init)
 
 
 # -- memory: refuse a recipe that cannot fit before allocating it ------------------------------
@@ -250,22 +334,44 @@ def network_size(args, train):
     """(parameters, activations an image) of the recipe's network on its crops, from the layers of
     the same network built for the smallest crop (building it at the crop would allocate what
     is being estimated). Activations: the elements of every layer's output."""
-    c, side, features = train.channels, args.crop, None
-    params = activations = 0
-    for layer in build_model(args, train, crop=MIN_CROP[args.arch]).children():
-        if isinstance(layer, Conv2d):
-            params += layer.out_channels * (layer.in_channels * layer.kernel_size ** 2 + 1)
-            c, side = layer.out_channels, layer.output_size(side)
-        elif isinstance(layer, MaxPool2d):
-            side = (side - layer.kernel_size) // layer.stride + 1
-        elif isinstance(layer, Flatten):
-            features = c * side * side
-            continue  # a view, no new memory
-        elif isinstance(layer, Linear):
-            params += layer.out_features * (features + 1)
-            features = layer.out_features
-        activations += c * side * side if features is None else features
+    net = build_model(args, train, crop=ARCHS[args.arch].min_crop)
+    _, params, activations = module_size(net, (train.channels, args.crop, args.crop))
     return params, activations
+
+
+def module_size(module, shape):
+    """(output shape, parameters, activation elements) of `module` on one image of `shape`
+    ((C, H, W), or (F,) after a Flatten), from its layers' settings alone. A Linear's weight is
+    sized by the features it is given, the other layers' parameters do not depend on the shape."""
+    if isinstance(module, nbcnn.Residual):
+        out, params, acts = module_size(module.body, shape)
+        if module.shortcut is not None:
+            _, p, a = module_size(module.shortcut, shape)
+            params, acts = params + p, acts + a
+        acts += math.prod(out)  # the sum
+        if module.after is not None:
+            out, p, a = module_size(module.after, out)
+            params, acts = params + p, acts + a
+        return out, params, acts
+    if module.children():  # a container running its children in order (Sequential)
+        params = acts = 0
+        for child in module.children():
+            shape, p, a = module_size(child, shape)
+            params, acts = params + p, acts + a
+        return shape, params, acts
+    if isinstance(module, Linear):
+        return (module.out_features,), module.out_features * (shape[0] + 1), module.out_features
+    if isinstance(module, Flatten):
+        return (math.prod(shape),), 0, 0  # a view, no new memory
+    params = sum(math.prod(p.shape) for p in module.parameters())
+    if isinstance(module, Conv2d):
+        shape = (module.out_channels, module.output_size(shape[1]), module.output_size(shape[2]))
+    elif isinstance(module, (MaxPool2d, AvgPool2d)):
+        k, s, pad = module.kernel_size, module.stride, module.padding
+        shape = (shape[0], *((side + 2 * pad - k) // s + 1 for side in shape[1:]))
+    elif isinstance(module, AdaptiveAvgPool2d):
+        shape = (shape[0], *(side if size is None else size for size, side in zip(module.output_size, shape[1:])))
+    return shape, params, math.prod(shape)  # anything else keeps the shape (ReLU, LRN, batch norm, dropout)
 
 
 def memory_bytes(device):
@@ -290,12 +396,13 @@ def memory_bytes(device):
 
 def check_memory(args, train, params, activations):
     """A DataError when the recipe's network needs more memory than the device has, counting
-    only what it cannot do without (a lower bound): float32 weights, gradients and momentum,
-    and every layer's output for the largest batch (a validation batch is 10 times larger with
-    --ten-crop)."""
+    only what it cannot do without (a lower bound): float32 weights, gradients and the
+    optimiser's state (sgd's momentum, adam's two averages), and every layer's output for the
+    largest batch (a validation batch is 10 times larger with --ten-crop)."""
     total = memory_bytes(args.device)
     batch = max(args.batch_size, (args.val_batch_size or args.batch_size) * (10 if args.ten_crop else 1))
-    need = 4 * (3 * params + batch * activations)
+    states = 2 if args.opt in ("adam", "adamw") else 1 + (args.opt == "rmsprop" and args.momentum > 0)
+    need = 4 * ((2 + states) * params + batch * activations)
     if total is None or need <= total:
         return
     size = "image size unknown" if train.image_size is None else f"the images are {train.image_size} pixels"
@@ -324,6 +431,8 @@ def flag_value(value):
     """A flag's value as the resume error shows it."""
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, list):  # --classes, --freeze
+        return ",".join(value) if value else "not given"
     return "not given" if value is None else str(value)
 
 
@@ -362,7 +471,7 @@ def take_checkpoint_recipe(args, progress):
     fields returned); a UsageError naming each flag given on the command line with a value
     other than the checkpoint's (flags that do not change the recipe, such as --device,
     --workers, --epochs or --out, stay free)."""
-    saved = dict(progress.get("args", {}))
+    saved = {**RECIPE_BEFORE, **progress.get("args", {})}
     if saved.get("data"):
         saved["data"] = data_path(saved["data"])
     # an automatic flag recorded as None: written before the recipe was recorded as run
@@ -413,17 +522,23 @@ def check_moved_data(args, resume, summary):
           flush=True)
 
 
+def read_checkpoint_flag(option, path):
+    """The checkpoint `path` given to --resume or --finetune (`option`), or a CheckpointError
+    (a folder: suggest its last.ckpt)."""
+    if os.path.isdir(path):
+        hint = os.path.join(path, "last.ckpt")
+        raise CheckpointError(f"{option} {path} is a folder, not a checkpoint file; "
+                              + (f"did you mean {option} {hint}?" if os.path.isfile(hint)
+                                 else "give a run's last.ckpt or best.ckpt"))
+    return read_checkpoint(path)
+
+
 def read_resume(args):
     """The --resume checkpoint as a Resume (None without one); its recipe, epochs and folder go
     into args."""
     if not args.resume:
         return None
-    if os.path.isdir(args.resume):
-        hint = os.path.join(args.resume, "last.ckpt")
-        raise CheckpointError(f"--resume {args.resume} is a folder, not a checkpoint file; "
-                              + (f"did you mean --resume {hint}?" if os.path.isfile(hint)
-                                 else "give a run's last.ckpt or best.ckpt"))
-    state = read_checkpoint(args.resume)
+    state = read_checkpoint_flag("--resume", args.resume)
     progress = state["progress"]
     resume = Resume(state, *take_checkpoint_recipe(args, progress))
     if args.data and resume.moved_from is None and not os.path.exists(args.data):
@@ -432,6 +547,19 @@ def read_resume(args):
     args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
     args.epochs = args.epochs or progress.get("epochs")
     return resume
+
+
+def check_schedule_length(args, resume, epochs):
+    """A UsageError for a warm-up as long as the run, or a cosine run resumed with other --epochs
+    (the cosine is laid over the run's epochs)."""
+    if args.warmup_epochs >= epochs:
+        raise UsageError(f"--warmup-epochs {args.warmup_epochs} leaves no epoch of the lr policy in "
+                         f"{plural(epochs, 'epoch')}: give fewer warm-up epochs")
+    saved = resume and resume.progress.get("epochs")
+    if saved and args.lr_policy == "cosine" and epochs != saved:
+        raise UsageError(f"--epochs {epochs}: the run's cosine schedule anneals over its {saved} epochs, so its "
+                         "length cannot change; to train longer, start a new run with --finetune "
+                         f"{args.resume}")
 
 
 def run_is_complete(progress, epochs):
@@ -447,10 +575,126 @@ def finish_complete_run(args, resume, epochs, out_dir):
     if repair_best(args.resume, best, p["epoch"], p["step"], p.get("history", [])):
         print(f"{best} was missing or older than epoch {p['epoch']}: copied it from {args.resume}")
     if p.get("history"):
-        write_reports(out_dir, p["history"], resume.state["model"]["0.weight"])
+        write_reports(out_dir, p["history"], first_conv_weight(resume.state["model"]))
+    longer = (f"start a new run with --finetune {args.resume} (its cosine schedule ended)" if args.lr_policy == "cosine"
+              else f"resume with --epochs N for an N above {p['epoch']}")
     print(f"the run is already complete: {args.resume} ends epoch {p['epoch']} of {epochs}; to train it longer, "
-          f"resume with --epochs N for an N above {p['epoch']}")
+          f"{longer}")
     return 0
+
+
+# -- reuse of trained layers: --finetune, --freeze ------------------------------------------------
+@dataclass
+class Finetune:
+    """A --finetune checkpoint: its path, its model state_dict (parameters and buffers), the
+    classes its head was trained on and its channel statistics (None where it does not record them)."""
+
+    path: str
+    model: dict
+    classes: list | None
+    stats: dict | None
+
+
+def read_finetune(args):
+    """The --finetune checkpoint (None without one). Its network is the run's: its --arch, and
+    its crop unless --crop is given (alexnet's classifier is sized by the crop)."""
+    if not args.finetune:
+        return None
+    state = read_checkpoint_flag("--finetune", args.finetune)
+    progress = state["progress"]
+    saved = progress.get("args", {})
+    arch = saved.get("arch") or progress.get("arch")
+    if arch is not None and arch not in ARCHS:
+        raise CheckpointError(f"--finetune {args.finetune} holds a {arch} network, which --arch does not offer")
+    if arch and args.arch and args.arch != arch:
+        raise UsageError(f"--finetune {args.finetune} holds an --arch {arch} network, not --arch {args.arch}: "
+                         "drop --arch (fine-tuning keeps the checkpoint's network)")
+    args.arch = args.arch or arch
+    if args.crop is None:
+        args.crop = saved.get("crop")
+    classes = progress.get("classes") or progress.get("data_summary", {}).get("classes")
+    return Finetune(args.finetune, state["model"], classes, progress.get("stats"))
+
+
+def classifier_head(net, prefix=""):
+    """The name of the network's last Linear layer (its classifier head), None without one."""
+    head = None
+    for name, child in net.named_children():
+        head = prefix + name if isinstance(child, Linear) else classifier_head(child, f"{prefix}{name}.") or head
+    return head
+
+
+def start_from(finetune, net, classes):
+    """Load the --finetune checkpoint's parameters and buffers into `net` but for its classifier
+    head (the last Linear) where that does not fit: of another shape, or trained on other classes
+    than `classes`. Returns the head's keys left at their fresh init ([] when the head was loaded);
+    a CheckpointError for anything else that does not fit."""
+    own, saved = net.state_dict(), finetune.model
+    head = classifier_head(net)
+    head_keys = [key for key in own if key.rpartition(".")[0] == head]
+    missing, unexpected = [k for k in own if k not in saved], [k for k in saved if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(f"--finetune {finetune.path} does not hold this network's parameters: missing "
+                              f"{missing[:4]}, unexpected {unexpected[:4]}")
+    for key in own:
+        if key not in head_keys and np.shape(saved[key]) != own[key].shape:
+            raise CheckpointError(f"--finetune {finetune.path} does not fit this network: its {key} has shape "
+                                  f"{np.shape(saved[key])}, the network's {own[key].shape} (the images' channels "
+                                  "and --crop must be the checkpoint's)")
+    fits = all(np.shape(saved[key]) == own[key].shape for key in head_keys)
+    reinit = [] if fits and finetune.classes in (None, list(classes)) else head_keys
+    net.load_state_dict({key: own[key] if key in reinit else saved[key] for key in own})
+    return reinit
+
+
+def finetune_line(finetune, reinit, classes):
+    """What --finetune loaded and what it left at its fresh init."""
+    if not reinit:
+        kept = "the same classes" if finetune.classes is not None else "its shape fits the classes"
+        return f"fine-tuning from {finetune.path}: every parameter and buffer loaded, the head kept ({kept})"
+    why = (f"the checkpoint's was trained on {plural(len(finetune.classes), 'class', 'classes')}: "
+           f"{', '.join(finetune.classes[:10])}{', ...' if len(finetune.classes) > 10 else ''}"
+           if finetune.classes is not None else "the checkpoint's has another number of classes")
+    return (f"fine-tuning from {finetune.path}: the rest loaded; {', '.join(reinit)} re-initialised, a new head for "
+            f"{plural(len(classes), 'class', 'classes')} ({why})")
+
+
+def frozen_names(names, prefixes):
+    """The parameter names under the --freeze prefixes: a prefix is a name or ends at a dot (layer1
+    covers layer1.0.conv1.weight, not layer10.weight). A UsageError for a prefix that matches
+    nothing, listing the network's top-level names, and for one that leaves nothing to train."""
+    frozen = []
+    for prefix in prefixes:
+        stem = prefix[:-1] if prefix.endswith(".") else prefix
+        hits = [name for name in names if name == stem or name.startswith(stem + ".")]
+        if not hits:
+            top = dict.fromkeys(name.split(".")[0] for name in names)
+            raise UsageError(f"--freeze {prefix} matches no parameter; the network's top-level names are "
+                             f"{', '.join(top)}")
+        frozen += [name for name in hits if name not in frozen]
+    if frozen and len(frozen) == len(names):
+        raise UsageError(f"--freeze {' --freeze '.join(prefixes)} freezes every parameter: nothing would train")
+    return frozen
+
+
+def freeze(net, names):
+    """requires_grad False for the parameters `names`: the layers skip their weight gradients and
+    the optimiser leaves them unchanged."""
+    for name, p in net.named_parameters():
+        if name in names:
+            p.requires_grad = False
+
+
+def freeze_line(net, prefixes, names):
+    training = [name for name, p in net.named_parameters() if p.requires_grad]
+    values = sum(math.prod(p.shape) for p in net.parameters() if not p.requires_grad)
+    return (f"frozen: {plural(len(names), 'parameter')} under {', '.join(prefixes)} ({values:,} values); training "
+            + (", ".join(training) if len(training) <= 8 else plural(len(training), "parameter")))
+
+
+def first_conv_weight(state):
+    """The first convolution weight of a state_dict (filters.png)."""
+    return next(value for key, value in state.items() if key.endswith("weight") and np.ndim(value) == 4)
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -527,6 +771,7 @@ def plot_filters(path, weight):
 
 
 def write_reports(out_dir, history, conv1_weight):
+    """metrics.csv, curves.png and filters.png (the weight given: first_conv_weight)."""
     write_metrics(os.path.join(out_dir, "metrics.csv"), history)
     plot_curves(os.path.join(out_dir, "curves.png"), history)
     plot_filters(os.path.join(out_dir, "filters.png"), conv1_weight)
@@ -574,12 +819,15 @@ def make_transform(args, train, stats):
 
 def data_line(args, train, val):
     """The header's first line: layout, source, counts, classes, channels, image size."""
+    classes = plural(len(train.classes), "class", "classes")
+    if args.classes:
+        classes += f" (--classes {','.join(train.classes)})"
     where = args.data or train.name
     size = "image size unknown" if train.image_size is None else f"{train.image_size} pixels"
     if train.layout == "ImageFolder" and train.image_size is not None:
         size += " (the largest short side in a sample)"
     return (f"data: {train.layout}, {where}: {len(train):,} training / {plural(len(val), 'validation image')}, "
-            f"{plural(len(train.classes), 'class', 'classes')}, {plural(train.channels, 'channel')}, {size}")
+            f"{classes}, {plural(train.channels, 'channel')}, {size}")
 
 
 def print_data_and_model(args, train, val, params):
@@ -591,11 +839,19 @@ def print_data_and_model(args, train, val, params):
           f"{params:,} parameters, device {args.device}", flush=True)
 
 
+def optimiser_line(args, opt):
+    """The optimiser, its lr now (set by the schedule: a warm-up starts low, a plateau lowers it)
+    and its settings."""
+    lr = f"lr {opt.lr:g}" + (f" (--lr {args.lr:g}, scheduled)" if opt.lr != args.lr else "")
+    momentum = f" momentum {args.momentum:g}" if args.momentum is not None else ""
+    warmup = f" after {plural(args.warmup_epochs, 'warm-up epoch')}" if args.warmup_epochs else ""
+    return (f"{opt.name} {lr}{momentum} weight decay {args.weight_decay:g} batch {args.batch_size}, "
+            f"lr policy {args.lr_policy}{warmup}")
+
+
 def print_run(args, opt, epochs, out_dir, progress):
     """The header's last lines: the optimiser (at the lr it continues at) and the position."""
-    lr = f"lr {opt.lr:g}" + (f" (initial {args.lr:g}, lowered by the schedule)" if opt.lr != args.lr else "")
-    print(f"SGD {lr} momentum {args.momentum:g} weight decay {args.weight_decay:g} batch "
-          f"{args.batch_size}, lr policy {args.lr_policy}; {plural(epochs, 'epoch')}; output {out_dir}")
+    print(f"{optimiser_line(args, opt)}; {plural(epochs, 'epoch')}; output {out_dir}")
     if progress is not None:
         print(f"resuming {args.resume} at epoch {progress['epoch'] + 1} step {progress['step']} "
               f"(global step {progress['global_step']})", flush=True)
@@ -611,8 +867,10 @@ def print_summary(trainer, out_dir):
 
 def run(args):
     resume = read_resume(args)
+    finetune = None if resume is not None else read_finetune(args)  # a resumed run's parameters are its own
     check_environment(args)
     epochs = args.epochs or (DATA_EPOCHS if args.data else EMBEDDED_EPOCHS)
+    check_schedule_length(args, resume, epochs)
     if resume is not None and run_is_complete(resume.progress, epochs):
         return finish_complete_run(args, resume, epochs, prepare_out_dir(args))
     train, val, summary = load_data(args)
@@ -623,19 +881,34 @@ def run(args):
         check_pending_flags(args, resume.pending)
     params, activations = network_size(args, train)
     check_memory(args, train, params, activations)
+    names = [name for name, _ in build_model(args, train, crop=ARCHS[args.arch].min_crop).named_parameters()]
+    frozen = frozen_names(names, args.freeze)
     out_dir = prepare_out_dir(args)
     print_data_and_model(args, train, val, params)
     if resume is not None and "stats" in resume.progress:
         stats = resume.progress["stats"]
+    elif finetune is not None and finetune.stats is not None and len(finetune.stats["mean"]) == train.channels:
+        stats = finetune.stats  # the inputs the trained layers expect
     else:
         stats = cached_channel_stats(train, args.image_size, args.crop, args.stats_sample)
     transform = make_transform(args, train, stats)
 
     nbcnn.manual_seed(args.seed)
-    net = build_model(args, train).to(args.device)
-    opt = nbcnn.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    schedule = LRSchedule(args.lr_policy, args.lr, step=args.lr_step, patience=args.lr_patience)
+    net = build_model(args, train)
+    if finetune is not None:
+        print(finetune_line(finetune, start_from(finetune, net, train.classes), train.classes))
+    net.to(args.device)
+    freeze(net, frozen)
+    if frozen:
+        print(freeze_line(net, args.freeze, frozen))
+    cls, defaults = OPTIMISERS[args.opt]
+    opt = cls(net.parameters(), **{name: getattr(args, name) for name in defaults})
+    train_loader = Loader(train, transform, args.batch_size, args.workers, args.prefetch)
+    schedule = make_schedule(opt, args.lr_policy, epochs=epochs, steps_per_epoch=len(train_loader),
+                             step=args.lr_step, patience=args.lr_patience, warmup_epochs=args.warmup_epochs)
     progress = None if resume is None else restore_checkpoint(resume.state, net, opt, path=args.resume)
+    if progress is not None and is_legacy_schedule_state(progress["schedule"]):  # written by LRSchedule
+        progress["schedule"] = legacy_schedule_state(progress["schedule"], args.lr_policy, args.lr, progress["epoch"])
 
     config = TrainConfig(
         epochs=epochs, checkpoint_path=os.path.join(out_dir, "last.ckpt"),
@@ -643,13 +916,12 @@ def run(args):
         ten_crop=args.ten_crop, max_steps=args.max_steps, save_every=args.save_every,
         max_unreadable=args.max_unreadable, resumed_from=args.resume)
     extra = {"args": {k: getattr(args, k) for k in RECIPE}, "stats": stats, "arch": args.arch, "epochs": epochs,
-             "data_summary": summary}
+             "data_summary": summary, "classes": list(train.classes)}
     trainer = Trainer(
-        net, opt,
-        Loader(train, transform, args.batch_size, args.workers, args.prefetch),
+        net, opt, train_loader,
         Loader(val, transform, args.val_batch_size or args.batch_size, args.workers, args.prefetch),
         schedule, config, progress=progress, extra=extra,
-        write_reports=lambda history, model: write_reports(out_dir, history, model.state_dict()["0.weight"]))
+        write_reports=lambda history, model: write_reports(out_dir, history, first_conv_weight(model.state_dict())))
     print_run(args, opt, epochs, out_dir, progress)
     if trainer.run() == "done" and trainer.history:
         print_summary(trainer, out_dir)

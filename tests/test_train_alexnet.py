@@ -614,6 +614,10 @@ def test_out_of_memory_on_the_cpu_does_not_blame_a_gpu(script, tmp_path, capsys,
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "nan"], "--lr must be a finite number above 0, got nan"),
     (["--lr", "inf"], "--lr must be a finite number above 0, got inf"),
+    (["--lr", "0"], "--lr must be a finite number above 0, got 0.0"),
+    (["--lr", "-0.1"], "--lr must be a finite number above 0, got -0.1"),
+    (["--momentum", "0.9", "--opt", "adam"], "--momentum is for --opt sgd and rmsprop"),
+    (["--warmup-epochs", "2", "--epochs", "2"], "--warmup-epochs 2 leaves no epoch of the lr policy in --epochs 2"),
     (["--momentum", "-1"], "--momentum must be a finite number of at least 0"),
     (["--wd", "-1"], "--weight-decay must be a finite number of at least 0"),
     (["--lighting", "-1"], "--lighting must be a finite number of at least 0"),
@@ -688,3 +692,178 @@ def test_resuming_a_complete_run_says_so_and_trains_nothing(script, tmp_path, ca
     text = capsys.readouterr().out
     assert "already complete" in text and "--epochs N for an N above 1" in text and " at epoch 2" not in text
     assert checkpoint_digest(str(tmp_path / "last.ckpt")) == before
+
+
+# -- optimisers and lr schedules: exact resume -----------------------------------------------------------
+def assert_same_run(a_dir, b_dir):
+    """The two runs' last.ckpt hold bitwise the same parameters, optimiser state, schedule and history."""
+    a, b = read_checkpoint(str(a_dir / "last.ckpt")), read_checkpoint(str(b_dir / "last.ckpt"))
+    for key, value in a["model"].items():
+        np.testing.assert_array_equal(b["model"][key], value, err_msg=key)
+    a_opt, b_opt = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sorted(a_opt) == sorted(b_opt)
+    for index, entry in a_opt.items():
+        assert sorted(entry) == sorted(b_opt[index])
+        for name, value in entry.items():
+            np.testing.assert_array_equal(b_opt[index][name], value, err_msg=f"{index} {name}")
+    a_prog, b_prog = a["progress"], b["progress"]
+    assert b_prog["schedule"] == a_prog["schedule"]
+    columns = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err")
+    assert [[r[c] for c in columns] for r in b_prog["history"]] == [[r[c] for c in columns] for r in a_prog["history"]]
+
+
+def test_cosine_with_warm_up_resumed_twice_equals_a_straight_run(script, tmp_path):
+    """Stopped inside the warm-up (step 2 of 3), then inside the cosine (step 5), then run to the end."""
+    recipe = TINY + ["--epochs", "3", "--lr-policy", "cosine", "--warmup-epochs", "1"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert script.main(recipe + ["--out", str(straight)]) == 0
+    assert script.main(recipe + ["--max-steps", "2", "--out", str(split)]) == 0
+    assert script.main(["--resume", str(split / "last.ckpt"), "--max-steps", "5", "--workers", "0"]) == 0
+    assert script.main(["--resume", str(split / "last.ckpt"), "--workers", "0"]) == 0
+    assert_same_run(straight, split)
+
+
+def test_cosine_with_warm_up_lrs(script, tmp_path):
+    """The lr of each epoch's last step (3 steps an epoch): a linear ramp from lr/100 over epoch 1's
+    steps, then a cosine from lr to 0 over the 6 steps of epochs 2 and 3 (torch's SequentialLR of
+    LinearLR(start_factor=0.01, total_iters=3) and CosineAnnealingLR(T_max=6), stepped per step)."""
+    assert script.main(TINY + ["--epochs", "3", "--lr-policy", "cosine", "--warmup-epochs", "1",
+                               "--out", str(tmp_path)]) == 0
+    history = read_checkpoint(str(tmp_path / "last.ckpt"))["progress"]["history"]
+    warm_up = 0.01 * (0.01 + 0.99 * 2 / 3)  # step 3 of the ramp (counts 0, 1, 2)
+    cosine = [0.01 * (1 + np.cos(np.pi * k / 6)) / 2 for k in (2, 5)]  # steps 6 and 9: cosine counts 2 and 5
+    assert [r["lr"] for r in history] == pytest.approx([warm_up, *cosine], rel=1e-12)
+
+
+def test_adam_resumed_mid_epoch_equals_a_straight_run(script, tmp_path):
+    recipe = TINY + ["--epochs", "2", "--opt", "adam"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert script.main(recipe + ["--out", str(straight)]) == 0
+    assert script.main(recipe + ["--max-steps", "4", "--out", str(split)]) == 0
+    assert script.main(["--resume", str(split / "last.ckpt"), "--workers", "0"]) == 0
+    assert_same_run(straight, split)
+    state = read_checkpoint(str(split / "last.ckpt"))["optimizer"]
+    assert state["param_groups"][0]["betas"] == (0.9, 0.999) and state["state"][0]["step"] == 6
+
+
+def test_the_optimiser_defaults_are_torchs(script):
+    adam, adamw, rmsprop = (script.parse_args(["--opt", name]) for name in ("adam", "adamw", "rmsprop"))
+    assert (adam.lr, adam.weight_decay, adam.momentum) == (1e-3, 0.0, None)
+    assert (adamw.lr, adamw.weight_decay) == (1e-3, 1e-2)
+    assert (rmsprop.lr, rmsprop.weight_decay, rmsprop.momentum) == (1e-2, 0.0, 0.0)
+
+
+def as_main_wrote_it(path):
+    """Rewrite the checkpoint `path` of a plateau SGD run as main wrote it before the lr_scheduler
+    objects (b136b3e): nbcnn.train.LRSchedule's state {"lr", "best", "bad_epochs"}, no lr in the
+    epoch's sums, no classes record, the recipe without the flags added since, optimiser groups
+    without initial_lr; the parameters, SGD momentum buffers and random state as they were."""
+    from nbcnn.checkpoint import restore_checkpoint, save_checkpoint
+    state = read_checkpoint(path)
+    for group in state["optimizer"]["param_groups"]:
+        del group["initial_lr"]
+    net = nbcnn.models.alexnet_small(10, in_channels=1, input_size=28)
+    opt = nbcnn.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    progress = restore_checkpoint(state, net, opt)  # the random state too, which save_checkpoint writes
+    plateau = progress["schedule"]
+    progress["schedule"] = {"lr": plateau["lrs"][0], "best": plateau["best"], "bad_epochs": plateau["num_bad_epochs"]}
+    del progress["sums"]["lr"], progress["classes"]
+    for key in ("opt", "warmup_epochs", "classes", "finetune", "freeze"):
+        del progress["args"][key]
+    save_checkpoint(path, net, opt, **progress)
+
+
+def test_a_checkpoint_main_wrote_resumes_exactly(script, tmp_path, monkeypatch, capsys):
+    """An unchanging validation error: the plateau rule (patience 2) drops the lr after epoch 3.
+    The old checkpoint is written after epoch 2, one bad epoch counted."""
+    monkeypatch.setattr(nbcnn.train, "evaluate", lambda *a, **k: (1.0, 0.5, None))
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    assert script.main(TINY + ["--epochs", "4", "--out", str(straight)]) == 0
+    assert script.main(TINY + ["--epochs", "2", "--out", str(old)]) == 0
+    as_main_wrote_it(str(old / "last.ckpt"))
+    capsys.readouterr()
+    assert script.main(["--resume", str(old / "last.ckpt"), "--epochs", "4", "--workers", "0"]) == 0
+    assert "lr 0.01 -> 0.001 from epoch 4" in capsys.readouterr().out
+    assert_same_run(straight, old)
+    assert [r["lr"] for r in read_checkpoint(str(old / "last.ckpt"))["progress"]["history"]] == [0.01] * 3 + [0.001]
+
+
+# -- reuse of trained layers: --finetune, --freeze -----------------------------------------------------
+# alexnet-small's parameters: convolutions 0, 4, 8, fully connected 12 and the head 15
+FROZEN = ["--freeze", "0", "--freeze", "4", "--freeze", "8", "--freeze", "12"]
+FINETUNE = ["--classes", "5,6,7,8,9", "--subset", "500", "--val-subset", "100", "--batch-size", "32",
+            "--workers", "0", "--opt", "adam", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def digits_0_to_4(script, tmp_path_factory):
+    """last.ckpt of alexnet-small trained two epochs on 1,000 images of the digits 0-4 (97% accurate)."""
+    out = tmp_path_factory.mktemp("digits_0_to_4")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("NBCNN_CACHE", str(out / "cache"))
+        assert script.main(["--classes", "0,1,2,3,4", "--subset", "1000", "--val-subset", "100", "--batch-size",
+                            "32", "--epochs", "2", "--workers", "0", "--out", str(out)]) == 0
+    return out / "last.ckpt"
+
+
+def test_finetune_trains_a_new_head_on_digits_5_to_9_and_nothing_else(script, digits_0_to_4, tmp_path, capsys):
+    assert script.main(["--finetune", str(digits_0_to_4), *FROZEN, *FINETUNE, "--epochs", "4",
+                        "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "15.weight, 15.bias re-initialised, a new head for 5 classes" in text
+    assert "training 15.weight, 15.bias" in text
+    before, after = read_checkpoint(str(digits_0_to_4)), read_checkpoint(str(tmp_path / "last.ckpt"))
+    for key, value in before["model"].items():
+        if not key.startswith("15."):
+            np.testing.assert_array_equal(after["model"][key], value, err_msg=key)
+    assert sorted(after["optimizer"]["state"]) == [8, 9]  # only the head was ever updated
+    assert after["progress"]["classes"] == ["5", "6", "7", "8", "9"]
+    accuracy = 1 - after["progress"]["history"][-1]["val_top1_err"]
+    assert accuracy > 0.5, accuracy  # chance: 20%
+
+
+def test_a_finetuned_run_resumes_without_its_source_checkpoint(script, digits_0_to_4, tmp_path):
+    import shutil
+    source = str(shutil.copy(digits_0_to_4, tmp_path / "source.ckpt"))
+    assert script.main(["--finetune", source, *FROZEN, *FINETUNE, "--epochs", "1", "--max-steps", "2",
+                        "--out", str(tmp_path / "run")]) == 0
+    os.remove(source)
+    assert script.main(["--resume", str(tmp_path / "run" / "last.ckpt"), "--workers", "0", "--max-steps", "4"]) == 0
+    after = read_checkpoint(str(tmp_path / "run" / "last.ckpt"))
+    assert after["progress"]["global_step"] == 4 and sorted(after["optimizer"]["state"]) == [8, 9]
+    np.testing.assert_array_equal(after["model"]["0.weight"], read_checkpoint(str(digits_0_to_4))["model"]["0.weight"])
+
+
+def test_finetune_on_the_same_classes_keeps_the_head(script, digits_0_to_4, tmp_path, capsys):
+    assert script.main(["--finetune", str(digits_0_to_4), "--classes", "0,1,2,3,4", "--subset", "50",
+                        "--batch-size", "32", "--workers", "0", "--epochs", "1", "--max-steps", "1",
+                        "--out", str(tmp_path)]) == 0
+    assert "every parameter and buffer loaded, the head kept" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--freeze", "3"], "--freeze 3 matches no parameter; the network's top-level names are 0, 4, 8, 12, 15"),
+    (["--freeze", "1"], "--freeze 1 matches no parameter"),  # 12 and 15 start with 1, but not at a dot
+    (["--freeze", "0", "--freeze", "4", "--freeze", "8", "--freeze", "12", "--freeze", "15"],
+     "freezes every parameter: nothing would train"),
+    (["--classes", "0,1,x"], "has no class 'x'; its classes are 0, 1, 2")])
+def test_bad_reuse_flags_are_one_line_errors(script, tmp_path, capsys, argv, message):
+    err = run_failing(script, TINY + argv + ["--out", str(tmp_path)], capsys).strip()
+    assert message in err and "\n" not in err
+
+
+def test_finetune_with_another_arch_is_refused(script, digits_0_to_4, tmp_path, capsys):
+    err = run_failing(script, ["--finetune", str(digits_0_to_4), "--arch", "alexnet", "--out", str(tmp_path)], capsys)
+    assert "holds an --arch alexnet-small network, not --arch alexnet" in err and "drop --arch" in err
+
+
+def test_finetune_with_resume_is_refused(script, digits_0_to_4, capsys):
+    with pytest.raises(SystemExit) as info:
+        script.main(["--finetune", str(digits_0_to_4), "--resume", str(digits_0_to_4)])
+    assert info.value.code == 2 and "give one of them" in capsys.readouterr().err
+
+
+def test_finetune_on_images_of_another_size_names_the_misfit(script, digits_0_to_4, tmp_path, capsys):
+    err = run_failing(script, ["--finetune", str(digits_0_to_4), "--crop", "32", "--pad", "0", "--image-size", "32",
+                               "--out", str(tmp_path)] + TINY, capsys).strip()
+    assert "does not fit this network: its 12.weight has shape (256, 2304)" in err and "\n" not in err

@@ -58,3 +58,54 @@ def test_ends_best_epoch(epoch, step, expected):
     from nbcnn.train import ends_best_epoch
     history = [{"epoch": 1, "val_top1_err": 0.5}, {"epoch": 2, "val_top1_err": 0.3}]
     assert ends_best_epoch(epoch, step, history) is expected
+
+
+# -- make_schedule: the trainer's lr policies over nbcnn.lr_scheduler -----------------------------------
+def sgd(lr=0.1):
+    import numpy as np
+
+    import nbcnn
+    return nbcnn.SGD([nbcnn.Parameter(np.zeros(1, np.float32), nbcnn.get_backend("cpu"))], lr=lr)
+
+
+def test_a_warm_up_ramps_per_step_then_the_plateau_counts_epochs_from_its_end():
+    """2 steps an epoch, 1 warm-up epoch, plateau patience 1: the warm-up epoch's error is not counted."""
+    from nbcnn.train import make_schedule
+    opt = sgd()
+    schedule = make_schedule(opt, "plateau", epochs=5, steps_per_epoch=2, patience=1, warmup_epochs=1)
+    lrs = [opt.lr]
+    for step in (1, 2):
+        schedule.step_end(step)
+        lrs.append(opt.lr)
+    assert lrs == pytest.approx([0.001, 0.1 * (0.01 + 0.99 / 2), 0.1], rel=1e-12)
+    schedule.epoch_end(1, 0.5)  # the warm-up's epoch: no best yet
+    schedule.epoch_end(2, 0.5)  # the plateau's first epoch: the best
+    assert opt.lr == 0.1
+    schedule.epoch_end(3, 0.5)  # no better: lr / 10 (patience 1)
+    assert opt.lr == pytest.approx(0.01, rel=1e-15)
+
+
+def test_a_warm_up_schedule_resumes_inside_and_after_the_warm_up():
+    from nbcnn.train import make_schedule
+
+    def made(state=None):
+        opt = sgd()
+        schedule = make_schedule(opt, "cosine", epochs=3, steps_per_epoch=2, warmup_epochs=1)
+        if state is not None:
+            schedule.load_state_dict(state)
+        return opt, schedule
+
+    opt, schedule = made()
+    for step in range(1, 6):
+        schedule.step_end(step)
+        again, _ = made(schedule.state_dict())
+        assert again.lr == opt.lr, step
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"policy": "exp"}, "lr policy must be one of plateau, step, cosine, got 'exp'"),
+    ({"warmup_epochs": 3}, r"the warm-up \(3 epochs\) must be shorter than the run \(3 epochs\)")])
+def test_make_schedule_refuses(kwargs, message):
+    from nbcnn.train import make_schedule
+    with pytest.raises(ValueError, match=message):
+        make_schedule(sgd(), **{"policy": "plateau", "epochs": 3, "steps_per_epoch": 2, **kwargs})
