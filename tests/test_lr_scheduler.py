@@ -1,6 +1,6 @@
 """nbcnn.lr_scheduler: each schedule against its formula and against torch.optim.lr_scheduler
 (where torch is importable) over two parameter groups, the units it counts, state_dict round
-trips, its equivalence with nbcnn.train.LRSchedule's policies, and its errors."""
+trips, the equivalence of the trainer's policies with its LRSchedule before them, and the errors."""
 
 import math
 
@@ -100,17 +100,59 @@ def test_reduce_on_plateau_follows_its_rule():
     assert got.tolist() == want
 
 
-@pytest.mark.parametrize("policy, make", [
-    ("plateau", lambda o: sched.ReduceLROnPlateau(o, patience=2 - 1, threshold=1e-6, threshold_mode="abs")),
-    ("step", lambda o: sched.StepLR(o, step_size=3)),
-])
-def test_the_trainers_policies_are_these_schedules(policy, make):
-    """nbcnn.train.LRSchedule's plateau (--lr-patience 2) and step (--lr-step 3) policies, lr for lr."""
-    from nbcnn.train import LRSchedule
-    old = LRSchedule(policy, 0.1, step=3, patience=2)
-    new = make(optimiser((0.1, 0.1)))
+class LegacyLRSchedule:
+    """nbcnn.train.LRSchedule as main had it before the trainer used these schedules (b136b3e): the
+    reference the trainer's "plateau" and "step" policies, and the state older checkpoints hold, are held to."""
+
+    def __init__(self, policy, lr, step=30, patience=2):
+        self.policy, self.base_lr, self.step, self.patience = policy, lr, step, patience
+        self.lr, self.best, self.bad_epochs = lr, math.inf, 0
+
+    def epoch_end(self, epochs_done, val_error):
+        if self.policy == "step":
+            self.lr = self.base_lr * 0.1 ** (epochs_done // self.step)
+        elif val_error < self.best - 1e-6:
+            self.best, self.bad_epochs = val_error, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                self.lr, self.bad_epochs = self.lr / 10, 0
+        self.best = min(self.best, val_error)
+        return self.lr
+
+    def state_dict(self):
+        return {"lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs}
+
+
+def trainer_schedule(policy):
+    from nbcnn.train import make_schedule
+    opt = nbcnn.SGD(nbcnn.Linear(2, 2).parameters(), lr=0.1)
+    return make_schedule(opt, policy, epochs=100, steps_per_epoch=1, step=3, patience=2)
+
+
+@pytest.mark.parametrize("policy", ["plateau", "step"])
+def test_the_trainers_policies_are_the_old_ones(policy):
+    """nbcnn.train.make_schedule's plateau (--lr-patience 2) and step (--lr-step 3) policies, lr for lr."""
+    old, new = LegacyLRSchedule(policy, 0.1, step=3, patience=2), trainer_schedule(policy)
     for n, err in enumerate(ERRORS, 1):
         assert math.isclose(new.epoch_end(n, err), old.epoch_end(n, err), rel_tol=1e-15), n
+
+
+@pytest.mark.parametrize("policy", ["plateau", "step"])
+def test_an_old_schedule_state_continues_as_it_would_have(policy):
+    """legacy_schedule_state: the old state after k epochs, loaded into the trainer's schedule,
+    gives the lrs the old schedule gives after it, for every k."""
+    from nbcnn.train import is_legacy_schedule_state, legacy_schedule_state
+    for k in range(len(ERRORS)):
+        old = LegacyLRSchedule(policy, 0.1, step=3, patience=2)
+        for n in range(1, k + 1):
+            old.epoch_end(n, ERRORS[n - 1])
+        assert is_legacy_schedule_state(old.state_dict())
+        new = trainer_schedule(policy)
+        new.load_state_dict(legacy_schedule_state(old.state_dict(), policy, 0.1, k))
+        assert math.isclose(new.lr, old.lr, rel_tol=1e-15), k
+        for n in range(k + 1, len(ERRORS) + 1):
+            assert math.isclose(new.epoch_end(n, ERRORS[n - 1]), old.epoch_end(n, ERRORS[n - 1]), rel_tol=1e-15), (k, n)
 
 
 def test_making_a_schedule_sets_the_lr_of_count_zero():
