@@ -332,9 +332,13 @@ class Sequential(Module):
         return x
 
     def backward(self, dy, input_grad=True):
-        for i in range(len(self.modules) - 1, -1, -1):
-            dy = self.modules[i].backward(dy, input_grad=input_grad or i > 0)
-        return dy
+        # Without the input's gradient, the modules before the first one with a trainable parameter
+        # need none either (a frozen prefix, as in fine-tuning a head): their backward is not run.
+        first = 0 if input_grad else next(
+            (i for i, m in enumerate(self.modules) if any(p.requires_grad for p in m.parameters())), len(self.modules))
+        for i in range(len(self.modules) - 1, first - 1, -1):
+            dy = self.modules[i].backward(dy, input_grad=input_grad or i > first)
+        return dy if input_grad else None
 
     def __repr__(self):
         inner = "".join(f"\n  ({name}): {m!r}" for name, m in self.named_children())

@@ -257,3 +257,27 @@ def test_a_frozen_first_layer_computes_nothing_in_backward(monkeypatch, device):
     for p, b in zip(net[0].parameters(), before):
         assert_close(p.grad, b, exact=True)
     assert np.abs(nbcnn.to_numpy(net[2].weight.grad)).sum() > 0  # the rest of the network still learns
+
+
+def test_a_frozen_prefix_of_a_sequential_runs_no_backward(monkeypatch):
+    """Without the input's gradient, the layers before the first trainable one need no gradient
+    (head-only fine-tuning): their backward is not run, and the trainable layers' gradients are
+    those of the full backward."""
+    def net():
+        nbcnn.manual_seed(5)
+        return nbcnn.Sequential(nbcnn.Conv2d(2, 3, 3), nbcnn.ReLU(), nbcnn.Flatten(), nbcnn.Linear(12, 4),
+                                nbcnn.ReLU(), nbcnn.Linear(4, 2)).to("cpu", np.float64)
+    x = nbcnn.asarray(np.random.default_rng(0).standard_normal((2, 2, 4, 4)), "cpu")
+    dy = nbcnn.asarray(np.random.default_rng(1).standard_normal((2, 2)), "cpu")
+    full, frozen = net(), net()
+    full(x)
+    full.backward(dy, input_grad=False)
+    for layer in (frozen[0], frozen[3]):
+        for p in layer.parameters():
+            p.requires_grad = False
+    frozen(x)
+    for layer in frozen.modules[:4]:
+        monkeypatch.setattr(layer, "backward", lambda *a, **k: pytest.fail("a frozen prefix layer's backward ran"))
+    assert frozen.backward(dy, input_grad=False) is None
+    for name in ("weight", "bias"):
+        assert_close(getattr(frozen[5], name).grad, getattr(full[5], name).grad, exact=True, what=name)
