@@ -791,7 +791,7 @@ def test_a_checkpoint_main_wrote_resumes_exactly(script, tmp_path, monkeypatch, 
 # -- reuse of trained layers: --finetune, --freeze -----------------------------------------------------
 # alexnet-small's parameters: convolutions 0, 4, 8, fully connected 12 and the head 15
 FROZEN = ["--freeze", "0", "--freeze", "4", "--freeze", "8", "--freeze", "12"]
-FINETUNE = ["--classes", "5,6,7,8,9", "--subset", "500", "--val-subset", "100", "--batch-size", "32",
+FINETUNE = ["--classes", "5,6,7,8,9", "--subset", "300", "--val-subset", "100", "--batch-size", "32",
             "--workers", "0", "--opt", "adam", "--lr", "0.01"]
 
 
