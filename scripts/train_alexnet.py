@@ -166,8 +166,9 @@ def build_parser():
                    help="continue the run saved in this checkpoint, with its recipe (data, network, "
                         "optimiser and augmentation flags); --data may name the dataset's new folder")
     p.add_argument("--finetune", metavar="CKPT",
-                   help="start a new run from this checkpoint's parameters and buffers, its classifier "
-                        "head re-initialised where the classes differ")
+                   help="start a new run from this checkpoint's network, parameters, buffers and channel "
+                        "statistics, its classifier head (the last Linear) re-initialised where the classes "
+                        "differ; a new optimiser and schedule (not with --resume)")
     p.add_argument("--freeze", action="append", metavar="NAME_PREFIX",
                    help="do not train the parameters under this name (0 for 0.weight and 0.bias, layer1 "
                         "for layer1.0.conv1.weight, ...); repeatable")
