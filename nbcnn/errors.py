@@ -19,3 +19,7 @@ class NonFiniteLossError(ValueError):
 
 class WeightsFileError(ValueError):
     """A weights file (.safetensors, .npz, .onnx) that is missing, unreadable, damaged or of an unknown format."""
+
+
+class OnnxError(ValueError):
+    """A network nbcnn cannot write as ONNX, or an ONNX file it cannot build a network from (nbcnn.onnx)."""
