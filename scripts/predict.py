@@ -8,6 +8,8 @@ Each image gets the run's validation preprocessing (resize the short side, centr
 ten crops with --ten-crop runs, minus the training set's channel means, all from the checkpoint).
 A folder is searched for .jpg/.jpeg/.png files. Files that cannot be read as images are reported
 and skipped (exit status 1). A checkpoint from before class names were recorded prints indices.
+--export FILE writes the checkpoint's network as ONNX (.onnx, for inputs of the run's crop) or
+its weights (.safetensors or .npz, PyTorch's keys), with or without images to classify.
 """
 
 import argparse
@@ -35,11 +37,14 @@ class PredictError(Exception):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a last.ckpt or best.ckpt of a training run")
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders of them")
+    p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files, or folders of them")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--top", type=int, default=5, metavar="K", help="classes shown per image (default: 5)")
     p.add_argument("-b", "--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default: 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--export", metavar="FILE",
+                   help="write the network as ONNX (FILE.onnx, batch size free, the run's crop) or its weights "
+                        "(FILE.safetensors or FILE.npz)")
     return p
 
 
@@ -72,6 +77,14 @@ class Predictor:
         self.net.eval()
         self.device, self.channels, self.ten_crop = device, channels, bool(args.ten_crop)
         self.transform = Transform(args.image_size, args.crop, mean=progress["stats"]["mean"])
+
+    def export(self, path):
+        """Write the network as ONNX (.onnx) or its weights (.safetensors, .npz), by the extension."""
+        if str(path).lower().endswith(".onnx"):
+            import nbcnn.onnx
+            nbcnn.onnx.export(self.net, path, (1, self.channels, self.transform.crop, self.transform.crop))
+        else:
+            self.net.save(path)
 
     def read(self, path):
         """The image at `path` as uint8 (H, W, C) in the network's channels; OSError/ValueError if unreadable."""
@@ -147,11 +160,19 @@ def main(argv=None):
     if args.top < 1 or args.batch_size < 1:
         print("error: --top and --batch-size must be at least 1", file=sys.stderr)
         return 2
+    if not args.images and not args.export:
+        print("error: give images or folders to classify, or --export FILE", file=sys.stderr)
+        return 2
     try:
         predictor = Predictor(args.checkpoint, args.device)
-    except (CheckpointError, PredictError) as exc:
+        if args.export:
+            predictor.export(args.export)
+            print(f"wrote {args.export}", file=sys.stderr)
+    except (CheckpointError, PredictError, ImportError, ValueError) as exc:  # WeightsFileError, OnnxError
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if not args.images:
+        return 0
     if not predictor.named:
         print(f"note: {args.checkpoint} has no class names (written before runs recorded them): showing class indices",
               file=sys.stderr)

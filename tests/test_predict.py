@@ -162,3 +162,27 @@ def test_pyproject_declares_the_console_commands():
         scripts = tomllib.load(f)["project"]["scripts"]
     assert scripts == {"nbcnn-train": "nbcnn.cli:train", "nbcnn-predict": "nbcnn.cli:predict",
                        "nbcnn-bench": "nbcnn.cli:bench"}
+
+
+def test_the_exported_onnx_file_gives_predicts_probabilities_in_onnxruntime(predict, run, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    checkpoint, digits, val = run
+    assert predict.main(["--checkpoint", str(checkpoint), "--json", "--export", str(tmp_path / "m.onnx"),
+                         str(digits / "2.png")]) == 0
+    top = json.loads(capsys.readouterr().out)["predictions"][0]["top"]
+    mean = read_checkpoint(str(checkpoint))["progress"]["stats"]["mean"]
+    x = val.images[2, :, :, 0].astype(np.float32)[None, None] / np.float32(255) - np.float32(mean[0])
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    z = session.run(None, {"input": x})[0][0].astype(np.float64)
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    np.testing.assert_allclose([t["probability"] for t in top], p[[t["index"] for t in top]], rtol=1e-5)
+
+
+def test_export_writes_weights_that_load_into_the_same_network(predict, run, tmp_path):
+    checkpoint, _, _ = run
+    assert predict.main(["--checkpoint", str(checkpoint), "--export", str(tmp_path / "w.safetensors")]) == 0
+    saved = read_checkpoint(str(checkpoint))["model"]
+    loaded = nbcnn.load(tmp_path / "w.safetensors")
+    assert sorted(loaded) == sorted(saved)
+    for key in saved:
+        np.testing.assert_array_equal(loaded[key], saved[key])
