@@ -9,6 +9,7 @@ import pytest
 
 import nbcnn
 import nbcnn.onnx
+from devices import DEVICES
 from nbcnn import models
 
 onnx = pytest.importorskip("onnx", reason="the onnx package is not installed (pip install nbcnn[onnx])")
@@ -250,3 +251,18 @@ def test_pytorch_resnet18_from_torch_onnx_export_runs_in_nbcnn(tmp_path):
     assert rel_error(got, run_onnxruntime(tmp_path / "resnet18.onnx", x)) < 1e-5
     with torch.no_grad():
         assert rel_error(got, model(torch.from_numpy(x)).numpy()) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_network_on_either_backend_exports_and_imports(tmp_path, device):
+    nbcnn.manual_seed(0)
+    net = nbcnn.Sequential(nbcnn.Conv2d(1, 2, 3), nbcnn.BatchNorm2d(2), nbcnn.ReLU(), nbcnn.MaxPool2d(2),
+                           nbcnn.Flatten(), nbcnn.Linear(2, 3))
+    state = net.state_dict()
+    nbcnn.onnx.export(net.to(device), tmp_path / "t.onnx", (1, 1, 4, 4))
+    x = x_of((2, 1, 4, 4))
+    expected = nbcnn.to_numpy(net.eval()(nbcnn.asarray(x, device)))
+    assert rel_error(run_onnxruntime(tmp_path / "t.onnx", x), expected) < 1e-5
+    loaded = nbcnn.onnx.load(tmp_path / "t.onnx").to(device)
+    np.testing.assert_allclose(nbcnn.to_numpy(loaded(nbcnn.asarray(x, device))), expected, rtol=1e-6, atol=1e-7)
+    assert list(loaded.state_dict()) == list(state)  # a chain comes back with its layers' positions
