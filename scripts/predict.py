@@ -62,7 +62,8 @@ class Predictor:
         if not all(k in progress for k in ("arch", "args", "stats")):
             raise PredictError(f"{path} does not record a training recipe (network, crop, channel means); "
                                "predict takes checkpoints of scripts/train_alexnet.py")
-        args = SimpleNamespace(**{"arch": progress["arch"], **progress["args"]})
+        self.recipe = progress["args"]  # the training flags that define the run (train_alexnet.RECIPE)
+        args = SimpleNamespace(**{"arch": progress["arch"], **self.recipe})
         weights = [v for v in state["model"].values() if np.ndim(v) >= 2]
         channels, num_classes = weights[0].shape[1], weights[-1].shape[0]
         names = progress.get("data_summary", {}).get("classes")
