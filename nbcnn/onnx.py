@@ -182,16 +182,16 @@ def to_model(net, input_shape):
     graph = onnx.helper.make_graph(
         g.nodes, "nbcnn", [onnx.helper.make_tensor_value_info("input", float32, ("N",) + input_shape[1:])],
         [onnx.helper.make_tensor_value_info("output", float32, ("N",) + tuple(out.shape[1:]))], g.initializers)
-    model = onnx.helper.make_model(graph, producer_name="nbcnn", opset_imports=[onnx.helper.make_opsetid("", OPSET)])
-    onnx.checker.check_model(model)
-    return model
+    return onnx.helper.make_model(graph, producer_name="nbcnn", opset_imports=[onnx.helper.make_opsetid("", OPSET)])
 
 
 def export(net, path, input_shape):
-    """Atomically write `net` in inference as an ONNX file for inputs of `input_shape` (see to_model)."""
-    model = to_model(net, input_shape)
+    """Atomically write `net` in inference as an ONNX file for inputs of `input_shape` (see to_model),
+    checked by onnx.checker first."""
+    data = to_model(net, input_shape).SerializeToString()
+    _onnx().checker.check_model(data)  # the bytes, so that a large model is serialised once
     with atomic_write(path) as f:
-        f.write(model.SerializeToString())
+        f.write(data)
 
 
 def _walk(m):
