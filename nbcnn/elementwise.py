@@ -137,6 +137,20 @@ def adam_op(elementwise):
     return adam_step
 
 
+def dropout_op(elementwise):
+    """The contract's dropout_forward(x, p, key, y, offset=0) made with a backend's element-wise factory.
+
+    `offset` shifts the flat index the mask is drawn at: a process holding samples [s, s + n) of a
+    global batch passes s * (elements per sample), so its mask is the global batch's (nbcnn.distributed)."""
+    dropout = elementwise(DROPOUT)
+
+    def dropout_forward(x, p, key, y, offset=0):
+        dropout(x, p, key, int(offset), y)
+
+    dropout_forward.kernel = dropout.kernel  # for tests/test_cuda_compiles.py
+    return dropout_forward
+
+
 def rmsprop_op(elementwise):
     """The contract's rmsprop_step made with a backend's element-wise factory: the kernel of its (centered, momentum)."""
     ops = {key: elementwise(spec) for key, spec in RMSPROP_STEPS.items()}

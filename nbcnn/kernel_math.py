@@ -110,9 +110,9 @@ def constant(a, value):
 
 
 @register_jitable
-def dropout(x, p, key, i):
-    """x / (1 - p) where element i is kept by the stream `key` (nbcnn.random.keep_bit), else 0; in float64."""
-    return np.float64(x) * (1.0 / (1.0 - p)) if keep_bit(key, i, keep_threshold(p)) else 0.0
+def dropout(x, p, key, offset, i):
+    """x / (1 - p) where element offset + i is kept by the stream `key` (nbcnn.random.keep_bit), else 0; in float64."""
+    return np.float64(x) * (1.0 / (1.0 - p)) if keep_bit(key, offset + i, keep_threshold(p)) else 0.0
 
 
 @register_jitable

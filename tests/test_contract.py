@@ -474,6 +474,12 @@ def check_dropout(be, op):
         y = be.empty(shape, np.float32)
         op(be.from_numpy(x), 0.5, key, y)
         assert_close(y, ref.dropout(x, 0.5, key).astype(np.float32), exact=True)
+    # offset: the mask of elements offset.. of a larger array, past 2**32 too (its high word enters the hash)
+    for offset in (7, 2**32 + 3):
+        x = data((3, 5))
+        y = be.empty(x.shape, np.float32)
+        op(be.from_numpy(x), 0.5, 999, y, offset)
+        assert_close(y, ref.dropout(x, 0.5, 999, offset).astype(np.float32), exact=True)
 
 
 @case("sgd_step")

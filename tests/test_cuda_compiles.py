@@ -58,7 +58,7 @@ def kernels():
             ("avgpool_bwd", pool.avgpool2d_backward_kernel, f"void({a4}, int64, int64, int64, boolean, boolean, {a4})"),
             ("relu_fwd", relu.relu_forward.kernel, f"void({v}, {v})"),
             ("relu_bwd", relu.relu_backward.kernel, f"void({v}, {v}, {v})"),
-            ("dropout", dropout.dropout_forward.kernel, f"void({v}, float64, int64, {v})"),
+            ("dropout", dropout.dropout_forward.kernel, f"void({v}, float64, int64, int64, {v})"),
             ("lrn_fwd", lrn.lrn_forward_kernel, f"void({a3}, int64, float64, float64, float64, {a3}, {a3})"),
             ("lrn_bwd", lrn.lrn_backward_kernel,
              f"void({a3}, {a3}, {a3}, {a3}, int64, float64, float64, {a3})"),
