@@ -61,6 +61,10 @@ class Backend:
         """a[...] = value."""
         raise NotImplementedError
 
+    def scale(self, a, factor):
+        """a[...] = a * factor (a C-contiguous, float32 or float64; the product in float64, then rounded)."""
+        raise NotImplementedError
+
     def copy(self, src, dst):
         """dst[...] = src (same shape and dtype); src any strides, dst C-contiguous."""
         raise NotImplementedError
@@ -322,7 +326,7 @@ def is_depthwise(in_channels, groups):
 OP_FILES = {
     "array": ("is_array", "empty", "from_numpy", "to_numpy", "copy", "contiguous", "reshape",
               "memory_stats", "empty_cache", "is_out_of_memory"),
-    "elementwise": ("fill", "add", "add_out"),
+    "elementwise": ("fill", "add", "add_out", "scale"),
     "gemm": ("matmul",),
     "conv": ("conv2d_forward", "conv2d_backward"),
     "pool": ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",

@@ -88,6 +88,7 @@ RELU_BACKWARD = Elementwise("relu_backward", kernel_math.relu_grad, arrays=("y",
 ADD = Elementwise("add", kernel_math.accumulate, arrays=("src", "dst"), writes=("dst",))
 ADD_OUT = Elementwise("add_out", kernel_math.plus, arrays=("a", "b", "y"), writes=("y",))
 FILL = Elementwise("fill", kernel_math.constant, arrays=("a",), writes=("a",))
+SCALE = Elementwise("scale", kernel_math.scaled, arrays=("a",), writes=("a",))
 DROPOUT = Elementwise("dropout", kernel_math.dropout, arrays=("x", "y"), writes=("y",))
 SGD_STEP = Elementwise("sgd_step", kernel_math.sgd_update, arrays=("w", "g", "v"), writes=("w", "v"))
 

@@ -104,6 +104,12 @@ def plus(a, b):
 
 
 @register_jitable
+def scaled(a, factor):
+    """a * factor, in float64: a data-parallel process's gradient weighted by its share of the batch."""
+    return np.float64(a) * factor
+
+
+@register_jitable
 def constant(a, value):
     """value, whatever a held."""
     return value

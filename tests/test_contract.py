@@ -154,6 +154,15 @@ def _(be):
         assert_close(dst, b + a, exact=True)
 
 
+@case("scale")
+def _(be):
+    for shape, dtype in zip(SHAPES, (np.float32, np.float64) * 3):
+        a = data(shape, dtype)
+        ad = be.from_numpy(a)
+        be.scale(ad, 0.3)
+        assert_close(ad, (a.astype(np.float64) * 0.3).astype(dtype), exact=True)
+
+
 @case("add_out")
 def _(be):
     for shape in SHAPES:
