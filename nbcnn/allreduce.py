@@ -18,6 +18,8 @@ Two transports move the buffers:
   GPU run with one process exercises it (docs/distributed.md).
 """
 
+import os
+
 import numpy as np
 
 # PyTorch DDP's default bucket: large enough that per-message latency is amortised, small enough
@@ -168,7 +170,11 @@ class NCCL:
 
 
 def nccl_available():
-    """True where nccl4py imports (with its CUDA 13 NCCL library)."""
+    """True where nccl4py imports (with its CUDA 13 NCCL library) and CUDA is a real GPU, not
+    numba's simulator; NBCNN_ALLREDUCE=mpi asks for the host-staged MPI path all the same."""
+    from numba import config
+    if config.ENABLE_CUDASIM or os.environ.get("NBCNN_ALLREDUCE", "").lower() == "mpi":
+        return False
     try:
         import nccl.core  # noqa: F401
     except ImportError:

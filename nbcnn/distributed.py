@@ -143,8 +143,8 @@ def make_transport(world, backend, log=print):
         if allreduce.nccl_available():
             return allreduce.NCCL(world.comm, backend)
         if world.is_root:
-            log("nbcnn.distributed: nccl4py is not installed; gradients are averaged by MPI through "
-                "host memory (pip install -e '.[cuda]' for NCCL)")
+            log("nbcnn.distributed: gradients are averaged by MPI through host memory: nccl4py is not "
+                "installed (pip install -e '.[cuda]'), or NBCNN_ALLREDUCE=mpi, or CUDA is simulated")
     return allreduce.HostMPI(world.comm)
 
 

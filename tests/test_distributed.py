@@ -1,0 +1,152 @@
+"""Data-parallel training (nbcnn.distributed): N processes at batch B compute one process's batch N*B.
+
+The equivalence tests run tests/distributed_worker.py under `mpiexec -n 2` and as one plain
+process at twice the batch, with dropout and augmentation on, and compare the parameters after
+a few SGD steps (the last step's global batch is split 1 and 2, so unequal shards are weighted).
+They skip where mpi4py or mpiexec is missing (pip install -e '.[mpi]').
+"""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nbcnn.allreduce import GradientAverager, make_buckets
+from nbcnn.module import Parameter
+from nbcnn.backend import get_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "distributed_worker.py"
+
+
+def find_mpiexec():
+    """The mpiexec beside this Python (the mpich wheel's, matching mpi4py), else the one on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+MPIEXEC = find_mpiexec()
+needs_mpi = pytest.mark.skipif(
+    importlib.util.find_spec("mpi4py") is None or MPIEXEC is None,
+    reason="mpi4py or mpiexec is not installed (pip install -e '.[mpi]')")
+
+
+def run_worker(tmp_path, name, processes, *args, timeout=120):
+    """Run the worker (under mpiexec when processes > 1); {rank: state} it saved, and the process."""
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")  # two ranks on two cores: no oversubscription
+    for v in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
+        env.pop(v, None)
+    cmd = [sys.executable, str(WORKER), str(tmp_path / f"{name}.npz"), *args]
+    if processes > 1:
+        cmd = [MPIEXEC, "-n", str(processes)] + cmd
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    states = {r: dict(np.load(tmp_path / f"{name}.rank{r}.npz")) for r in range(processes)
+              if (tmp_path / f"{name}.rank{r}.npz").exists()}
+    return states, proc
+
+
+def max_difference(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def two_against_one(tmp_path, *args, batch=6):
+    """(the parameters of 1 process at batch 2*batch, those of rank 0 of 2 processes at batch)."""
+    one, proc = run_worker(tmp_path, "one", 1, "--batch", str(2 * batch), *args)
+    assert proc.returncode == 0, proc.stderr
+    two, proc = run_worker(tmp_path, "two", 2, "--batch", str(batch), *args)
+    assert proc.returncode == 0, proc.stderr
+    assert max_difference(two[0], two[1]) == 0  # the ranks hold the same parameters, bit for bit
+    return one[0], two[0]
+
+
+@needs_mpi
+def test_two_processes_train_as_one_at_twice_the_batch_in_float64(tmp_path):
+    one, two = two_against_one(tmp_path, "--dtype", "float64")
+    assert max_difference(one, two) < 1e-12  # measured: 5.6e-17
+
+
+@needs_mpi
+def test_two_processes_train_as_one_at_twice_the_batch_in_float32(tmp_path):
+    """Only the order of the batch sums differs (each process sums its half first): measured 6.0e-8
+    (half an ulp at the largest weights, about 0.6), allowed 1e-6."""
+    one, two = two_against_one(tmp_path, "--dtype", "float32")
+    assert max_difference(one, two) < 1e-6
+
+
+@needs_mpi
+def test_two_simulated_gpus_train_as_one_through_host_memory(tmp_path):
+    """The CUDA backend under the simulator, gradients staged through the host (no nccl4py there)."""
+    one, two = two_against_one(tmp_path, "--device", "cuda", "--net", "tiny", "--steps", "2", batch=2)
+    assert max_difference(one, two) < 1e-12
+
+
+@needs_mpi
+def test_a_failing_process_ends_the_job_quickly(tmp_path):
+    t = time.perf_counter()
+    _, proc = run_worker(tmp_path, "fail", 2, "--batch", "6", "--fail-rank", "1", timeout=60)
+    assert proc.returncode != 0
+    assert time.perf_counter() - t < 30
+    assert "planted failure on rank 1" in proc.stderr
+
+
+def test_plain_python_is_one_process_without_mpi():
+    code = ("import sys; from nbcnn import distributed; w = distributed.init(); "
+            "print(w.rank, w.size, w.local_rank, 'mpi4py' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.stdout.split() == ["0", "1", "0", "False"], out.stderr
+
+
+def params(*shapes, dtype=np.float32):
+    be = get_backend("cpu")
+    return [Parameter(np.zeros(s, dtype), be) for s in shapes]
+
+
+def test_buckets_follow_the_given_order_up_to_their_size_and_dtype():
+    ps = params((100,), (50, 2), (10,), (300,)) + params((5,), dtype=np.float64)
+    buckets = make_buckets(ps, bucket_bytes=800)  # 200 float32
+    assert [[ps.index(p) for p in b.params] for b in buckets] == [[0, 1], [2], [3], [4]]
+    assert [b.size for b in buckets] == [200, 10, 300, 5]
+    assert buckets[0].slices == [slice(0, 100), slice(100, 200)]
+
+
+class Recorder:
+    """A transport that records which bucket starts when."""
+
+    def __init__(self):
+        self.log = []
+
+    def start(self, bucket, weight):
+        self.log.append(("start", [p.shape for p in bucket.params], weight))
+
+    def progress(self, handles):
+        pass
+
+    def wait(self, handles):
+        self.log.append(("wait",))
+
+    def unpack(self, bucket):
+        pass
+
+
+def test_a_bucket_starts_once_all_its_gradients_are_ready_and_in_order():
+    ps = params((100,), (100,), (100,), (100,))
+    recorder = Recorder()
+    avg = GradientAverager(ps, recorder, bucket_bytes=800)  # buckets [0, 1] and [2, 3]
+    avg.begin(0.25)
+    avg.ready(ps[0])
+    assert recorder.log == []
+    avg.ready(ps[2])
+    avg.ready(ps[3])
+    assert recorder.log == []  # bucket 1 is complete but bucket 0 must start first
+    avg.ready(ps[1])
+    assert recorder.log == [("start", [(100,), (100,)], 0.25), ("start", [(100,), (100,)], 0.25)]
+    avg.finish()
+    assert recorder.log[-1] == ("wait",)
