@@ -1,6 +1,7 @@
 """Data-parallel training across processes (mpiexec, srun): the world, rank 0's state, the step.
 
     world = distributed.init()                    # size 1 under plain python: no MPI needed
+    world.select_gpu()                            # --device cuda: GPU local_rank of this node
     loader = Loader(train, transform, batch_size, shard=world.shard)   # batch_size per process
     dp = distributed.DataParallel(model, world)   # rank 0's parameters and buffers everywhere
     for batch in loader.train_batches(seed, epoch):
@@ -63,6 +64,14 @@ class World:
     def is_root(self):
         """Rank 0: the process that prints, writes metrics and checkpoints."""
         return self.rank == 0
+
+    def select_gpu(self):
+        """Make GPU number local_rank (modulo the GPUs this machine has) this process's device:
+        call it before anything touches CUDA. Returns the device's index."""
+        from numba import cuda
+        index = self.local_rank % len(cuda.gpus)
+        cuda.select_device(index)
+        return index
 
     def sum(self, values):
         """The element-wise sum over all processes of a list of numbers (float64), on every process."""

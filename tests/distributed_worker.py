@@ -46,6 +46,9 @@ def main():
     args = ap.parse_args()
 
     world = distributed.init()
+    print(f"rank {world.rank}/{world.size} local {world.local_rank}/{world.local_size}", flush=True)
+    if args.device == "cuda":
+        world.select_gpu()
     nbcnn.manual_seed(1 + world.rank)
     augment = not args.no_augment
     size, channels, classes = (20, 3, 10) if args.net == "small" else (8, 1, 3)

@@ -60,8 +60,11 @@ def two_against_one(tmp_path, *args, batch=6):
     """(the parameters of 1 process at batch 2*batch, those of rank 0 of 2 processes at batch)."""
     one, proc = run_worker(tmp_path, "one", 1, "--batch", str(2 * batch), *args)
     assert proc.returncode == 0, proc.stderr
+    assert "rank 0/1 local 0/1" in proc.stdout
     two, proc = run_worker(tmp_path, "two", 2, "--batch", str(batch), *args)
     assert proc.returncode == 0, proc.stderr
+    # one machine: the node's ranks (split by shared memory) are the world's
+    assert "rank 0/2 local 0/2" in proc.stdout and "rank 1/2 local 1/2" in proc.stdout
     assert max_difference(two[0], two[1]) == 0  # the ranks hold the same parameters, bit for bit
     return one[0], two[0]
 
