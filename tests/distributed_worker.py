@@ -3,6 +3,7 @@ plain python; rank 0 saves the parameters it ends with (and every rank its own, 
 
     python tests/distributed_worker.py OUT.npz --net small|tiny --device cpu|cuda --dtype float64
         --batch B --steps K [--no-dropout] [--no-augment] [--fail-rank R]
+        [--save CKPT] (rank 0 writes a checkpoint after the K steps) [--resume CKPT] (all ranks read it)
 
 Each rank seeds its initialisation differently (seed 1 + rank): only rank 0's broadcast state
 can make the ranks, and one process (seed 1), start alike.
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nbcnn  # noqa: E402
 from nbcnn import distributed, models  # noqa: E402
+from nbcnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from nbcnn.data import ArrayDataset, Loader, Transform  # noqa: E402
 from nbcnn.layers import Conv2d, Dropout, Flatten, Linear, ReLU  # noqa: E402
 from nbcnn.module import Sequential  # noqa: E402
@@ -43,6 +45,8 @@ def main():
     ap.add_argument("--no-dropout", action="store_true")
     ap.add_argument("--no-augment", action="store_true")
     ap.add_argument("--fail-rank", type=int, default=-1)
+    ap.add_argument("--save")
+    ap.add_argument("--resume")
     args = ap.parse_args()
 
     world = distributed.init()
@@ -68,10 +72,11 @@ def main():
     dataset = ArrayDataset(images, data.integers(0, classes, SAMPLES), range(classes), "random")
     transform = Transform(side, crop, pad=1 if augment else 0, flip=augment)
 
-    dp = distributed.DataParallel(model, world)
     opt = nbcnn.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    start = load_checkpoint(args.resume, model, opt)["step"] if args.resume else 0
+    dp = distributed.DataParallel(model, world)
     loader = Loader(dataset, transform, args.batch, shard=world.shard)
-    for step, batch in enumerate(loader.train_batches(seed=3, epoch=0)):
+    for step, batch in enumerate(loader.train_batches(seed=3, epoch=0, start_step=start), start):
         if step == args.steps:
             break
         if world.rank == args.fail_rank and step == 1:
@@ -79,6 +84,8 @@ def main():
         x = nbcnn.asarray(batch.x.astype(args.dtype), args.device)
         dp.step(x, nbcnn.asarray(batch.y, args.device))
         opt.step()
+    if args.save and world.is_root:
+        save_checkpoint(args.save, model, opt, step=args.steps)
     np.savez(args.out.replace(".npz", f".rank{world.rank}.npz"), **model.state_dict())
 
 

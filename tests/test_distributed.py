@@ -84,6 +84,20 @@ def test_two_processes_train_as_one_at_twice_the_batch_in_float32(tmp_path):
 
 
 @needs_mpi
+def test_a_run_of_two_processes_resumes_in_one_at_the_same_global_batch(tmp_path):
+    """2 processes at batch 6 save after one step; 1 process at batch 12 resumes for two more:
+    the parameters of 1 process at 12 for three steps. (The checkpoint is rank 0's full state.)"""
+    ckpt = str(tmp_path / "step1.ckpt")
+    _, proc = run_worker(tmp_path, "first", 2, "--batch", "6", "--steps", "1", "--save", ckpt)
+    assert proc.returncode == 0, proc.stderr
+    resumed, proc = run_worker(tmp_path, "resumed", 1, "--batch", "12", "--steps", "3", "--resume", ckpt)
+    assert proc.returncode == 0, proc.stderr
+    straight, proc = run_worker(tmp_path, "straight", 1, "--batch", "12", "--steps", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert max_difference(resumed[0], straight[0]) < 1e-12
+
+
+@needs_mpi
 def test_two_simulated_gpus_train_as_one_through_host_memory(tmp_path):
     """The CUDA backend under the simulator, gradients staged through the host (no nccl4py there)."""
     one, two = two_against_one(tmp_path, "--device", "cuda", "--net", "tiny", "--steps", "2", batch=2)
