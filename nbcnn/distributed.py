@@ -150,6 +150,8 @@ def make_transport(world, backend, log=print):
     """NCCL for CUDA arrays where nccl4py imports, else MPI on host buffers (said once in the log)."""
     if backend.name == "cuda":
         if allreduce.nccl_available():
+            if world.is_root:
+                log(f"nbcnn.distributed: gradients are averaged by NCCL (nccl4py) across {world.size} GPU(s)")
             return allreduce.NCCL(world.comm, backend)
         if world.is_root:
             log("nbcnn.distributed: gradients are averaged by MPI through host memory: nccl4py is not "
