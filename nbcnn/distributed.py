@@ -5,7 +5,7 @@
     loader = Loader(train, transform, batch_size, shard=world.shard)   # batch_size per process
     dp = distributed.DataParallel(model, world)   # rank 0's parameters and buffers everywhere
     for batch in loader.train_batches(seed, epoch):
-        loss = dp.step(x, labels)                 # forward, backward, gradients averaged
+        stats = dp.step(x, labels)                # forward, backward, gradients averaged
         optimizer.step()
 
 N processes at per-process batch B then compute what one process computes at batch N*B: the
@@ -21,10 +21,12 @@ its traceback, instead of leaving the others waiting in a collective.
 
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
 from . import allreduce
+from .array import asarray, to_numpy
 from .loss import softmax_cross_entropy
 from .module import Sequential
 from .random import default_generator
@@ -159,6 +161,14 @@ def make_transport(world, backend, log=print):
     return allreduce.HostMPI(world.comm)
 
 
+class StepStats(NamedTuple):
+    """A global batch's mean loss, its number of correct top-1 predictions and its images."""
+
+    loss: float
+    correct: int
+    count: int
+
+
 class DataParallel:
     """One training step of `model` in `world`, its gradients averaged over the processes.
 
@@ -176,13 +186,13 @@ class DataParallel:
             self.averager = allreduce.GradientAverager(params, transport, bucket_bytes)
 
     def step(self, x, labels):
-        """Forward and backward of this process's shard (x, labels on the model's backend);
-        returns the global batch's mean loss, the same on every process."""
+        """Forward and backward of this process's shard (x, labels on the model's backend).
+        Returns the GLOBAL batch's StepStats (the same on every process)."""
         n = int(x.shape[0])
         counts = [n] if self.world.comm is None else self.world.comm.allgather(n)
         total, first = sum(counts), sum(counts[:self.world.rank])
         self.model.zero_grad()
-        loss = 0.0
+        loss, correct = 0.0, 0
         if self.averager is not None:
             self.averager.begin(n / total)
         if n:
@@ -193,10 +203,11 @@ class DataParallel:
                 self._backward(dlogits)
             finally:
                 default_generator.sample_offset = 0
-        if self.averager is None:
-            return loss
-        self.averager.finish()  # an empty shard contributes its zero gradients
-        return float(self.world.sum([loss * n])[0] / total)
+            correct = int((to_numpy(logits).argmax(1) == to_numpy(labels)).sum())
+        if self.averager is not None:
+            self.averager.finish()  # an empty shard contributes its zero gradients
+        loss_sum, correct = self.world.sum([loss * n, correct])
+        return StepStats(float(loss_sum / total), int(correct), total)
 
     def _backward(self, dy):
         """Sequential.backward, module by module, marking each module's parameters ready."""
@@ -207,3 +218,17 @@ class DataParallel:
                 for p in m.parameters():
                     self.averager.ready(p)
                 self.averager.progress()
+
+
+def train_epoch(dp, loader, optimizer, seed, epoch, device, start_step=0, after_step=None):
+    """One epoch of data-parallel SGD from `start_step` on: dp.step and optimizer.step for each of
+    the loader's (sharded) batches; after_step(step, stats) after each, where a scheduler steps.
+    Returns (mean loss, top-1 error, images) of the epoch's global batches, the same on every process."""
+    loss_sum, correct, count = 0.0, 0, 0
+    for step, batch in enumerate(loader.train_batches(seed, epoch, start_step), start_step):
+        stats = dp.step(asarray(batch.x, device), asarray(batch.y, device))
+        optimizer.step()
+        loss_sum, correct, count = loss_sum + stats.loss * stats.count, correct + stats.correct, count + stats.count
+        if after_step is not None:
+            after_step(step, stats)
+    return loss_sum / max(count, 1), 1 - correct / max(count, 1), count

@@ -82,8 +82,9 @@ def main():
         if world.rank == args.fail_rank and step == 1:
             raise RuntimeError(f"planted failure on rank {world.rank}")
         x = nbcnn.asarray(batch.x.astype(args.dtype), args.device)
-        dp.step(x, nbcnn.asarray(batch.y, args.device))
+        stats = dp.step(x, nbcnn.asarray(batch.y, args.device))
         opt.step()
+        print(f"rank {world.rank} step {step} loss {stats.loss!r} correct {stats.correct} of {stats.count}", flush=True)
     if args.save and world.is_root:
         save_checkpoint(args.save, model, opt, step=args.steps)
     np.savez(args.out.replace(".npz", f".rank{world.rank}.npz"), **model.state_dict())
