@@ -125,6 +125,30 @@ def install_abort_hook(comm):
     sys.excepthook = abort
 
 
+def run(main):
+    """main(), in a job of several processes ended as a whole (MPI_Abort) when main raises or calls
+    sys.exit with a non-zero code: a process that just exits leaves the others waiting for it
+    forever (MPICH's MPI_Finalize waits for them, they wait for it). A trainer's entry point."""
+    try:
+        return main()
+    except SystemExit as exc:
+        if exc.code in (None, 0) or not launched():
+            raise
+        reason = f"exited with {exc.code!r}"
+    except BaseException:  # noqa: BLE001 - every way out of main must end the job
+        if not launched():
+            raise
+        sys.excepthook(*sys.exc_info())  # prints; init()'s hook also aborts
+        reason = "failed"
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1:
+        raise SystemExit(1)
+    sys.stderr.write(f"nbcnn.distributed: rank {comm.Get_rank()} {reason}; aborting all {comm.Get_size()} processes\n")
+    sys.stderr.flush()
+    comm.Abort(1)
+
+
 def broadcast_state(module, world):
     """Every process takes rank 0's parameters and buffers (state_dict), so none depends on
     seeding its initialisation the same, and rank 0's random generator (its seed and dropout

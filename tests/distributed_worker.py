@@ -44,7 +44,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--no-dropout", action="store_true")
     ap.add_argument("--no-augment", action="store_true")
-    ap.add_argument("--fail-rank", type=int, default=-1)
+    ap.add_argument("--fail-rank", type=int, default=-1, help="this rank raises at step 1")
+    ap.add_argument("--exit-rank", type=int, default=-1, help="this rank calls sys.exit(3) at step 1")
     ap.add_argument("--save")
     ap.add_argument("--resume")
     args = ap.parse_args()
@@ -81,6 +82,9 @@ def main():
             break
         if world.rank == args.fail_rank and step == 1:
             raise RuntimeError(f"planted failure on rank {world.rank}")
+        if world.rank == args.exit_rank and step == 1:
+            print(f"planted exit on rank {world.rank}", file=sys.stderr, flush=True)
+            sys.exit(3)
         x = nbcnn.asarray(batch.x.astype(args.dtype), args.device)
         stats = dp.step(x, nbcnn.asarray(batch.y, args.device))
         opt.step()
@@ -91,4 +95,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    distributed.run(main)

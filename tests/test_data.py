@@ -171,6 +171,26 @@ def test_sharded_loaders_together_load_the_global_batch():
         Loader(train, t, 4, shard=(3, 3))
 
 
+class SlowDataset:
+    """Two images, each taking 30 s to load (in a worker process)."""
+
+    labels = np.zeros(2, np.int64)
+
+    def __len__(self):
+        return 2
+
+    def load(self, i):
+        import time
+        time.sleep(30)
+        return np.zeros((4, 4, 1), np.uint8)
+
+
+def test_a_stuck_loader_worker_is_an_error_after_the_timeout():
+    with Loader(SlowDataset(), Transform(4, 4, flip=False), 2, workers=1, timeout=0.5) as loader:
+        with pytest.raises(DataError, match="no batch from the 1 loader worker"):
+            next(iter(loader.train_batches(0, 0)))
+
+
 def test_stratified_split():
     labels = np.repeat(np.arange(4), 10)
     tr, va = stratified_split(labels, 0.2)

@@ -125,6 +125,16 @@ def test_a_failing_process_ends_the_job_quickly(tmp_path):
     assert "planted failure on rank 1" in proc.stderr
 
 
+@needs_mpi
+def test_a_process_that_exits_non_zero_ends_the_job_quickly(tmp_path):
+    """sys.exit(3) in one rank under distributed.run: without the abort, MPICH hangs in MPI_Finalize."""
+    t = time.perf_counter()
+    _, proc = run_worker(tmp_path, "exit", 2, "--batch", "6", "--exit-rank", "1", timeout=60)
+    assert proc.returncode != 0
+    assert time.perf_counter() - t < 30
+    assert "planted exit on rank 1" in proc.stderr and "rank 1 exited with 3" in proc.stderr
+
+
 def test_plain_python_is_one_process_without_mpi():
     code = ("import sys; from nbcnn import distributed; w = distributed.init(); "
             "print(w.rank, w.size, w.local_rank, 'mpi4py' in sys.modules)")

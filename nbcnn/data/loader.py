@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .datasets import UnreadableImage
+from .datasets import DataError, UnreadableImage
 
 
 def epoch_order(n, seed, epoch):
@@ -83,10 +83,13 @@ class Loader:
     """Batches of a dataset, loaded in `workers` processes (0: in this process).
 
     shard=(rank, size): this process is `rank` of `size` data-parallel ones; `batch_size` is per
-    process, a step's global batch is size * batch_size, and this process loads its shard_bounds."""
+    process, a step's global batch is size * batch_size, and this process loads its shard_bounds.
+    timeout: seconds to wait for a batch from the workers before a DataError (None: for ever); a
+    data-parallel job needs one, so that a stuck worker ends the job instead of stalling it."""
 
-    def __init__(self, dataset, transform, batch_size, workers=0, prefetch=2, shard=(0, 1)):
+    def __init__(self, dataset, transform, batch_size, workers=0, prefetch=2, shard=(0, 1), timeout=None):
         self.dataset, self.transform = dataset, transform
+        self.timeout = timeout
         self.batch_size, self.workers, self.prefetch = int(batch_size), int(workers), int(prefetch)
         self.rank, self.size = (int(v) for v in shard)
         if not 0 <= self.rank < self.size:
@@ -147,6 +150,9 @@ class Loader:
             while queue and len(pending) < depth:
                 pending.append(self.pool.apply_async(_work, queue.pop()))
             t = time.perf_counter()
-            batch = pending.pop(0).get()
+            try:
+                batch = pending.pop(0).get(self.timeout)
+            except multiprocessing.TimeoutError:
+                raise DataError(f"no batch from the {self.workers} loader worker(s) within {self.timeout} s") from None
             batch.wait = time.perf_counter() - t
             yield batch
