@@ -116,23 +116,25 @@ def test_two_simulated_gpus_train_as_one_through_host_memory(tmp_path):
     assert max_difference(one, two) < 1e-12
 
 
-@needs_mpi
-def test_a_failing_process_ends_the_job_quickly(tmp_path):
+def stderr_of_a_job_that_ends_quickly(tmp_path, *args):
+    """The stderr of 2 worker processes that must end, non-zero, within 30 s."""
     t = time.perf_counter()
-    _, proc = run_worker(tmp_path, "fail", 2, "--batch", "6", "--fail-rank", "1", timeout=60)
+    _, proc = run_worker(tmp_path, "ends", 2, "--batch", "6", *args, timeout=60)
     assert proc.returncode != 0
     assert time.perf_counter() - t < 30
-    assert "planted failure on rank 1" in proc.stderr
+    return proc.stderr
+
+
+@needs_mpi
+def test_a_failing_process_ends_the_job_quickly(tmp_path):
+    assert "planted failure on rank 1" in stderr_of_a_job_that_ends_quickly(tmp_path, "--fail-rank", "1")
 
 
 @needs_mpi
 def test_a_process_that_exits_non_zero_ends_the_job_quickly(tmp_path):
     """sys.exit(3) in one rank under distributed.run: without the abort, MPICH hangs in MPI_Finalize."""
-    t = time.perf_counter()
-    _, proc = run_worker(tmp_path, "exit", 2, "--batch", "6", "--exit-rank", "1", timeout=60)
-    assert proc.returncode != 0
-    assert time.perf_counter() - t < 30
-    assert "planted exit on rank 1" in proc.stderr and "rank 1 exited with 3" in proc.stderr
+    stderr = stderr_of_a_job_that_ends_quickly(tmp_path, "--exit-rank", "1")
+    assert "planted exit on rank 1" in stderr and "rank 1 exited with 3" in stderr
 
 
 def test_plain_python_is_one_process_without_mpi():
