@@ -16,7 +16,8 @@ normalisation is the exception: its statistics are each process's own batch's, a
 DDP without SyncBatchNorm.
 
 A process whose exception reaches the top ends the whole job (MPI_Abort) right after printing
-its traceback, instead of leaving the others waiting in a collective.
+its traceback, instead of leaving the others waiting in a collective; under run(main), so does a
+process that calls sys.exit with a non-zero code.
 """
 
 import os

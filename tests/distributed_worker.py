@@ -1,5 +1,6 @@
 """A few SGD steps of data-parallel training, run by tests/test_distributed.py under mpiexec -n N or
-plain python; rank 0 saves the parameters it ends with (and every rank its own, to compare).
+plain python; every rank saves the parameters it ends with (OUT.rank<r>.npz) and a report
+of its place in the world and each step's global loss and accuracy (OUT.rank<r>.txt).
 
     python tests/distributed_worker.py OUT.npz --net small|tiny --device cpu|cuda --dtype float64
         --batch B --steps K [--no-dropout] [--no-augment] [--fail-rank R]
@@ -51,7 +52,8 @@ def main():
     args = ap.parse_args()
 
     world = distributed.init()
-    print(f"rank {world.rank}/{world.size} local {world.local_rank}/{world.local_size}", flush=True)
+    # written to a file per rank at the end: mpiexec merges the ranks' stdout, lines may interleave
+    report = [f"rank {world.rank}/{world.size} local {world.local_rank}/{world.local_size}"]
     if args.device == "cuda":
         world.select_gpu()
     nbcnn.manual_seed(1 + world.rank)
@@ -88,10 +90,11 @@ def main():
         x = nbcnn.asarray(batch.x.astype(args.dtype), args.device)
         stats = dp.step(x, nbcnn.asarray(batch.y, args.device))
         opt.step()
-        print(f"rank {world.rank} step {step} loss {stats.loss!r} correct {stats.correct} of {stats.count}", flush=True)
+        report.append(f"rank {world.rank} step {step} loss {stats.loss!r} correct {stats.correct} of {stats.count}")
     if args.save and world.is_root:
         save_checkpoint(args.save, model, opt, step=args.steps)
     np.savez(args.out.replace(".npz", f".rank{world.rank}.npz"), **model.state_dict())
+    Path(args.out.replace(".npz", f".rank{world.rank}.txt")).write_text("\n".join(report) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ needs_mpi = pytest.mark.skipif(
 
 
 def run_worker(tmp_path, name, processes, *args, timeout=120):
-    """Run the worker (under mpiexec when processes > 1); {rank: state} it saved, and the process."""
+    """Run the worker (under mpiexec when processes > 1): ({rank: state}, {rank: report}, the process)."""
     env = dict(os.environ, NUMBA_NUM_THREADS="1")  # two ranks on two cores: no oversubscription
     for v in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
         env.pop(v, None)
@@ -46,9 +46,10 @@ def run_worker(tmp_path, name, processes, *args, timeout=120):
     if processes > 1:
         cmd = [MPIEXEC, "-n", str(processes)] + cmd
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    states = {r: dict(np.load(tmp_path / f"{name}.rank{r}.npz")) for r in range(processes)
-              if (tmp_path / f"{name}.rank{r}.npz").exists()}
-    return states, proc
+    out = {r: tmp_path / f"{name}.rank{r}" for r in range(processes)}
+    states = {r: dict(np.load(f"{p}.npz")) for r, p in out.items() if Path(f"{p}.npz").exists()}
+    reports = {r: Path(f"{p}.txt").read_text() for r, p in out.items() if Path(f"{p}.txt").exists()}
+    return states, reports, proc
 
 
 def max_difference(a, b):
@@ -56,26 +57,26 @@ def max_difference(a, b):
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
-def step_stats(stdout, rank):
-    """[(loss, correct, count)] of each step the worker printed for `rank`."""
-    lines = [line.split() for line in stdout.splitlines() if line.startswith(f"rank {rank} step ")]
+def step_stats(report):
+    """[(loss, correct, count)] of each step in a worker's report."""
+    lines = [line.split() for line in report.splitlines() if " step " in line]
     return [(float(w[5]), int(w[7]), int(w[9])) for w in lines]
 
 
 def two_against_one(tmp_path, *args, batch=6, loss_tolerance=1e-12):
     """(the parameters of 1 process at batch 2*batch, those of rank 0 of 2 processes at batch);
     the global batches' losses, correct counts and sizes that each rank reports match one process's."""
-    one, proc = run_worker(tmp_path, "one", 1, "--batch", str(2 * batch), *args)
+    one, report, proc = run_worker(tmp_path, "one", 1, "--batch", str(2 * batch), *args)
     assert proc.returncode == 0, proc.stderr
-    assert "rank 0/1 local 0/1" in proc.stdout
-    one_stats = step_stats(proc.stdout, 0)
-    two, proc = run_worker(tmp_path, "two", 2, "--batch", str(batch), *args)
+    assert report[0].startswith("rank 0/1 local 0/1")
+    one_stats = step_stats(report[0])
+    two, reports, proc = run_worker(tmp_path, "two", 2, "--batch", str(batch), *args)
     assert proc.returncode == 0, proc.stderr
     # one machine: the node's ranks (split by shared memory) are the world's
-    assert "rank 0/2 local 0/2" in proc.stdout and "rank 1/2 local 1/2" in proc.stdout
+    assert reports[0].startswith("rank 0/2 local 0/2") and reports[1].startswith("rank 1/2 local 1/2")
     assert max_difference(two[0], two[1]) == 0  # the ranks hold the same parameters, bit for bit
     for rank in (0, 1):
-        stats = step_stats(proc.stdout, rank)
+        stats = step_stats(reports[rank])
         assert [s[1:] for s in stats] == [s[1:] for s in one_stats] and len(stats) >= 2
         assert np.allclose([s[0] for s in stats], [s[0] for s in one_stats], rtol=loss_tolerance, atol=0)
     return one[0], two[0]
@@ -100,11 +101,11 @@ def test_a_run_of_two_processes_resumes_in_one_at_the_same_global_batch(tmp_path
     """2 processes at batch 6 save after one step; 1 process at batch 12 resumes for two more:
     the parameters of 1 process at 12 for three steps. (The checkpoint is rank 0's full state.)"""
     ckpt = str(tmp_path / "step1.ckpt")
-    _, proc = run_worker(tmp_path, "first", 2, "--batch", "6", "--steps", "1", "--save", ckpt)
+    _, _, proc = run_worker(tmp_path, "first", 2, "--batch", "6", "--steps", "1", "--save", ckpt)
     assert proc.returncode == 0, proc.stderr
-    resumed, proc = run_worker(tmp_path, "resumed", 1, "--batch", "12", "--steps", "3", "--resume", ckpt)
+    resumed, _, proc = run_worker(tmp_path, "resumed", 1, "--batch", "12", "--steps", "3", "--resume", ckpt)
     assert proc.returncode == 0, proc.stderr
-    straight, proc = run_worker(tmp_path, "straight", 1, "--batch", "12", "--steps", "3")
+    straight, _, proc = run_worker(tmp_path, "straight", 1, "--batch", "12", "--steps", "3")
     assert proc.returncode == 0, proc.stderr
     assert max_difference(resumed[0], straight[0]) < 1e-12
 
@@ -119,7 +120,7 @@ def test_two_simulated_gpus_train_as_one_through_host_memory(tmp_path):
 def stderr_of_a_job_that_ends_quickly(tmp_path, *args):
     """The stderr of 2 worker processes that must end, non-zero, within 30 s."""
     t = time.perf_counter()
-    _, proc = run_worker(tmp_path, "ends", 2, "--batch", "6", *args, timeout=60)
+    _, _, proc = run_worker(tmp_path, "ends", 2, "--batch", "6", *args, timeout=60)
     assert proc.returncode != 0
     assert time.perf_counter() - t < 30
     return proc.stderr
