@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Data-parallel training of alexnet-small on the embedded MNIST digits, with nbcnn.distributed's API
-(the example scripts/train_alexnet.py's integration is to follow; docs/distributed.md).
+(an example until scripts/train_alexnet.py integrates it: docs/distributed.md).
 
     NUMBA_NUM_THREADS=1 mpiexec -n 2 python scripts/train_dp_example.py --batch-size 64
     python scripts/train_dp_example.py --batch-size 128          # the same global batch, one process
