@@ -107,7 +107,7 @@ def main(argv=None):
         predictor = Predictor(args.checkpoint, args.device)
         recipe = predictor.recipe
         data = os.path.abspath(os.path.expanduser(args.data)) if args.data else recipe["data"]
-        _, val, _ = load_data(SimpleNamespace(data=data, subset=None,
+        _, val, _ = load_data(SimpleNamespace(data=data, classes=recipe.get("classes"), subset=None,
                                               val_subset=None if args.all else recipe.get("val_subset")))
         if list(val.classes) != predictor.classes and predictor.named:
             raise DataError(f"the classes of {data or 'the embedded digits'} are not the checkpoint's "

@@ -66,7 +66,7 @@ class Predictor:
         args = SimpleNamespace(**{"arch": progress["arch"], **self.recipe})
         weights = [v for v in state["model"].values() if np.ndim(v) >= 2]
         channels, num_classes = weights[0].shape[1], weights[-1].shape[0]
-        names = progress.get("data_summary", {}).get("classes")
+        names = progress.get("classes") or progress.get("data_summary", {}).get("classes")  # --classes: its own
         self.named = names is not None and len(names) == num_classes
         self.classes = list(names) if self.named else [str(i) for i in range(num_classes)]
         data = SimpleNamespace(classes=self.classes, channels=channels)

@@ -60,3 +60,15 @@ def test_text_output_and_a_missing_dataset(evaluate, run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.splitlines()) == 1
     assert not os.path.exists(tmp_path / "nowhere")
+
+
+def test_a_run_on_some_classes_is_evaluated_on_those_by_name(evaluate, tmp_path, capsys, monkeypatch):
+    """train_alexnet.py --classes 5,6,7: a 3-class network, evaluated on the validation images of those classes."""
+    monkeypatch.setenv("NBCNN_CACHE", str(tmp_path / "cache"))
+    assert load_script("train_alexnet").main([
+        "--classes", "5,6,7", "--subset", "30", "--val-subset", "15", "--batch-size", "15", "--workers", "0",
+        "--epochs", "1", "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", str(tmp_path / "run" / "last.ckpt"), "--json", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 15 and sorted(result["per_class_accuracy"]) == ["5", "6", "7"]
