@@ -713,26 +713,26 @@ def assert_same_run(a_dir, b_dir):
 
 
 def test_cosine_with_warm_up_resumed_twice_equals_a_straight_run(script, tmp_path):
-    """Stopped inside the warm-up (step 2 of 3), then inside the cosine (step 5), then run to the end."""
-    recipe = TINY + ["--epochs", "3", "--lr-policy", "cosine", "--warmup-epochs", "1"]
+    """Stopped inside the warm-up (step 2 of 3), then inside the cosine (step 4 of 6), then run to the end."""
+    recipe = TINY + ["--epochs", "2", "--lr-policy", "cosine", "--warmup-epochs", "1"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert script.main(recipe + ["--out", str(straight)]) == 0
     assert script.main(recipe + ["--max-steps", "2", "--out", str(split)]) == 0
-    assert script.main(["--resume", str(split / "last.ckpt"), "--max-steps", "5", "--workers", "0"]) == 0
+    assert script.main(["--resume", str(split / "last.ckpt"), "--max-steps", "4", "--workers", "0"]) == 0
     assert script.main(["--resume", str(split / "last.ckpt"), "--workers", "0"]) == 0
     assert_same_run(straight, split)
 
 
 def test_cosine_with_warm_up_lrs(script, tmp_path):
     """The lr of each epoch's last step (3 steps an epoch): a linear ramp from lr/100 over epoch 1's
-    steps, then a cosine from lr to 0 over the 6 steps of epochs 2 and 3 (torch's SequentialLR of
-    LinearLR(start_factor=0.01, total_iters=3) and CosineAnnealingLR(T_max=6), stepped per step)."""
-    assert script.main(TINY + ["--epochs", "3", "--lr-policy", "cosine", "--warmup-epochs", "1",
+    steps, then a cosine from lr to 0 over the 3 steps of epoch 2 (torch's SequentialLR of
+    LinearLR(start_factor=0.01, total_iters=3) and CosineAnnealingLR(T_max=3), stepped per step)."""
+    assert script.main(TINY + ["--epochs", "2", "--lr-policy", "cosine", "--warmup-epochs", "1",
                                "--out", str(tmp_path)]) == 0
     history = read_checkpoint(str(tmp_path / "last.ckpt"))["progress"]["history"]
     warm_up = 0.01 * (0.01 + 0.99 * 2 / 3)  # step 3 of the ramp (counts 0, 1, 2)
-    cosine = [0.01 * (1 + np.cos(np.pi * k / 6)) / 2 for k in (2, 5)]  # steps 6 and 9: cosine counts 2 and 5
-    assert [r["lr"] for r in history] == pytest.approx([warm_up, *cosine], rel=1e-12)
+    cosine = 0.01 * (1 + np.cos(np.pi * 2 / 3)) / 2  # step 6: cosine count 2 of 3
+    assert [r["lr"] for r in history] == pytest.approx([warm_up, cosine], rel=1e-12)
 
 
 def test_adam_resumed_mid_epoch_equals_a_straight_run(script, tmp_path):
