@@ -12,7 +12,10 @@ where one image's OH*OW output pixels make a wide enough product; small maps (Re
 7x7 one image's GEMMs are 49 columns wide, too narrow for BLAS's kernels, and its
 weight-gradient product only 49 deep, a pass over the whole dw buffer per image. Weight
 and bias gradients are summed per thread and reduced once at the end: no two threads
-write the same gradient.
+write the same gradient. Each kernel is one parallel region in which every thread works
+through its own rounds of images: a region per round cost a barrier each, and on a machine
+whose cores other processes share, a scheduler slice each (ResNet-20's 128 images at 32x32
+were 64 rounds).
 """
 
 from numba import njit, prange
@@ -118,8 +121,8 @@ def conv2d_forward_kernel(x, w, b, stride, pad, groups, G, cols, xps, ys, y, has
     GP = G * P
     wmat = w.reshape(O, R)
     beta = 1.0 if has_bias else 0.0  # beta 0: BLAS overwrites the output without reading it
-    for n0 in range(0, N, T * G):
-        for t in prange(T):
+    for t in prange(T):  # one parallel region, each thread through its rounds: no barrier per round
+        for n0 in range(0, N, T * G):
             lo, hi = thread_images(n0, t, G, N)
             if lo == hi:
                 continue
@@ -160,8 +163,8 @@ def conv2d_backward_kernel(x, w, dy, stride, pad, groups, G, cols, dcols, xps, d
         dws[:] = 0
     if want_db:
         dbs[:] = 0
-    for n0 in range(0, N, T * G):
-        for t in prange(T):
+    for t in prange(T):  # one parallel region, each thread through its rounds: no barrier per round
+        for n0 in range(0, N, T * G):
             lo, hi = thread_images(n0, t, G, N)
             if lo == hi:
                 continue
