@@ -294,7 +294,7 @@ def test_the_option_a_shortcut_subsamples_and_pads_with_zeros(device):
 def test_resnet20_learns_the_embedded_digits():
     """ResNet-20 on 28x28 digits (1 channel): Adam with a cosine schedule, 60 steps of 32 from 1,000
     training digits, is well above the 10% of chance on the 500 held-out digits in eval mode (about
-    0.88 there; 8 s on 2 idle cores)."""
+    0.88 there; 12 s on 2 cores shared at load 2.4, a minute at load 6)."""
     from nbcnn.data import embedded_mnist
     train, val = embedded_mnist()
     rng = np.random.default_rng(0)
