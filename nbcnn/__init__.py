@@ -10,6 +10,8 @@ from .loss import softmax_cross_entropy
 from .module import Module, Parameter, Residual, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from .random import manual_seed
+from .errors import WeightsFileError
+from .weights import load
 
 __all__ = [
     "Adam", "AdamW", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d",
@@ -17,5 +19,6 @@ __all__ = [
     "NonFiniteLossError", "Optimizer", "OutOfMemoryError", "Parameter", "RMSprop", "ReLU",
     "Residual", "SGD", "Sequential", "asarray", "device_of", "get_backend", "lr_scheduler",
     "manual_seed", "models", "softmax_cross_entropy", "to_numpy",
+    "WeightsFileError", "load",
 ]
 __version__ = "0.1.0"

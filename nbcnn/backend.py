@@ -61,6 +61,10 @@ class Backend:
         """a[...] = value."""
         raise NotImplementedError
 
+    def scale(self, a, factor):
+        """a[...] = a * factor (a C-contiguous, float32 or float64; the product in float64, then rounded)."""
+        raise NotImplementedError
+
     def copy(self, src, dst):
         """dst[...] = src (same shape and dtype); src any strides, dst C-contiguous."""
         raise NotImplementedError
@@ -174,16 +178,18 @@ class Backend:
         """dx = dy where y > 0 else 0 (uses the forward output y)."""
         raise NotImplementedError
 
-    def dropout_forward(self, x, p, key, y):
-        """y = x * keep / (1 - p), keep = dropout_keep(key, i, p) for the flat index i.
+    def dropout_forward(self, x, p, key, y, offset=0):
+        """y = x * keep / (1 - p), keep = dropout_keep(key, offset + i, p) for the flat index i.
 
         `key` is a 32-bit stream key (nbcnn.random.dropout_key); the mask is a pure
-        function of (key, i), identical bit for bit on every backend.
+        function of (key, offset + i), identical bit for bit on every backend. `offset` (an int >= 0)
+        places x inside a larger array: a data-parallel process passes its first sample's
+        flat position in the global batch, so its mask is that part of the global batch's mask.
         """
         raise NotImplementedError
 
-    def dropout_backward(self, dy, p, key, dx):
-        """dx = dy * keep / (1 - p), the mask recomputed from the same key."""
+    def dropout_backward(self, dy, p, key, dx, offset=0):
+        """dx = dy * keep / (1 - p), the mask recomputed from the same key and offset."""
         raise NotImplementedError
 
     # -- local response normalisation --------------------------------------------------
@@ -320,7 +326,7 @@ def is_depthwise(in_channels, groups):
 OP_FILES = {
     "array": ("is_array", "empty", "from_numpy", "to_numpy", "copy", "contiguous", "reshape",
               "memory_stats", "empty_cache", "is_out_of_memory"),
-    "elementwise": ("fill", "add", "add_out"),
+    "elementwise": ("fill", "add", "add_out", "scale"),
     "gemm": ("matmul",),
     "conv": ("conv2d_forward", "conv2d_backward"),
     "pool": ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",

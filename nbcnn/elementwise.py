@@ -88,6 +88,7 @@ RELU_BACKWARD = Elementwise("relu_backward", kernel_math.relu_grad, arrays=("y",
 ADD = Elementwise("add", kernel_math.accumulate, arrays=("src", "dst"), writes=("dst",))
 ADD_OUT = Elementwise("add_out", kernel_math.plus, arrays=("a", "b", "y"), writes=("y",))
 FILL = Elementwise("fill", kernel_math.constant, arrays=("a",), writes=("a",))
+SCALE = Elementwise("scale", kernel_math.scaled, arrays=("a",), writes=("a",))
 DROPOUT = Elementwise("dropout", kernel_math.dropout, arrays=("x", "y"), writes=("y",))
 SGD_STEP = Elementwise("sgd_step", kernel_math.sgd_update, arrays=("w", "g", "v"), writes=("w", "v"))
 
@@ -135,6 +136,20 @@ def adam_op(elementwise):
 
     adam_step.kernels = {"adam": adam.kernel, "amsgrad": amsgrad.kernel}  # for tests/test_cuda_compiles.py
     return adam_step
+
+
+def dropout_op(elementwise):
+    """The contract's dropout_forward(x, p, key, y, offset=0) made with a backend's element-wise factory.
+
+    `offset` shifts the flat index the mask is drawn at: a process holding samples [s, s + n) of a
+    global batch passes s * (elements per sample), so its mask is the global batch's (nbcnn.distributed)."""
+    dropout = elementwise(DROPOUT)
+
+    def dropout_forward(x, p, key, y, offset=0):
+        dropout(x, p, key, int(offset), y)
+
+    dropout_forward.kernel = dropout.kernel  # for tests/test_cuda_compiles.py
+    return dropout_forward
 
 
 def rmsprop_op(elementwise):

@@ -15,3 +15,11 @@ class NonFiniteLossError(ValueError):
     def __init__(self, message, loss=float("nan")):
         super().__init__(message)
         self.loss = loss
+
+
+class WeightsFileError(ValueError):
+    """A weights file (.safetensors, .npz, .onnx) that is missing, unreadable, damaged or of an unknown format."""
+
+
+class OnnxError(ValueError):
+    """A network nbcnn cannot write as ONNX, or an ONNX file it cannot build a network from (nbcnn.onnx)."""

@@ -104,15 +104,21 @@ def plus(a, b):
 
 
 @register_jitable
+def scaled(a, factor):
+    """a * factor, in float64: a data-parallel process's gradient weighted by its share of the batch."""
+    return np.float64(a) * factor
+
+
+@register_jitable
 def constant(a, value):
     """value, whatever a held."""
     return value
 
 
 @register_jitable
-def dropout(x, p, key, i):
-    """x / (1 - p) where element i is kept by the stream `key` (nbcnn.random.keep_bit), else 0; in float64."""
-    return np.float64(x) * (1.0 / (1.0 - p)) if keep_bit(key, i, keep_threshold(p)) else 0.0
+def dropout(x, p, key, offset, i):
+    """x / (1 - p) where element offset + i is kept by the stream `key` (nbcnn.random.keep_bit), else 0; in float64."""
+    return np.float64(x) * (1.0 / (1.0 - p)) if keep_bit(key, offset + i, keep_threshold(p)) else 0.0
 
 
 @register_jitable

@@ -342,8 +342,11 @@ class Dropout(Module):
         if not self.active:
             return self.expect_grad_like(x)
         self.key = default_generator.next_key()
+        # dim 0 is the batch: sample j's mask is drawn at its global position (nbcnn.distributed)
+        start = default_generator.sample_offset
+        self.offset = start * (x.size // x.shape[0]) if start else 0
         y = self.backend.empty(x.shape, x.dtype)
-        self.backend.dropout_forward(x, self.p, self.key, y)
+        self.backend.dropout_forward(x, self.p, self.key, y, self.offset)
         return self.expect_grad_like(y)
 
     def backward(self, dy, input_grad=True):
@@ -353,7 +356,7 @@ class Dropout(Module):
         if not self.active:
             return dy
         dx = self.backend.empty(dy.shape, dy.dtype)
-        self.backend.dropout_backward(dy, self.p, self.key, dx)
+        self.backend.dropout_backward(dy, self.p, self.key, dx, self.offset)
         return dx
 
     def extra_repr(self):

@@ -111,6 +111,29 @@ def he_init(net):
     net.load_state_dict(state)
 
 
+def alexnet_torchvision(num_classes=1000):
+    """torchvision's AlexNet (its `models.alexnet`, after the "one weird trick" paper): 64/192/384/256/256
+    channels, no LRN, and adaptive average pooling to 6x6, so any input of 63 pixels or more works.
+
+    The children and state_dict keys are torchvision's (features.0.weight ... classifier.6.bias),
+    so its pretrained weights load from a safetensors file (`net.load_state_dict(path)`) or ONNX.
+    PyTorch's default init (Kaiming-uniform).
+    """
+    features = Sequential(
+        Conv2d(3, 64, 11, stride=4, padding=2), ReLU(), MaxPool2d(3, 2),
+        Conv2d(64, 192, 5, padding=2), ReLU(), MaxPool2d(3, 2),
+        Conv2d(192, 384, 3, padding=1), ReLU(),
+        Conv2d(384, 256, 3, padding=1), ReLU(),
+        Conv2d(256, 256, 3, padding=1), ReLU(), MaxPool2d(3, 2))
+    classifier = Sequential(
+        Dropout(0.5), Linear(256 * 6 * 6, 4096), ReLU(),
+        Dropout(0.5), Linear(4096, 4096), ReLU(),
+        Linear(4096, num_classes))
+    # torchvision flattens in forward (torch.flatten(x, 1)); here a Flatten child, which has no keys
+    return Sequential(OrderedDict(features=features, avgpool=AdaptiveAvgPool2d(6), flatten=Flatten(),
+                                  classifier=classifier))
+
+
 # -- ResNet ------------------------------------------------------------------------------------
 
 def _positive(value, name, model):

@@ -1,5 +1,6 @@
 """Parameters, buffers, the Module base class and the Sequential container."""
 
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -160,19 +161,26 @@ class Module:
                            for key, m, name, kind in self._state_entries())
 
     def load_state_dict(self, state):
-        """Copy values from a state_dict; every key must be present with the right shape."""
+        """Copy values from a state_dict, or from a .safetensors/.npz file at that path (nbcnn.weights);
+        every key must be present with the right shape. One ValueError names every missing,
+        unexpected and mis-shaped key."""
+        if isinstance(state, (str, os.PathLike)):
+            from .weights import load
+            state = load(state)
         entries = OrderedDict((key, (m, name, kind)) for key, m, name, kind in self._state_entries())
         missing = [k for k in entries if k not in state]
         unexpected = [k for k in state if k not in entries]
-        if missing or unexpected:
-            raise ValueError(f"state_dict does not match the model: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
+        problems = [f"missing keys {missing}, unexpected keys {unexpected}"] if missing or unexpected else []
+        for key, (m, name, kind) in entries.items():
+            current = m._state_array(name, kind)
+            if key in state and tuple(np.shape(state[key])) != tuple(current.shape):
+                problems.append(f"state_dict[{key!r}] has shape {tuple(np.shape(state[key]))}, "
+                                f"the model's {kind} has shape {tuple(current.shape)}")
+        if problems:
+            raise ValueError("state_dict does not match the model: " + "; ".join(problems))
         values = {}
         for key, (m, name, kind) in entries.items():  # check every entry before changing any
             value, current = np.asarray(state[key]), m._state_array(name, kind)
-            if tuple(value.shape) != tuple(current.shape):
-                raise ValueError(f"state_dict[{key!r}] has shape {tuple(value.shape)}, "
-                                 f"the model's {kind} has shape {tuple(current.shape)}")
             floats = np.issubdtype(current.dtype, np.floating)  # else an integer buffer: a counter
             if not np.issubdtype(value.dtype, np.floating if floats else np.integer):
                 raise TypeError(f"state_dict[{key!r}] has dtype {value.dtype}, expected {'floats' if floats else 'integers'}")
@@ -183,6 +191,11 @@ class Module:
                 p.data = p.backend.from_numpy(values[key])
             else:
                 m._buffers[name] = m.backend.from_numpy(values[key])
+
+    def save(self, path):
+        """Atomically write state_dict() to `path`: .safetensors or .npz, PyTorch's keys (nbcnn.weights)."""
+        from .weights import save
+        save(self.state_dict(), path)
 
     # -- input checks shared by the layers ---------------------------------------------
     def check_input(self, x, ndim=None, what="input"):

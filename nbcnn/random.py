@@ -67,6 +67,10 @@ class _Generator:
         self.seed = int(seed)
         self.counter = 0
         self.numpy = np.random.default_rng(self.seed)
+        # The global position of this process's first sample in the current batch (0 in one
+        # process): dropout draws sample j's mask at the global j, so N data-parallel processes
+        # draw one process's mask (nbcnn.distributed sets it every step; not part of the state).
+        self.sample_offset = 0
 
     def next_key(self):
         key = dropout_key(self.seed, self.counter)

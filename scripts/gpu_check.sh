@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # On a machine with a CUDA GPU: the real-GPU test run (the simulator-tested CUDA backend on
 # hardware, larger shapes, full-size AlexNet), then the CUDA benchmark.
-#   bash scripts/gpu_check.sh [tests|bench|gemm|all]     (default: all)
+#   bash scripts/gpu_check.sh [tests|bench|gemm|dist|all]     (default: all)
 # gemm: the candidate SGEMM versions of dev/cuda/sgemm.py, checked and timed side by side.
+# dist: nbcnn.distributed's NCCL path with one process on one GPU (NCCL runs with one rank);
+# needs mpi4py, mpich and nccl4py[cu13] (add `mpi4py mpich nccl4py nvidia-nccl-cu13 cuda-core
+# cuda-pathfinder` to the download below), skipped with a message without them.
 # Logs and bench_cuda.json go to $OUT when it is set (the device tool's folder), else to the
 # current directory. The device tool runs one command for at most 10 minutes: where both
 # halves do not fit, run `tests` and `bench` as two calls.
@@ -52,5 +55,12 @@ if [[ "$what" == all || "$what" == bench ]]; then  # benchmarked even after a te
 fi
 if [[ "$what" == all || "$what" == gemm ]]; then
     python3 dev/cuda/sgemm.py 2>&1 | tee "$out/sgemm_versions.txt" || rc=1
+fi
+if [[ "$what" == all || "$what" == dist ]]; then
+    if python3 -c "import mpi4py, nccl.core" 2>/dev/null; then
+        mpiexec -n 1 python3 scripts/bench_allreduce.py --device cuda --steps 3 2>&1 | tee "$out/dist_nccl.txt" || rc=1
+    else
+        echo "dist: skipped, mpi4py or nccl4py is not installed" | tee "$out/dist_nccl.txt"
+    fi
 fi
 exit $rc

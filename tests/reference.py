@@ -124,16 +124,17 @@ def dropout_key(seed, counter):
     return int(lowbias32(lowbias32(lo) ^ hi ^ lowbias32(np.uint32(counter))))
 
 
-def dropout_keep(key, n, p):
-    """Element i (of n) is kept when the top 24 bits of h(h(lo(i) ^ key) ^ hi(i)) are >= p * 2**24 rounded half up."""
-    lo, hi = lo_hi(np.arange(n, dtype=np.uint64))
+def dropout_keep(key, n, p, offset=0):
+    """Element i (of offset .. offset + n - 1) is kept when the top 24 bits of h(h(lo(i) ^ key) ^ hi(i)) are
+    >= p * 2**24 rounded half up."""
+    lo, hi = lo_hi(np.arange(offset, offset + n, dtype=np.uint64))
     u24 = lowbias32(lowbias32(lo ^ np.uint32(key)) ^ hi) >> np.uint32(8)
     return u24 >= np.floor(p * 2**24 + 0.5)
 
 
-def dropout(x, p, key):
-    """x * keep / (1 - p)."""
-    return x * dropout_keep(key, x.size, p).reshape(x.shape) / (1 - p)
+def dropout(x, p, key, offset=0):
+    """x * keep / (1 - p), the mask of flat elements offset .. offset + x.size - 1."""
+    return x * dropout_keep(key, x.size, p, offset).reshape(x.shape) / (1 - p)
 
 
 def lrn(x, size, alpha, beta, k):

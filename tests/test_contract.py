@@ -154,6 +154,15 @@ def _(be):
         assert_close(dst, b + a, exact=True)
 
 
+@case("scale")
+def _(be):
+    for shape, dtype in zip(SHAPES, (np.float32, np.float64) * 3):
+        a = data(shape, dtype)
+        ad = be.from_numpy(a)
+        be.scale(ad, 0.3)
+        assert_close(ad, (a.astype(np.float64) * 0.3).astype(dtype), exact=True)
+
+
 @case("add_out")
 def _(be):
     for shape in SHAPES:
@@ -474,6 +483,12 @@ def check_dropout(be, op):
         y = be.empty(shape, np.float32)
         op(be.from_numpy(x), 0.5, key, y)
         assert_close(y, ref.dropout(x, 0.5, key).astype(np.float32), exact=True)
+    # offset: the mask of elements offset.. of a larger array, past 2**32 too (its high word enters the hash)
+    for offset in (7, 2**32 + 3):
+        x = data((3, 5))
+        y = be.empty(x.shape, np.float32)
+        op(be.from_numpy(x), 0.5, 999, y, offset)
+        assert_close(y, ref.dropout(x, 0.5, 999, offset).astype(np.float32), exact=True)
 
 
 @case("sgd_step")

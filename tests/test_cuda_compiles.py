@@ -25,7 +25,7 @@ import pytest
 # Kernels whose results the tests require to equal the CPU backend's bit for bit. NVVM
 # contracts a * b + c into one FMA (one rounding instead of two) unless told otherwise, so
 # their PTX must hold no fma. (Checked where PTX is made: with NVVM, i.e. a CUDA toolkit.)
-BIT_EXACT = {"sgd", "dropout", "relu_fwd", "relu_bwd", "fill", "add", "add_out", "maxpool_fwd", "avgpool_fwd",
+BIT_EXACT = {"sgd", "dropout", "relu_fwd", "relu_bwd", "fill", "add", "scale", "add_out", "maxpool_fwd", "avgpool_fwd",
              "avgpool_bwd"} | {f"strided_copy_{n}d" for n in range(1, 6)} | {"adam", "amsgrad"} | {
     f"rmsprop{variant}" for variant in ("", "_centered", "_momentum", "_centered_momentum")}
 NO_COMPILER = 3  # the exit status of main() when NVVM/NVRTC are missing: a skip, not a pass
@@ -43,6 +43,7 @@ def kernels():
         out += [
             ("fill", elementwise.fill.kernel, f"void({v}, float64)"),
             ("add", elementwise.add.kernel, f"void({v}, {v})"),
+            ("scale", elementwise.scale.kernel, f"void({v}, float64)"),
             ("sum_batched_rows", gemm.sum_batched_rows_kernel, f"void({a3}, {v})"),
             ("sum_slices", gemm.sum_slices_kernel, f"void({dt}[:, ::1], int64, {v})"),
             ("im2col", conv.im2col_kernel, f"void({a4}, int64, int64, int64, int64, int64, {a3})"),
@@ -58,7 +59,7 @@ def kernels():
             ("avgpool_bwd", pool.avgpool2d_backward_kernel, f"void({a4}, int64, int64, int64, boolean, boolean, {a4})"),
             ("relu_fwd", relu.relu_forward.kernel, f"void({v}, {v})"),
             ("relu_bwd", relu.relu_backward.kernel, f"void({v}, {v}, {v})"),
-            ("dropout", dropout.dropout_forward.kernel, f"void({v}, float64, int64, {v})"),
+            ("dropout", dropout.dropout_forward.kernel, f"void({v}, float64, int64, int64, {v})"),
             ("lrn_fwd", lrn.lrn_forward_kernel, f"void({a3}, int64, float64, float64, float64, {a3}, {a3})"),
             ("lrn_bwd", lrn.lrn_backward_kernel,
              f"void({a3}, {a3}, {a3}, {a3}, int64, float64, float64, {a3})"),

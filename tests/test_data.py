@@ -154,6 +154,43 @@ def test_worker_processes_give_the_same_batches():
         assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
 
 
+def test_sharded_loaders_together_load_the_global_batch():
+    """Three processes at batch 4 load, shard after shard, one process's batches of 12: the same
+    images in the same order with the same augmentation (the last, partial batch of 7 split 2, 2, 3)."""
+    train, _ = embedded_mnist()
+    train = train.subset(np.arange(43))
+    t = Transform(28, 26, pad=3, flip=True)
+    whole = list(Loader(train, t, 12).train_batches(7, 1))
+    shards = [list(Loader(train, t, 4, shard=(r, 3)).train_batches(7, 1)) for r in range(3)]
+    assert [len(b.y) for b in whole] == [12, 12, 12, 7]
+    assert [len(b.y) for b in shards[0]] == [4, 4, 4, 2] and [len(b.y) for b in shards[2]] == [4, 4, 4, 3]
+    for step, batch in enumerate(whole):
+        assert np.array_equal(np.concatenate([s[step].x for s in shards]), batch.x)
+        assert np.array_equal(np.concatenate([s[step].y for s in shards]), batch.y)
+    with pytest.raises(ValueError, match="shard must be"):
+        Loader(train, t, 4, shard=(3, 3))
+
+
+class SlowDataset:
+    """Two images, each taking 30 s to load (in a worker process)."""
+
+    labels = np.zeros(2, np.int64)
+
+    def __len__(self):
+        return 2
+
+    def load(self, i):
+        import time
+        time.sleep(30)
+        return np.zeros((4, 4, 1), np.uint8)
+
+
+def test_a_stuck_loader_worker_is_an_error_after_the_timeout():
+    with Loader(SlowDataset(), Transform(4, 4, flip=False), 2, workers=1, timeout=0.5) as loader:
+        with pytest.raises(DataError, match="no batch from the 1 loader worker"):
+            next(iter(loader.train_batches(0, 0)))
+
+
 def test_stratified_split():
     labels = np.repeat(np.arange(4), 10)
     tr, va = stratified_split(labels, 0.2)

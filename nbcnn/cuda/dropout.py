@@ -3,5 +3,5 @@
 from .. import elementwise as ew
 from .elementwise import elementwise
 
-dropout_forward = elementwise(ew.DROPOUT)
+dropout_forward = ew.dropout_op(elementwise)
 dropout_backward = dropout_forward  # dx = dy * keep / (1 - p): the same mask, recomputed from the key

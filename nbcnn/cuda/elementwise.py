@@ -35,3 +35,4 @@ def elementwise(spec):
 fill = elementwise(ew.FILL)
 add = elementwise(ew.ADD)
 add_out = elementwise(ew.ADD_OUT)
+scale = elementwise(ew.SCALE)

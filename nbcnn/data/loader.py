@@ -1,8 +1,10 @@
 """Batches: the epoch's order, augmentation seeds, and loading in background worker processes.
 
-The order of epoch e is a permutation drawn from (seed, e) and batch b's augmentation from
-(seed, e, b): what a step sees depends on nothing else, so a run resumed mid-epoch, or one
-with a different number of workers, sees the same batches. Workers are `multiprocessing`
+The order of epoch e is a permutation drawn from (seed, e) and the augmentation of sample j of
+batch b from (seed, e, b, j): what a step sees depends on nothing else, so a run resumed
+mid-epoch, or one with a different number of workers, sees the same batches. Data-parallel
+processes (`shard`) draw the same order and each loads its own contiguous part of every
+global batch, augmented at the samples' global positions j: N processes see one process's batches. Workers are `multiprocessing`
 processes (spawn: safe beside a CUDA context and numba's thread pool); up to `prefetch`
 batches per worker are in flight while the main process trains on the current one.
 """
@@ -13,7 +15,7 @@ import time
 
 import numpy as np
 
-from .datasets import UnreadableImage
+from .datasets import DataError, UnreadableImage
 
 
 def epoch_order(n, seed, epoch):
@@ -35,18 +37,20 @@ class Batch:
         self.wait = 0.0
 
 
-def load_batch(dataset, transform, indices, mode, rng_key):
-    """Load and transform the images `indices` ("train", "eval" or "ten"); unreadable images skipped."""
-    rng = np.random.default_rng(rng_key) if rng_key is not None else None
+def load_batch(dataset, transform, indices, mode, rng_key, first=0):
+    """Load and transform the images `indices` ("train", "eval" or "ten"); unreadable images skipped.
+
+    Training image k is augmented by a generator of rng_key + [first + k]: its position in the
+    global batch, whichever process loads it."""
     xs, ys, errors = [], [], []
-    for i in indices:
+    for k, i in enumerate(indices):
         try:
             img = dataset.load(int(i))
         except UnreadableImage as exc:
             errors.append(str(exc))
             continue
         if mode == "train":
-            xs.append(transform.train(img, rng))
+            xs.append(transform.train(img, np.random.default_rng(list(rng_key) + [first + k])))
         elif mode == "ten":
             xs.append(transform.eval_ten(img))
         else:
@@ -65,20 +69,36 @@ def _init_worker(dataset, transform):
     _worker["dataset"], _worker["transform"] = dataset, transform
 
 
-def _work(indices, mode, rng_key):
-    return load_batch(_worker["dataset"], _worker["transform"], indices, mode, rng_key)
+def _work(indices, mode, rng_key, first=0):
+    return load_batch(_worker["dataset"], _worker["transform"], indices, mode, rng_key, first)
+
+
+def shard_bounds(n, rank, size):
+    """[start, stop) of process `rank`'s part of a global batch of n samples split among `size`:
+    contiguous, in rank order, sizes differing by at most one (n // size each when it divides)."""
+    return rank * n // size, (rank + 1) * n // size
 
 
 class Loader:
-    """Batches of a dataset, loaded in `workers` processes (0: in this process)."""
+    """Batches of a dataset, loaded in `workers` processes (0: in this process).
 
-    def __init__(self, dataset, transform, batch_size, workers=0, prefetch=2):
+    shard=(rank, size): this process is `rank` of `size` data-parallel ones; `batch_size` is per
+    process, a step's global batch is size * batch_size, and this process loads its shard_bounds.
+    timeout: seconds to wait for a batch from the workers before a DataError (None: for ever); a
+    data-parallel job needs one, so that a stuck worker ends the job instead of stalling it."""
+
+    def __init__(self, dataset, transform, batch_size, workers=0, prefetch=2, shard=(0, 1), timeout=None):
         self.dataset, self.transform = dataset, transform
+        self.timeout = timeout
         self.batch_size, self.workers, self.prefetch = int(batch_size), int(workers), int(prefetch)
+        self.rank, self.size = (int(v) for v in shard)
+        if not 0 <= self.rank < self.size:
+            raise ValueError(f"shard must be (rank, size) with 0 <= rank < size, got {shard}")
+        self.global_batch = self.batch_size * self.size
         self.pool = None
 
     def __len__(self):
-        return steps_per_epoch(len(self.dataset), self.batch_size)
+        return steps_per_epoch(len(self.dataset), self.global_batch)
 
     def start(self):
         if self.workers > 0 and self.pool is None:
@@ -102,8 +122,11 @@ class Loader:
     def train_batches(self, seed, epoch, start_step=0):
         """Yield the training batches of `epoch` from `start_step` on, shuffled and augmented."""
         order = epoch_order(len(self.dataset), seed, epoch)
-        tasks = [(order[b * self.batch_size:(b + 1) * self.batch_size], "train", [int(seed), int(epoch), b])
-                 for b in range(start_step, len(self))]
+        tasks = []
+        for b in range(start_step, len(self)):
+            step = order[b * self.global_batch:(b + 1) * self.global_batch]
+            start, stop = shard_bounds(len(step), self.rank, self.size)
+            tasks.append((step[start:stop], "train", [int(seed), int(epoch), b], start))
         return self._run(tasks)
 
     def eval_batches(self, ten_crop=False):
@@ -127,6 +150,9 @@ class Loader:
             while queue and len(pending) < depth:
                 pending.append(self.pool.apply_async(_work, queue.pop()))
             t = time.perf_counter()
-            batch = pending.pop(0).get()
+            try:
+                batch = pending.pop(0).get(self.timeout)
+            except multiprocessing.TimeoutError:
+                raise DataError(f"no batch from the {self.workers} loader worker(s) within {self.timeout} s") from None
             batch.wait = time.perf_counter() - t
             yield batch

@@ -1,0 +1,259 @@
+"""Data-parallel training across processes (mpiexec, srun): the world, rank 0's state, the step.
+
+    world = distributed.init()                    # size 1 under plain python: no MPI needed
+    world.select_gpu()                            # --device cuda: GPU local_rank of this node
+    loader = Loader(train, transform, batch_size, shard=world.shard)   # batch_size per process
+    dp = distributed.DataParallel(model, world)   # rank 0's parameters and buffers everywhere
+    for batch in loader.train_batches(seed, epoch):
+        stats = dp.step(x, labels)                # forward, backward, gradients averaged
+        optimizer.step()
+
+N processes at per-process batch B then compute what one process computes at batch N*B: the
+loader gives each its contiguous part of the same global batch, augmented at the samples'
+global positions, dropout draws its mask at those positions (random.default_generator.sample_offset),
+and the gradients are averaged weighted by each shard's size (nbcnn.allreduce). Batch
+normalisation is the exception: its statistics are each process's own batch's, as in PyTorch
+DDP without SyncBatchNorm.
+
+A process whose exception reaches the top ends the whole job (MPI_Abort) right after printing
+its traceback, instead of leaving the others waiting in a collective; under run(main), so does a
+process that calls sys.exit with a non-zero code.
+"""
+
+import os
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+from . import allreduce
+from .array import asarray, to_numpy
+from .loss import softmax_cross_entropy
+from .module import Sequential
+from .random import default_generator
+
+# Set by the launchers: mpiexec (MPICH/Hydra: PMI_RANK, Open MPI: OMPI_COMM_WORLD_RANK), srun with
+# PMI-2 or PMIx (PMI_RANK, PMIX_RANK). None set: plain `python`, one process, mpi4py never imported.
+LAUNCH_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
+
+
+def launched():
+    """True when an MPI launcher started this process."""
+    return any(v in os.environ for v in LAUNCH_VARIABLES)
+
+
+class World:
+    """This process's place among the data-parallel ones: rank, size, and its rank on its node.
+
+    comm is the mpi4py communicator of them all (None for one process without MPI)."""
+
+    def __init__(self, comm=None):
+        self.comm = comm
+        if comm is None:
+            self.rank, self.size, self.local_rank, self.local_size = 0, 1, 0, 1
+            return
+        from mpi4py import MPI
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)  # the processes sharing this machine's memory
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+
+    @property
+    def shard(self):
+        """(rank, size): nbcnn.data.Loader's shard argument."""
+        return self.rank, self.size
+
+    @property
+    def is_root(self):
+        """Rank 0: the process that prints, writes metrics and checkpoints."""
+        return self.rank == 0
+
+    def select_gpu(self):
+        """Make GPU number local_rank (modulo the GPUs this machine has) this process's device:
+        call it before anything touches CUDA. Returns the device's index."""
+        from numba import cuda
+        index = self.local_rank % len(cuda.gpus)
+        cuda.select_device(index)
+        return index
+
+    def sum(self, values):
+        """The element-wise sum over all processes of a list of numbers (float64), on every process."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.comm is None:
+            return values
+        out = np.empty_like(values)
+        self.comm.Allreduce(values, out)
+        return out
+
+    def barrier(self):
+        if self.comm is not None:
+            self.comm.Barrier()
+
+    def abort(self, code=1):
+        """End every process of the job now (MPI_Abort); the caller's process included."""
+        if self.comm is not None:
+            self.comm.Abort(code)
+        raise SystemExit(code)
+
+
+def init(abort_on_error=True):
+    """The World of this process: MPI's COMM_WORLD when launched by mpiexec/srun (mpi4py needed),
+    else one process. abort_on_error: an uncaught exception ends the whole job (see install_abort_hook)."""
+    if not launched():
+        return World()
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise ImportError("this process was started by an MPI launcher but mpi4py is not installed: "
+                          "pip install -e '.[mpi]'") from None
+    world = World(MPI.COMM_WORLD)
+    if abort_on_error and world.size > 1:
+        install_abort_hook(world.comm)
+    return world
+
+
+def install_abort_hook(comm):
+    """On an uncaught exception: print it as Python does, then MPI_Abort the job, so the other
+    processes end within seconds instead of waiting forever in their next collective."""
+    previous = sys.excepthook
+
+    def abort(kind, value, traceback):
+        previous(kind, value, traceback)
+        sys.stderr.write(f"nbcnn.distributed: rank {comm.Get_rank()} failed; aborting all {comm.Get_size()} processes\n")
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    sys.excepthook = abort
+
+
+def run(main):
+    """main(), in a job of several processes ended as a whole (MPI_Abort) when main raises or calls
+    sys.exit with a non-zero code: a process that just exits leaves the others waiting for it
+    forever (MPICH's MPI_Finalize waits for them, they wait for it). A trainer's entry point."""
+    try:
+        return main()
+    except SystemExit as exc:
+        if exc.code in (None, 0) or not launched():
+            raise
+        reason = f"exited with {exc.code!r}"
+    except BaseException:  # noqa: BLE001 - every way out of main must end the job
+        if not launched():
+            raise
+        sys.excepthook(*sys.exc_info())  # prints; init()'s hook also aborts
+        reason = "failed"
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1:
+        raise SystemExit(1)
+    sys.stderr.write(f"nbcnn.distributed: rank {comm.Get_rank()} {reason}; aborting all {comm.Get_size()} processes\n")
+    sys.stderr.flush()
+    comm.Abort(1)
+
+
+def broadcast_state(module, world):
+    """Every process takes rank 0's parameters and buffers (state_dict), so none depends on
+    seeding its initialisation the same, and rank 0's random generator (its seed and dropout
+    counter: every process must draw the same dropout masks); staged through host memory, once."""
+    if world.comm is None:
+        return
+    state = {k: np.ascontiguousarray(v) for k, v in module.state_dict().items()}
+    for key in sorted(state):
+        world.comm.Bcast(state[key], root=0)
+    module.load_state_dict(state)
+    default_generator.set_state(world.comm.bcast(default_generator.get_state(), root=0))
+
+
+def backward_order(module):
+    """The modules whose backward DataParallel calls, in the order it calls them: a Sequential's
+    children last first (recursively), any other module (a leaf, a Residual) as one."""
+    if isinstance(module, Sequential):
+        for child in reversed(module.modules):
+            yield from backward_order(child)
+    else:
+        yield module
+
+
+def make_transport(world, backend, log=print):
+    """NCCL for CUDA arrays where nccl4py imports, else MPI on host buffers (said once in the log)."""
+    if backend.name == "cuda":
+        if allreduce.nccl_available():
+            if world.is_root:
+                log(f"nbcnn.distributed: gradients are averaged by NCCL (nccl4py) across {world.size} GPU(s)")
+            return allreduce.NCCL(world.comm, backend)
+        if world.is_root:
+            log("nbcnn.distributed: gradients are averaged by MPI through host memory: nccl4py is not "
+                "installed (pip install -e '.[cuda]'), or NBCNN_ALLREDUCE=mpi, or CUDA is simulated")
+    return allreduce.HostMPI(world.comm)
+
+
+class StepStats(NamedTuple):
+    """A global batch's mean loss, its number of correct top-1 predictions and its images."""
+
+    loss: float
+    correct: int
+    count: int
+
+
+class DataParallel:
+    """One training step of `model` in `world`, its gradients averaged over the processes.
+
+    Rank 0's parameters, buffers and random generator are broadcast at construction. step() leaves in every
+    parameter's .grad the gradient of the GLOBAL batch's mean loss; the caller's optimiser step
+    then changes every process's copy the same way."""
+
+    def __init__(self, model, world, bucket_bytes=allreduce.BUCKET_BYTES, log=print):
+        self.model, self.world = model, world
+        broadcast_state(model, world)
+        self.averager = None
+        if world.comm is not None:
+            params = [p for m in backward_order(model) for p in m.parameters() if p.requires_grad]
+            transport = make_transport(world, params[0].backend, log)
+            self.averager = allreduce.GradientAverager(params, transport, bucket_bytes)
+
+    def step(self, x, labels):
+        """Forward and backward of this process's shard (x, labels on the model's backend).
+        Returns the GLOBAL batch's StepStats (the same on every process)."""
+        n = int(x.shape[0])
+        counts = [n] if self.world.comm is None else self.world.comm.allgather(n)
+        total, first = sum(counts), sum(counts[:self.world.rank])
+        self.model.zero_grad()
+        loss, correct = 0.0, 0
+        if self.averager is not None:
+            self.averager.begin(n / total)
+        if n:
+            default_generator.sample_offset = first
+            try:
+                logits = self.model(x)
+                loss, dlogits = softmax_cross_entropy(logits, labels)
+                self._backward(dlogits)
+            finally:
+                default_generator.sample_offset = 0
+            correct = int((to_numpy(logits).argmax(1) == to_numpy(labels)).sum())
+        if self.averager is not None:
+            self.averager.finish()  # an empty shard contributes its zero gradients
+        loss_sum, correct = self.world.sum([loss * n, correct])
+        return StepStats(float(loss_sum / total), int(correct), total)
+
+    def _backward(self, dy):
+        """Sequential.backward, module by module, marking each module's parameters ready."""
+        modules = list(backward_order(self.model))
+        for i, m in enumerate(modules):
+            dy = m.backward(dy, input_grad=i < len(modules) - 1)
+            if self.averager is not None:
+                for p in m.parameters():
+                    self.averager.ready(p)
+                self.averager.progress()
+
+
+def train_epoch(dp, loader, optimizer, seed, epoch, device, start_step=0, after_step=None):
+    """One epoch of data-parallel SGD from `start_step` on: dp.step and optimizer.step for each of
+    the loader's (sharded) batches; after_step(step, stats) after each, where a scheduler steps.
+    Returns (mean loss, top-1 error, images) of the epoch's global batches, the same on every process."""
+    loss_sum, correct, count = 0.0, 0, 0
+    for step, batch in enumerate(loader.train_batches(seed, epoch, start_step), start_step):
+        stats = dp.step(asarray(batch.x, device), asarray(batch.y, device))
+        optimizer.step()
+        loss_sum, correct, count = loss_sum + stats.loss * stats.count, correct + stats.correct, count + stats.count
+        if after_step is not None:
+            after_step(step, stats)
+    return loss_sum / max(count, 1), 1 - correct / max(count, 1), count

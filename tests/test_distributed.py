@@ -1,0 +1,194 @@
+"""Data-parallel training (nbcnn.distributed): N processes at batch B compute one process's batch N*B.
+
+The equivalence tests run tests/distributed_worker.py under `mpiexec -n 2` and as one plain
+process at twice the batch, with dropout and augmentation on, and compare the parameters after
+a few SGD steps (the last step's global batch is split 1 and 2, so unequal shards are weighted).
+They skip where mpi4py or mpiexec is missing (pip install -e '.[mpi]').
+"""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nbcnn.allreduce import GradientAverager, make_buckets
+from nbcnn.module import Parameter
+from nbcnn.backend import get_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "distributed_worker.py"
+
+
+def find_mpiexec():
+    """The mpiexec beside this Python (the mpich wheel's, matching mpi4py), else the one on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+MPIEXEC = find_mpiexec()
+needs_mpi = pytest.mark.skipif(
+    importlib.util.find_spec("mpi4py") is None or MPIEXEC is None,
+    reason="mpi4py or mpiexec is not installed (pip install -e '.[mpi]')")
+
+
+def run_worker(tmp_path, name, processes, *args, timeout=120):
+    """Run the worker (under mpiexec when processes > 1): ({rank: state}, {rank: report}, the process)."""
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")  # two ranks on two cores: no oversubscription
+    for v in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
+        env.pop(v, None)
+    cmd = [sys.executable, str(WORKER), str(tmp_path / f"{name}.npz"), *args]
+    if processes > 1:
+        cmd = [MPIEXEC, "-n", str(processes)] + cmd
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = {r: tmp_path / f"{name}.rank{r}" for r in range(processes)}
+    states = {r: dict(np.load(f"{p}.npz")) for r, p in out.items() if Path(f"{p}.npz").exists()}
+    reports = {r: Path(f"{p}.txt").read_text() for r, p in out.items() if Path(f"{p}.txt").exists()}
+    return states, reports, proc
+
+
+def max_difference(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def step_stats(report):
+    """[(loss, correct, count)] of each step in a worker's report."""
+    lines = [line.split() for line in report.splitlines() if " step " in line]
+    return [(float(w[5]), int(w[7]), int(w[9])) for w in lines]
+
+
+def two_against_one(tmp_path, *args, batch=6, loss_tolerance=1e-12):
+    """(the parameters of 1 process at batch 2*batch, those of rank 0 of 2 processes at batch);
+    the global batches' losses, correct counts and sizes that each rank reports match one process's."""
+    one, report, proc = run_worker(tmp_path, "one", 1, "--batch", str(2 * batch), *args)
+    assert proc.returncode == 0, proc.stderr
+    assert report[0].startswith("rank 0/1 local 0/1")
+    one_stats = step_stats(report[0])
+    two, reports, proc = run_worker(tmp_path, "two", 2, "--batch", str(batch), *args)
+    assert proc.returncode == 0, proc.stderr
+    # one machine: the node's ranks (split by shared memory) are the world's
+    assert reports[0].startswith("rank 0/2 local 0/2") and reports[1].startswith("rank 1/2 local 1/2")
+    assert max_difference(two[0], two[1]) == 0  # the ranks hold the same parameters, bit for bit
+    for rank in (0, 1):
+        stats = step_stats(reports[rank])
+        assert [s[1:] for s in stats] == [s[1:] for s in one_stats] and len(stats) >= 2
+        assert np.allclose([s[0] for s in stats], [s[0] for s in one_stats], rtol=loss_tolerance, atol=0)
+    return one[0], two[0]
+
+
+@needs_mpi
+def test_two_processes_train_as_one_at_twice_the_batch_in_float64(tmp_path):
+    one, two = two_against_one(tmp_path, "--dtype", "float64")
+    assert max_difference(one, two) < 1e-12  # measured: 5.6e-17
+
+
+@needs_mpi
+def test_two_processes_train_as_one_at_twice_the_batch_in_float32(tmp_path):
+    """Only the order of the batch sums differs (each process sums its half first): measured 6.0e-8
+    (half an ulp at the largest weights, about 0.6), allowed 1e-6."""
+    one, two = two_against_one(tmp_path, "--dtype", "float32", loss_tolerance=1e-6)
+    assert max_difference(one, two) < 1e-6
+
+
+@needs_mpi
+def test_a_run_of_two_processes_resumes_in_one_at_the_same_global_batch(tmp_path):
+    """2 processes at batch 6 save after one step; 1 process at batch 12 resumes for two more:
+    the parameters of 1 process at 12 for three steps. (The checkpoint is rank 0's full state.)"""
+    ckpt = str(tmp_path / "step1.ckpt")
+    _, _, proc = run_worker(tmp_path, "first", 2, "--batch", "6", "--steps", "1", "--save", ckpt)
+    assert proc.returncode == 0, proc.stderr
+    resumed, _, proc = run_worker(tmp_path, "resumed", 1, "--batch", "12", "--steps", "3", "--resume", ckpt)
+    assert proc.returncode == 0, proc.stderr
+    straight, _, proc = run_worker(tmp_path, "straight", 1, "--batch", "12", "--steps", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert max_difference(resumed[0], straight[0]) < 1e-12
+
+
+@needs_mpi
+def test_two_simulated_gpus_train_as_one_through_host_memory(tmp_path):
+    """The CUDA backend under the simulator, gradients staged through the host (no nccl4py there)."""
+    one, two = two_against_one(tmp_path, "--device", "cuda", "--net", "tiny", "--steps", "2", batch=2)
+    assert max_difference(one, two) < 1e-12
+
+
+def stderr_of_a_job_that_ends_quickly(tmp_path, *args):
+    """The stderr of 2 worker processes that must end, non-zero, within 30 s."""
+    t = time.perf_counter()
+    _, _, proc = run_worker(tmp_path, "ends", 2, "--batch", "6", *args, timeout=60)
+    assert proc.returncode != 0
+    assert time.perf_counter() - t < 30
+    return proc.stderr
+
+
+@needs_mpi
+def test_a_failing_process_ends_the_job_quickly(tmp_path):
+    assert "planted failure on rank 1" in stderr_of_a_job_that_ends_quickly(tmp_path, "--fail-rank", "1")
+
+
+@needs_mpi
+def test_a_process_that_exits_non_zero_ends_the_job_quickly(tmp_path):
+    """sys.exit(3) in one rank under distributed.run: without the abort, MPICH hangs in MPI_Finalize."""
+    stderr = stderr_of_a_job_that_ends_quickly(tmp_path, "--exit-rank", "1")
+    assert "planted exit on rank 1" in stderr and "rank 1 exited with 3" in stderr
+
+
+def test_plain_python_is_one_process_without_mpi():
+    code = ("import sys; from nbcnn import distributed; w = distributed.init(); "
+            "print(w.rank, w.size, w.local_rank, 'mpi4py' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.stdout.split() == ["0", "1", "0", "False"], out.stderr
+
+
+def params(*shapes, dtype=np.float32):
+    be = get_backend("cpu")
+    return [Parameter(np.zeros(s, dtype), be) for s in shapes]
+
+
+def test_buckets_follow_the_given_order_up_to_their_size_and_dtype():
+    ps = params((100,), (50, 2), (10,), (300,)) + params((5,), dtype=np.float64)
+    buckets = make_buckets(ps, bucket_bytes=800)  # 200 float32
+    assert [[ps.index(p) for p in b.params] for b in buckets] == [[0, 1], [2], [3], [4]]
+    assert [b.size for b in buckets] == [200, 10, 300, 5]
+    assert buckets[0].slices == [slice(0, 100), slice(100, 200)]
+
+
+class Recorder:
+    """A transport that records which bucket starts when."""
+
+    def __init__(self):
+        self.log = []
+
+    def start(self, bucket, weight):
+        self.log.append(("start", [p.shape for p in bucket.params], weight))
+
+    def progress(self, handles):
+        pass
+
+    def wait(self, handles):
+        self.log.append(("wait",))
+
+    def unpack(self, bucket):
+        pass
+
+
+def test_a_bucket_starts_once_all_its_gradients_are_ready_and_in_order():
+    ps = params((100,), (100,), (100,), (100,))
+    recorder = Recorder()
+    avg = GradientAverager(ps, recorder, bucket_bytes=800)  # buckets [0, 1] and [2, 3]
+    avg.begin(0.25)
+    avg.ready(ps[0])
+    assert recorder.log == []
+    avg.ready(ps[2])
+    avg.ready(ps[3])
+    assert recorder.log == []  # bucket 1 is complete but bucket 0 must start first
+    avg.ready(ps[1])
+    assert recorder.log == [("start", [(100,), (100,)], 0.25), ("start", [(100,), (100,)], 0.25)]
+    avg.finish()
+    assert recorder.log[-1] == ("wait",)
