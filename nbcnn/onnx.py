@@ -25,6 +25,7 @@ import numpy as np
 from . import layers
 from .checkpoint import atomic_write
 from .errors import OnnxError, WeightsFileError
+from .models import ZeroPadShortcut
 from .module import Residual, Sequential
 
 OPSET = 17
@@ -111,12 +112,16 @@ def _emit_leaf(g, m, prefix, x_name, x, y):
             x_name, g.const(prefix + "weight", weight), g.const(prefix + "bias", bias),
             g.const(prefix + "running_mean", _host(m.running_mean, be)),
             g.const(prefix + "running_var", _host(m.running_var, be))], epsilon=m.eps)
+    if isinstance(m, ZeroPadShortcut):  # the CIFAR ResNet's option A: its fixed 0/1 selection as a 1x1 Conv
+        return g.node("Conv", [x_name, g.const(prefix + "select", _host(m._weight(x.dtype), be))], kernel_shape=[1, 1],
+                      strides=[m.stride] * 2, pads=[0] * 4, dilations=[1, 1], group=1)
     assert isinstance(m, layers.Identity), type(m)
     return g.node("Identity", [x_name])
 
 
 EXPORTED = (layers.Conv2d, layers.Linear, layers.ReLU, layers.LocalResponseNorm, layers.MaxPool2d, layers.AvgPool2d,
-            layers.AdaptiveAvgPool2d, layers.Dropout, layers.Flatten, layers._BatchNorm, layers.Identity)
+            layers.AdaptiveAvgPool2d, layers.Dropout, layers.Flatten, layers._BatchNorm, layers.Identity,
+            ZeroPadShortcut)
 
 
 def _check_exportable(net):

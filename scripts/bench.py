@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""Benchmark nbcnn on the original AlexNet (224x224), layer by layer and as a training step.
+"""Benchmark nbcnn layer by layer and as a training step: the original AlexNet (224x224) by default.
 
-    python scripts/bench.py --device cuda|cpu [--batch 128] [--json out.json]
+    python scripts/bench.py --device cuda|cpu [--arch alexnet] [--batch 128] [--json out.json]
 
-(--arch alexnet-small benches the default training run's network instead: 1x28x28 in, 10 classes.)
+--arch alexnet-small benches the default training run's network instead (1x28x28 in, 10
+classes); resnet18 torchvision's ResNet-18 (3x224x224, 1000 classes); resnet20 He et al.'s
+CIFAR ResNet-20 (3x32x32, 10 classes); mobilenet-small the small depthwise-separable net
+(3x32x32, 10 classes).
 
-Every row is a median over --repeat runs after warm-up (CUDA events on the GPU,
+Every row is one layer, in forward order, named by its state_dict prefix: layers nested
+in Sequential and Residual blocks get a row each (layer1.0.conv1, ...), and a residual
+block's sum its own row (layer1.0.add; its backward is the sum of the branches' input
+gradients). Every row is a median over --repeat runs after warm-up (CUDA events on the GPU,
 perf_counter on the CPU); the first call of each op (JIT compile) is reported apart.
 Where PyTorch is importable, the same shapes run through it in this process (FP32,
 TF32 off) and each row shows PyTorch time / nbcnn time (> 1: nbcnn is faster).
@@ -20,8 +26,10 @@ import sys
 import time
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-# (classes, input channels, input size): ImageNet's; the default training run's (MNIST digits)
-ARCHS = {"alexnet": (1000, 3, 224), "alexnet-small": (10, 1, 28)}
+# (classes, input channels, input size, default CPU batch): ImageNet's; the default training
+# run's (MNIST digits); CIFAR's. On CUDA the default batch is 128.
+ARCHS = {"alexnet": (1000, 3, 224, 16), "alexnet-small": (10, 1, 28, 16), "resnet18": (1000, 3, 224, 16),
+         "resnet20": (10, 3, 32, 128), "mobilenet-small": (10, 3, 32, 128)}
 
 if __name__ == "__main__" and "--keep-openblas-env" not in sys.argv and any(v in os.environ for v in OPENBLAS_VARS):
     # These force OpenBLAS's slow Haswell kernels on this environment's AVX-512 cores; a
@@ -34,8 +42,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import nbcnn  # noqa: E402
+from nbcnn.backend import is_depthwise  # noqa: E402
 from nbcnn.checkpoint import atomic_write  # noqa: E402
-from nbcnn.models import alexnet, alexnet_small  # noqa: E402
+from nbcnn.models import ZeroPadShortcut, alexnet, alexnet_small, mobilenet_small, resnet18, resnet20  # noqa: E402
 
 try:
     import torch
@@ -108,10 +117,11 @@ class TorchTimer:
 # -- FLOP counts --------------------------------------------------------------------------
 
 def layer_flops(m, x_shape, y_shape):
-    """Forward FLOPs of a layer (multiply-adds count 2); backward of conv/linear costs twice that."""
+    """Forward FLOPs of a layer (multiply-adds count 2); backward of conv/linear costs twice that.
+    A grouped conv's output sees in_channels / groups input channels (depthwise: one)."""
     if isinstance(m, nbcnn.Conv2d):
         n, o, oh, ow = y_shape
-        return 2.0 * n * o * oh * ow * m.in_channels * m.kernel_size ** 2
+        return 2.0 * n * o * oh * ow * (m.in_channels // m.groups) * m.kernel_size ** 2
     if isinstance(m, nbcnn.Linear):
         return 2.0 * x_shape[0] * m.in_features * m.out_features
     return 0.0
@@ -120,8 +130,25 @@ def layer_flops(m, x_shape, y_shape):
 # -- PyTorch twins ------------------------------------------------------------------------
 
 def torch_layer(m, params):
+    """A function of the layer's input computing what nbcnn layer `m` computes, with its parameters
+    `params` (torch tensors in m.parameters() order)."""
     if isinstance(m, nbcnn.Conv2d):
-        return lambda x: F.conv2d(x, params[0], params[1], stride=m.stride, padding=m.padding)
+        bias = params[1] if m.bias is not None else None
+        return lambda x: F.conv2d(x, params[0], bias, stride=m.stride, padding=m.padding, groups=m.groups)
+    if isinstance(m, nbcnn.BatchNorm2d):
+        weight, bias = (params[0], params[1]) if m.affine else (None, None)
+        stats = [None if b is None else torch.from_numpy(nbcnn.to_numpy(b)).to(params[0].device if params else "cpu")
+                 for b in (m.running_mean, m.running_var)]
+        return lambda x: F.batch_norm(x, stats[0], stats[1], weight, bias, training=True,
+                                      momentum=m.momentum if m.momentum is not None else 0.1, eps=m.eps)
+    if isinstance(m, nbcnn.AvgPool2d):
+        return lambda x: F.avg_pool2d(x, m.kernel_size, m.stride, m.padding, count_include_pad=m.count_include_pad)
+    if isinstance(m, nbcnn.AdaptiveAvgPool2d):
+        return lambda x: F.adaptive_avg_pool2d(x, m.output_size)
+    if isinstance(m, nbcnn.Identity):
+        return lambda x: x * 1  # a new tensor, so that autograd has an op to time
+    if isinstance(m, ZeroPadShortcut):  # option A as PyTorch CIFAR ResNets write it
+        return lambda x: F.pad(x[:, :, ::m.stride, ::m.stride], (0, 0, 0, 0, 0, m.out_channels - m.in_channels))
     if isinstance(m, nbcnn.Linear):
         return lambda x: F.linear(x, params[0], params[1])
     if isinstance(m, nbcnn.ReLU):
@@ -137,23 +164,24 @@ def torch_layer(m, params):
     raise TypeError(type(m).__name__)
 
 
-def torch_rows(net, x_host, classes, device, repeat):
-    """Per-layer (forward ms, backward ms) and the training step in PyTorch, same shapes."""
+def torch_rows(net, trace, x_host, classes, device, repeat):
+    """Per-layer (forward ms, backward ms) and the training step in PyTorch, same shapes: each
+    row's twin runs on the input nbcnn's layer got (`trace`, from `layer_trace`)."""
     timer = TorchTimer(device)
     dev = timer.dev
-    x = torch.from_numpy(x_host).to(dev)
     rows = []
-    for m in net.modules:
-        params = [torch.from_numpy(nbcnn.to_numpy(p.data)).to(dev).requires_grad_() for p in m.parameters()]
-        f = torch_layer(m, params)
-        xin = x.detach().requires_grad_()
-        y = f(xin)
+    for row in trace:
+        m = row.module
+        params = [] if m is None else [torch.from_numpy(nbcnn.to_numpy(p.data)).to(dev).requires_grad_()
+                                       for p in m.parameters()]
+        f = (lambda a, b: a + b) if m is None else torch_layer(m, params)
+        xin = [torch.from_numpy(nbcnn.to_numpy(x)).to(dev).requires_grad_() for x in row.inputs]
+        y = f(*xin)
         dy = torch.randn_like(y)
-        fwd = timer(lambda: f(xin), repeat)
-        bwd = timer(lambda: torch.autograd.grad(y, [xin] + params, dy, retain_graph=True), repeat)
+        fwd = timer(lambda: f(*xin), repeat)
+        bwd = timer(lambda: torch.autograd.grad(y, xin + params, dy, retain_graph=True), repeat)
         rows.append((fwd, bwd))
-        x = y.detach()
-    model = torch.nn.Sequential(*[torch_module(m) for m in net.modules]).to(dev)
+    model = torch_module(net).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     labels = torch.randint(0, classes, (x_host.shape[0],), device=dev)
     xs = torch.from_numpy(x_host).to(dev)
@@ -174,20 +202,53 @@ def torch_rows(net, x_host, classes, device, repeat):
 
 
 def torch_module(m):
+    """The torch.nn twin of nbcnn module `m` (containers recursively), holding copies of its state.
+    ReLUs are in place, as torchvision's AlexNet and ResNet write them."""
     nn = torch.nn
+    if isinstance(m, nbcnn.Sequential):
+        return nn.Sequential(*[torch_module(c) for c in m.modules])
+    if isinstance(m, nbcnn.Residual):
+        return TorchResidual(*[None if c is None else torch_module(c) for c in (m.body, m.shortcut, m.after)])
     if isinstance(m, nbcnn.Conv2d):
-        t = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+        t = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, groups=m.groups,
+                      bias=m.bias is not None)
     elif isinstance(m, nbcnn.Linear):
         t = nn.Linear(m.in_features, m.out_features)
+    elif isinstance(m, nbcnn.BatchNorm2d):
+        t = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
     else:
-        return {nbcnn.ReLU: lambda: nn.ReLU(), nbcnn.Flatten: lambda: nn.Flatten(),
+        return {nbcnn.ReLU: lambda: nn.ReLU(inplace=True), nbcnn.Flatten: lambda: nn.Flatten(),
                 nbcnn.Dropout: lambda: nn.Dropout(m.p),
                 nbcnn.MaxPool2d: lambda: nn.MaxPool2d(m.kernel_size, m.stride, m.padding),
+                nbcnn.AvgPool2d: lambda: nn.AvgPool2d(m.kernel_size, m.stride, m.padding,
+                                                      count_include_pad=m.count_include_pad),
+                nbcnn.AdaptiveAvgPool2d: lambda: nn.AdaptiveAvgPool2d(m.output_size),
+                nbcnn.Identity: lambda: nn.Identity(),
+                ZeroPadShortcut: lambda: TorchFunction(torch_layer(m, [])),
                 nbcnn.LocalResponseNorm: lambda: nn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k)}[type(m)]()
-    sd = m.state_dict()
-    t.weight.data = torch.from_numpy(sd["weight"])
-    t.bias.data = torch.from_numpy(sd["bias"])
+    t.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
     return t
+
+
+if torch is not None:
+    class TorchResidual(torch.nn.Module):
+        """after(body(x) + shortcut(x)), as nbcnn.Residual (and torchvision's BasicBlock)."""
+
+        def __init__(self, body, shortcut, after):
+            super().__init__()
+            self.body, self.shortcut, self.after = body, shortcut, after
+
+        def forward(self, x):
+            y = self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+            return y if self.after is None else self.after(y)
+
+    class TorchFunction(torch.nn.Module):
+        def __init__(self, f):
+            super().__init__()
+            self.f = f
+
+        def forward(self, x):
+            return self.f(x)
 
 
 def torch_sgemm_tflops(device, n, repeat):
@@ -199,17 +260,65 @@ def torch_sgemm_tflops(device, n, repeat):
 
 # -- nbcnn --------------------------------------------------------------------------------
 
-def nbcnn_rows(net, backend, x, timer, repeat):
+class TraceRow:
+    """One computing step of a forward: a layer (`module`) or a residual sum (module None, two
+    inputs), its name (the state_dict prefix; `<block>.add` for a sum), inputs and output."""
+
+    def __init__(self, name, module, inputs, output):
+        self.name, self.module, self.inputs, self.output = name, module, inputs, output
+
+    @property
+    def kind(self):
+        return "add" if self.module is None else type(self.module).__name__
+
+
+def layer_trace(m, x, backend, name=""):
+    """Run `m` forward on x one layer at a time: (rows, output). Sequential runs its children in
+    order; Residual its body, its shortcut (the identity when None), the sum, then `after`, as
+    Residual.forward does. Any other module is a layer: one row."""
+    if isinstance(m, nbcnn.Sequential):
+        rows = []
+        for child_name, child in m.named_children():
+            more, x = layer_trace(child, x, backend, f"{name}{child_name}.")
+            rows += more
+        return rows, x
+    if isinstance(m, nbcnn.Residual):
+        branches = []
+        for part in ("body", "shortcut"):
+            module, inline = m.parts[part]
+            prefix = name if inline else f"{name}{part}."
+            branches.append(([], x) if module is None else layer_trace(module, x, backend, prefix))
+        (rows_a, a), (rows_b, b) = branches
+        y = backend.empty(a.shape, a.dtype)
+        backend.add_out(a, b, y)
+        rows = rows_a + rows_b + [TraceRow(f"{name}add", None, [a, b], y)]
+        if m.after is not None:
+            more, y = layer_trace(m.after, y, backend, f"{name}after.")
+            rows += more
+        return rows, y
+    y = m(x)
+    return [TraceRow(name.rstrip("."), m, [x], y)], y
+
+
+def nbcnn_rows(trace, backend, timer, repeat):
     rows = []
-    for m in net.modules:
-        y = m(x)
+    for row in trace:
+        m, y = row.module, row.output
         dy = nbcnn.asarray(np.random.default_rng(0).standard_normal(y.shape).astype(np.float32), backend.name)
-        fwd, fwd_first = timer(lambda: m(x), repeat)
-        bwd, bwd_first = timer(lambda: m.backward(dy), repeat)
-        rows.append(dict(layer=type(m).__name__, in_shape=list(x.shape), out_shape=list(y.shape),
+        if m is None:  # a residual sum: forward y = a + b, backward dx = da + db, one add_out each
+            a, b = row.inputs
+            out = backend.empty(y.shape, y.dtype)
+            fwd, fwd_first = timer(lambda: backend.add_out(a, b, out), repeat)
+            bwd, bwd_first = timer(lambda: backend.add_out(dy, a, out), repeat)
+            flops = 0.0
+        else:
+            x = row.inputs[0]
+            fwd, fwd_first = timer(lambda: m(x), repeat)
+            bwd, bwd_first = timer(lambda: m.backward(dy), repeat)
+            flops = layer_flops(m, x.shape, y.shape)
+        rows.append(dict(name=row.name, layer=row.kind, in_shape=list(row.inputs[0].shape), out_shape=list(y.shape),
                          fwd_ms=fwd, bwd_ms=bwd, compile_ms=max(fwd_first - fwd, 0) + max(bwd_first - bwd, 0),
-                         flops=layer_flops(m, x.shape, y.shape)))
-        x = y
+                         flops=flops))
     return rows
 
 
@@ -222,20 +331,28 @@ def gemm_tflops(backend, timer, m, n, k, repeat):
     return 2.0 * m * n * k / (ms * 1e-3) / 1e12
 
 
-def gemm_shapes(net, batch, input_size):
-    """(M, N, K) of the GEMMs the layers of `net` run: conv forward per image, linear per batch."""
-    shapes, h = [], input_size
-    for m in net.modules:
-        if isinstance(m, nbcnn.Conv2d):
-            oh = m.output_size(h)
-            shapes.append((f"conv {m.out_channels}x{m.in_channels}x{m.kernel_size}^2",
-                           m.out_channels, oh * oh, m.in_channels * m.kernel_size ** 2))
-            h = oh
-        elif isinstance(m, nbcnn.MaxPool2d):
-            h = (h + 2 * m.padding - m.kernel_size) // m.stride + 1
+def gemm_shapes(trace):
+    """(name, M, N, K) of the distinct forward GEMMs of the traced layers: conv per image and
+    group (depthwise convs run direct kernels, no GEMM), linear per batch."""
+    shapes = []
+    for row in trace:
+        m, y = row.module, row.output
+        if isinstance(m, nbcnn.Conv2d) and not is_depthwise(m.in_channels, m.groups):
+            g = m.groups
+            shapes.append((f"conv {m.out_channels}x{m.in_channels}x{m.kernel_size}^2" + (f"/g{g}" if g > 1 else ""),
+                           m.out_channels // g, y.shape[2] * y.shape[3], m.in_channels // g * m.kernel_size ** 2))
         elif isinstance(m, nbcnn.Linear):
-            shapes.append((f"fc {m.out_features}x{m.in_features}", batch, m.out_features, m.in_features))
-    return shapes
+            shapes.append((f"fc {m.out_features}x{m.in_features}", y.shape[0], m.out_features, m.in_features))
+    return list(dict.fromkeys(shapes))  # ResNet repeats its shapes: each once, in order
+
+
+def build(arch, classes, channels, input_size):
+    """The network of --arch (the builders are looked up when called: tests swap them)."""
+    if arch in ("alexnet", "alexnet-small"):
+        make = alexnet if arch == "alexnet" else alexnet_small
+        return make(num_classes=classes, in_channels=channels, input_size=input_size)
+    make = {"resnet18": resnet18, "resnet20": resnet20, "mobilenet-small": mobilenet_small}[arch]
+    return make(num_classes=classes, in_channels=channels)
 
 
 def simulated():
@@ -256,9 +373,11 @@ def device_memory_used():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
-    ap.add_argument("--arch", choices=["alexnet", "alexnet-small"], default="alexnet")
-    ap.add_argument("--batch", type=int, default=None, help="default: 128 on cuda, 16 on cpu")
-    ap.add_argument("--input-size", type=int, default=None, help="default: 224 for alexnet, 28 for alexnet-small")
+    ap.add_argument("--arch", choices=list(ARCHS), default="alexnet")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="default: 128 on cuda; on cpu 16 (alexnet, alexnet-small, resnet18) or 128 (resnet20, mobilenet-small)")
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="default: 224 for alexnet and resnet18, 28 for alexnet-small, 32 for resnet20 and mobilenet-small")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per row (default 20 cuda, 3 cpu)")
     ap.add_argument("--gemm-size", type=int, default=4096)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
@@ -266,8 +385,8 @@ def main(argv=None):
     ap.add_argument("--keep-openblas-env", action="store_true",
                     help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set (they are unset by default)")
     args = ap.parse_args(argv)
-    batch = args.batch or (128 if args.device == "cuda" else 16)
-    classes, channels, size = ARCHS[args.arch]
+    classes, channels, size, cpu_batch = ARCHS[args.arch]
+    batch = args.batch or (128 if args.device == "cuda" else cpu_batch)
     args.input_size = args.input_size or size
     repeat = args.repeat or (20 if args.device == "cuda" else 3)
     use_torch = torch is not None and not args.no_torch and not (args.device == "cuda" and simulated())
@@ -291,14 +410,14 @@ def main(argv=None):
     print(f"PyTorch: {torch.__version__ + ' (FP32, TF32 off)' if use_torch else 'not available'}")
 
     nbcnn.manual_seed(0)
-    make = alexnet if args.arch == "alexnet" else alexnet_small
-    net = make(num_classes=classes, in_channels=channels, input_size=args.input_size).to(args.device)
+    net = build(args.arch, classes, channels, args.input_size).to(args.device)
     timer = Timer(args.device)
     x_host = np.random.default_rng(0).standard_normal((batch, channels, args.input_size, args.input_size)).astype(np.float32)
     x = nbcnn.asarray(x_host, args.device)
-    rows = nbcnn_rows(net, backend, x, timer, repeat)
+    trace, _ = layer_trace(net, x, backend)
+    rows = nbcnn_rows(trace, backend, timer, repeat)
     if use_torch:
-        trows, torch_step, torch_peak = torch_rows(net, x_host, classes, args.device, repeat)
+        trows, torch_step, torch_peak = torch_rows(net, trace, x_host, classes, args.device, repeat)
         for r, (tf, tb) in zip(rows, trows):
             r["torch_fwd_ms"], r["torch_bwd_ms"] = tf, tb
 
@@ -325,14 +444,16 @@ def main(argv=None):
     new_blocks = cache["allocations"] - blocks_before
 
     # -- table ---------------------------------------------------------------------------
-    hdr = f"{'layer':<20}{'out shape':<22}{'fwd ms':>9}{'bwd ms':>9}{'GFLOP/s':>9}{'compile ms':>11}"
+    width = max(20, max(len(f"{r['name']} {r['layer']}") for r in rows) + 4)
+    hdr = f"{'layer':<{width}}{'out shape':<22}{'fwd ms':>9}{'bwd ms':>9}{'GFLOP/s':>9}{'compile ms':>11}"
     if use_torch:
         hdr += f"{'torch f+b':>10}{'torch/nb':>9}"
     print(hdr)
     for i, r in enumerate(rows):
         total = r["fwd_ms"] + r["bwd_ms"]
         gflops = 3 * r["flops"] / (total * 1e-3) / 1e9 if r["flops"] else float("nan")
-        line = (f"{i:>2} {r['layer']:<17}{str(tuple(r['out_shape'])):<22}{r['fwd_ms']:>9.2f}{r['bwd_ms']:>9.2f}"
+        label = r["layer"] if r["name"] == str(i) else f"{r['name']} {r['layer']}"  # AlexNet's are numbered
+        line = (f"{i:>2} {label:<{width - 3}}{str(tuple(r['out_shape'])):<22}{r['fwd_ms']:>9.2f}{r['bwd_ms']:>9.2f}"
                 f"{gflops:>9.1f}{r['compile_ms']:>11.0f}")
         r["gflops"] = None if not r["flops"] else gflops
         if use_torch:
@@ -357,7 +478,7 @@ def main(argv=None):
     print(f"SGEMM {n}^3: nbcnn {sgemm:.2f} TFLOP/s" + (f", PyTorch {torch_sgemm:.2f} TFLOP/s, "
                                                        f"ratio {sgemm / torch_sgemm:.2f}" if use_torch else ""))
     gemms = []
-    for name, m, nn, k in gemm_shapes(net, batch, args.input_size):
+    for name, m, nn, k in gemm_shapes(trace):
         tf = gemm_tflops(backend, timer, m, nn, k, repeat)
         gemms.append(dict(name=name, m=m, n=nn, k=k, nbcnn_tflops=tf))
         print(f"  GEMM {name:<20} M={m:<6}N={nn:<6}K={k:<6} {tf:.2f} TFLOP/s")

@@ -598,3 +598,33 @@ def test_alexnet_forward_backward_agree_at_batch_2():
     assert_close(dxg, dxc, rtol=1e-3)
     for i, (a, b) in enumerate(zip(gg, gc)):
         assert_close(a, b, rtol=1e-3, what=f"grad {i}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="full-size ResNet-18 needs a real GPU (NBCNN_TEST_GPU=1)")
+def test_resnet18_forward_backward_agree_at_batch_2():
+    """torchvision's ResNet-18 at 224x224, training mode (batch statistics), then eval mode."""
+    nbcnn.manual_seed(0)
+    cpu = nbcnn.models.resnet18()
+    gpu = nbcnn.models.resnet18().to("cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    labels = np.array([3, 997])
+    outs = {}
+    for name, net in (("cpu", cpu), ("cuda", gpu)):
+        logits = net(nbcnn.asarray(x, name))
+        loss, dlogits = nbcnn.softmax_cross_entropy(logits, nbcnn.asarray(labels, name))
+        dx = net.backward(dlogits)
+        outs[name] = (nbcnn.to_numpy(logits), loss, nbcnn.to_numpy(dx),
+                      {k: nbcnn.to_numpy(p.grad) for k, p in net.named_parameters()}, net.state_dict(),
+                      nbcnn.to_numpy(net.eval()(nbcnn.asarray(x, name))))
+    (lc, sc, dxc, gc, stc, ec), (lg, sg, dxg, gg, stg, eg) = outs["cpu"], outs["cuda"]
+    # 20 layers deep, K up to 4608, batch norm dividing by batch deviations: float32 to 1e-3 of the magnitude
+    assert_close(lg, lc, rtol=1e-3)
+    assert abs(sg - sc) <= 1e-3 * max(1.0, abs(sc))
+    assert_close(dxg, dxc, rtol=1e-3)
+    for k in gc:
+        assert_close(gg[k], gc[k], rtol=1e-3, atol=1e-3 * max(np.abs(v).max() for v in gc.values()), what=k)
+    for k in stc:
+        assert_close(stg[k], stc[k], rtol=1e-3, what=k)
+    assert_close(eg, ec, rtol=1e-3, what="eval logits")

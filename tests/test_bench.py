@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import nbcnn
 from devices import _CUDA_SKIP, simulated
+from nbcnn.testing import assert_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,3 +66,40 @@ def test_bench_runs_its_cuda_path_end_to_end(tmp_path, monkeypatch):
     assert result["train_step"]["nbcnn_ms"] > 0 and result["sgemm"]["nbcnn_tflops"] > 0
     assert result["memory_mib"]["blocks_allocated_in_10_steps"] == 0
     assert (result["memory_mib"]["device_after_10_more"] is None) == simulated("cuda")
+
+
+def test_bench_names_nested_layers_and_counts_grouped_flops(tmp_path):
+    """--arch resnet20 on the CPU, PyTorch compared: one row per layer named by
+    its state_dict prefix, a row for each residual sum, a depthwise conv's FLOPs per its one input
+    channel, and every row with its PyTorch twin's time."""
+    bench = load_bench()
+    out = tmp_path / "bench.json"
+    torch_args = [] if bench.torch is not None else ["--no-torch"]
+    result = bench.main(["--device", "cpu", "--arch", "resnet20", "--batch", "2", "--input-size", "8",
+                         "--repeat", "1", "--gemm-size", "16", "--json", str(out)] + torch_args)
+    names = [(r["name"], r["layer"]) for r in result["layers"]]
+    assert names[:4] == [("conv1", "Conv2d"), ("bn1", "BatchNorm2d"), ("relu", "ReLU"), ("layer1.0.conv1", "Conv2d")]
+    assert ("layer1.0.add", "add") in names and ("layer2.0.shortcut", "ZeroPadShortcut") in names
+    assert names[-3:] == [("avgpool", "AdaptiveAvgPool2d"), ("flatten", "Flatten"), ("fc", "Linear")]
+    assert len(names) == 19 + 19 + 19 + 9 + 2 + 3  # convs, BNs, ReLUs (stem + 2 per block), sums, shortcuts, head
+    conv1 = result["layers"][0]
+    assert conv1["flops"] == 2.0 * 2 * 16 * 8 * 8 * 3 * 9
+    if bench.torch is not None:
+        assert all(r["torch_fwd_ms"] > 0 for r in result["layers"]) and result["train_step"]["torch_ms"] > 0
+    dw = nbcnn.Conv2d(32, 32, 3, padding=1, groups=32)
+    assert bench.layer_flops(dw, (2, 32, 8, 8), (2, 32, 8, 8)) == 2.0 * 2 * 32 * 8 * 8 * 1 * 9  # one input channel each
+
+
+def test_benchs_torch_twins_compute_what_nbcnn_computes():
+    """The PyTorch networks the bench times are nbcnn's networks: same logits in training mode."""
+    bench = load_bench()
+    if bench.torch is None:
+        pytest.skip("PyTorch is not importable")
+    for make in (lambda: nbcnn.models.cifar_resnet(8, num_classes=3, width=2),
+                 lambda: nbcnn.models.mobilenet_small(num_classes=3, width=2)):
+        nbcnn.manual_seed(0)
+        net = make().to("cpu", np.float64)
+        x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+        twin = bench.torch_module(net).double().train()
+        want = twin(bench.torch.from_numpy(x)).detach().numpy()
+        assert_close(net(nbcnn.asarray(x)), want, rtol=1e-10)

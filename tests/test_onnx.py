@@ -18,7 +18,9 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (p
 # Input shapes for the builders in nbcnn.models (num_classes=10); builders not named here get
 # DEFAULT_INPUT. alexnet_torchvision at 224 pixels: its features end at 6x6, which ONNX pools evenly.
 BUILDER_INPUT = {"alexnet": ((2, 3, 63, 63), dict(input_size=63)), "alexnet_small": ((2, 3, 32, 32), {}),
-                 "alexnet_torchvision": ((1, 3, 224, 224), {})}
+                 "alexnet_torchvision": ((1, 3, 224, 224), {}), "cifar_resnet": ((2, 3, 32, 32), dict(depth=8)),
+                 "resnet": ((2, 3, 64, 64), dict(layers=[1, 1, 1, 1])), "resnet20": ((2, 3, 32, 32), {}),
+                 "mobilenet_small": ((2, 3, 32, 32), {})}
 DEFAULT_INPUT = ((2, 3, 64, 64), {})
 
 
