@@ -61,6 +61,13 @@ ARCHS = {
     "alexnet-small": Arch(lambda n, c, size, init: nbcnn.models.alexnet_small(n, in_channels=c, input_size=size,
                                                                               init=init),
                           min_crop=7, inits=("he", "kaiming", "paper"), small=True),
+    # the models' own init only ("torchvision": Kaiming normal, fan out); any crop size (global average pooling)
+    "resnet20": Arch(lambda n, c, size, init: nbcnn.models.resnet20(n, in_channels=c),
+                     min_crop=8, inits=("torchvision",), small=True),
+    "mobilenet-small": Arch(lambda n, c, size, init: nbcnn.models.mobilenet_small(n, in_channels=c),
+                            min_crop=8, inits=("torchvision",), small=True),
+    "resnet18": Arch(lambda n, c, size, init: nbcnn.models.resnet18(n, in_channels=c),
+                     min_crop=32, inits=("torchvision",), small=False),
 }
 # --opt's optimisers and their defaults where --lr, --momentum, --weight-decay are not given:
 # torch.optim's, but SGD's, which are the paper's (torch's SGD has no default lr)
@@ -132,9 +139,10 @@ def build_parser():
                    help="epochs without a better validation top-1 error before lr/10 (plateau)")
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seeds the init, dropout, data order and augmentation")
-    p.add_argument("--init", choices=["he", "kaiming", "paper"],
-                   help="weight init (default: kaiming for alexnet, he for alexnet-small); paper: N(0, 0.01) "
-                        "weights and biases of 1 as in the paper; he: N(0, 2/fan_in)")
+    p.add_argument("--init", choices=sorted({init for arch in ARCHS.values() for init in arch.inits}),
+                   help="weight init (default: kaiming for alexnet, he for alexnet-small, torchvision for the "
+                        "others); paper: N(0, 0.01) weights and biases of 1 as in the paper; he: N(0, 2/fan_in); "
+                        "torchvision: the resnets' and mobilenet-small's own (Kaiming normal, fan out)")
     p.add_argument("--crop", type=int, metavar="N",
                    help="training crop (default: 224 for alexnet, the image size for small images)")
     p.add_argument("--image-size", type=int, metavar="N",

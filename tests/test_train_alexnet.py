@@ -867,3 +867,25 @@ def test_finetune_on_images_of_another_size_names_the_misfit(script, digits_0_to
     err = run_failing(script, ["--finetune", str(digits_0_to_4), "--crop", "32", "--pad", "0", "--image-size", "32",
                                "--out", str(tmp_path)] + TINY, capsys).strip()
     assert "does not fit this network: its 12.weight has shape (256, 2304)" in err and "\n" not in err
+
+
+# -- the other networks of --arch --------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenet-small"])
+def test_the_small_networks_train_on_the_digits(script, tmp_path, capsys, arch):
+    assert script.main(TINY + ["--arch", arch, "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path)]) == 0
+    assert f"model: {arch} on 28x28 crops (resize 28, pad 3," in capsys.readouterr().out
+    state = read_checkpoint(str(tmp_path / "last.ckpt"))
+    assert state["progress"]["global_step"] == 2 and state["model"]["fc.weight"].shape[0] == 10
+    assert state["model"]["bn1.num_batches_tracked"] == 2  # buffers are saved
+
+
+def test_finetune_replaces_a_resnets_fc(script, tmp_path):
+    """start_from on torchvision's layout: the head is `fc`, batch norm's buffers come along."""
+    nbcnn.manual_seed(0)
+    source = nbcnn.models.resnet20(10, in_channels=1).state_dict()
+    net = nbcnn.models.resnet20(5, in_channels=1)
+    reinit = script.start_from(script.Finetune("ckpt", source, None, None), net, [str(d) for d in range(5)])
+    assert reinit == ["fc.weight", "fc.bias"]
+    for key, value in net.state_dict().items():
+        if not key.startswith("fc."):
+            np.testing.assert_array_equal(value, source[key], err_msg=key)
