@@ -111,16 +111,17 @@ def he_init(net):
     net.load_state_dict(state)
 
 
-def alexnet_torchvision(num_classes=1000):
+def alexnet_torchvision(num_classes=1000, in_channels=3):
     """torchvision's AlexNet (its `models.alexnet`, after the "one weird trick" paper): 64/192/384/256/256
-    channels, no LRN, and adaptive average pooling to 6x6, so any input of 63 pixels or more works.
+    channels, no LRN, and adaptive average pooling to 6x6, so any input of 63 pixels or more works
+    (63 leaves the last max pool a 1x1 map, which the pooling spreads over the 6x6 bins as PyTorch's does).
 
     The children and state_dict keys are torchvision's (features.0.weight ... classifier.6.bias),
     so its pretrained weights load from a safetensors file (`net.load_state_dict(path)`) or ONNX.
     PyTorch's default init (Kaiming-uniform).
     """
     features = Sequential(
-        Conv2d(3, 64, 11, stride=4, padding=2), ReLU(), MaxPool2d(3, 2),
+        Conv2d(in_channels, 64, 11, stride=4, padding=2), ReLU(), MaxPool2d(3, 2),
         Conv2d(64, 192, 5, padding=2), ReLU(), MaxPool2d(3, 2),
         Conv2d(192, 384, 3, padding=1), ReLU(),
         Conv2d(384, 256, 3, padding=1), ReLU(),

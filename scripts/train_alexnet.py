@@ -5,6 +5,7 @@
     python scripts/train_alexnet.py --data ~/imagenet --device cuda --workers 8
     python scripts/train_alexnet.py --resume runs/<stamp>/last.ckpt
     python scripts/train_alexnet.py --finetune runs/<stamp>/best.ckpt --data DIR --freeze 0 --freeze 4
+    python scripts/train_alexnet.py --finetune alexnet.safetensors --arch alexnet-torchvision --data DIR
 
 --data DIR takes an ImageFolder tree (DIR/train/<class>/*.jpg, DIR/val/<class>/...), MNIST-format
 IDX files (MNIST, Fashion-MNIST) or CIFAR-10's python batches. Writes metrics.csv, curves.png,
@@ -68,6 +69,10 @@ ARCHS = {
                             min_crop=8, inits=("torchvision",), small=True),
     "resnet18": Arch(lambda n, c, size, init: nbcnn.models.resnet18(n, in_channels=c),
                      min_crop=32, inits=("torchvision",), small=False),
+    # torchvision's AlexNet with its keys, so that its pretrained weights fine-tune (--finetune FILE.safetensors);
+    # PyTorch's default init; its adaptive pooling to 6x6 takes any crop from 63 (the last max pool's 3x3 input)
+    "alexnet-torchvision": Arch(lambda n, c, size, init: nbcnn.models.alexnet_torchvision(n, in_channels=c),
+                                min_crop=63, inits=("torchvision",), small=False),
 }
 # --opt's optimisers and their defaults where --lr, --momentum, --weight-decay are not given:
 # torch.optim's, but SGD's, which are the paper's (torch's SGD has no default lr)
@@ -142,7 +147,8 @@ def build_parser():
     p.add_argument("--init", choices=sorted({init for arch in ARCHS.values() for init in arch.inits}),
                    help="weight init (default: kaiming for alexnet, he for alexnet-small, torchvision for the "
                         "others); paper: N(0, 0.01) weights and biases of 1 as in the paper; he: N(0, 2/fan_in); "
-                        "torchvision: the resnets' and mobilenet-small's own (Kaiming normal, fan out)")
+                        "torchvision: the resnets' and mobilenet-small's own (Kaiming normal, fan out), "
+                        "alexnet-torchvision's PyTorch init (Kaiming uniform)")
     p.add_argument("--crop", type=int, metavar="N",
                    help="training crop (default: 224 for alexnet, the image size for small images)")
     p.add_argument("--image-size", type=int, metavar="N",
@@ -176,7 +182,10 @@ def build_parser():
     p.add_argument("--finetune", metavar="CKPT",
                    help="start a new run from this checkpoint's network, parameters, buffers and channel "
                         "statistics, its classifier head (the last Linear) re-initialised where the classes "
-                        "differ; a new optimiser and schedule (not with --resume)")
+                        "differ; a new optimiser and schedule (not with --resume). Or from a weights file: "
+                        ".safetensors or .npz with PyTorch's keys (e.g. torchvision's pretrained AlexNet for "
+                        "--arch alexnet-torchvision), or .onnx (its weights taken in graph order); it records "
+                        "no network, so --arch is required, and the data's own channel statistics are used")
     p.add_argument("--freeze", action="append", metavar="NAME_PREFIX",
                    help="do not train the parameters under this name (0 for 0.weight and 0.bias, layer1 "
                         "for layer1.0.conv1.weight, ...); repeatable")
@@ -593,23 +602,39 @@ def finish_complete_run(args, resume, epochs, out_dir):
 
 
 # -- reuse of trained layers: --finetune, --freeze ------------------------------------------------
+# The weights files --finetune takes besides checkpoints: state_dicts with PyTorch's keys, ONNX graphs.
+WEIGHTS_FILES = (*nbcnn.weights.FORMATS, ".onnx")
+
+
 @dataclass
 class Finetune:
-    """A --finetune checkpoint: its path, its model state_dict (parameters and buffers), the
-    classes its head was trained on and its channel statistics (None where it does not record them)."""
+    """A --finetune checkpoint or weights file: its path, its model state_dict (parameters and
+    buffers), the classes its head was trained on and its channel statistics (None where it does
+    not record them); in_order: keys that are not the network's (an ONNX graph's), matched by order."""
 
     path: str
     model: dict
     classes: list | None
     stats: dict | None
+    in_order: bool = False
 
 
 def read_finetune(args):
-    """The --finetune checkpoint (None without one). Its network is the run's: its --arch, and
-    its crop unless --crop is given (alexnet's classifier is sized by the crop)."""
+    """The --finetune checkpoint or weights file (None without one). A checkpoint's network is
+    the run's: its --arch, and its crop unless --crop is given (alexnet's classifier is sized by
+    the crop)."""
     if not args.finetune:
         return None
-    state = read_checkpoint_flag("--finetune", args.finetune)
+    if os.path.splitext(args.finetune)[1].lower() in WEIGHTS_FILES:
+        return read_weights_file(args)
+    try:
+        state = read_checkpoint_flag("--finetune", args.finetune)
+    except CheckpointError as exc:
+        if not os.path.isfile(args.finetune) or args.finetune.endswith(".ckpt"):
+            raise
+        raise CheckpointError(f"{exc}; --finetune takes an nbcnn checkpoint or a weights file "
+                              f"({', '.join(WEIGHTS_FILES)}): save a PyTorch model's state_dict with "
+                              "safetensors.torch.save_file") from None
     progress = state["progress"]
     saved = progress.get("args", {})
     arch = saved.get("arch") or progress.get("arch")
@@ -625,6 +650,35 @@ def read_finetune(args):
     return Finetune(args.finetune, state["model"], classes, progress.get("stats"))
 
 
+def read_weights_file(args):
+    """A --finetune weights file: .safetensors or .npz (nbcnn.weights: PyTorch's keys) or .onnx
+    (nbcnn.onnx.load's network: its keys are positions, so its weights are matched in order). It
+    records no network, classes nor channel statistics: --arch must name the network."""
+    path = args.finetune
+    if not args.arch:
+        raise UsageError(f"--finetune {path} is a weights file, which does not record its network: "
+                         f"give --arch ({', '.join(ARCHS)})")
+    try:
+        if path.lower().endswith(".onnx"):
+            from nbcnn.onnx import load as load_onnx
+            return Finetune(path, load_onnx(path).state_dict(), None, None, in_order=True)
+        return Finetune(path, nbcnn.load(path), None, None)
+    except (ValueError, ImportError) as exc:  # WeightsFileError, OnnxError; the onnx package missing
+        raise CheckpointError(f"--finetune {path}: {exc}") from None
+
+
+def in_order(finetune, own):
+    """An ONNX graph's weights under the names of the network's state_dict `own`, in order: ONNX
+    keeps the layers in computation order but not PyTorch's module names. A CheckpointError
+    where the counts differ; start_from checks the shapes."""
+    if len(finetune.model) != len(own):
+        raise CheckpointError(f"--finetune {finetune.path}: its graph holds {len(finetune.model)} parameters and "
+                              f"buffers, the --arch network {len(own)}, so they cannot be matched in order (ONNX "
+                              "keeps no module names; PyTorch's exporter folds batch norm into the convolutions "
+                              "in inference); save the model's state_dict with safetensors.torch.save_file instead")
+    return dict(zip(own, finetune.model.values()))
+
+
 def classifier_head(net, prefix=""):
     """The name of the network's last Linear layer (its classifier head), None without one."""
     head = None
@@ -638,7 +692,8 @@ def start_from(finetune, net, classes):
     head (the last Linear) where that does not fit: of another shape, or trained on other classes
     than `classes`. Returns the head's keys left at their fresh init ([] when the head was loaded);
     a CheckpointError for anything else that does not fit."""
-    own, saved = net.state_dict(), finetune.model
+    own = net.state_dict()
+    saved = in_order(finetune, own) if finetune.in_order else finetune.model
     head = classifier_head(net)
     head_keys = [key for key in own if key.rpartition(".")[0] == head]
     missing, unexpected = [k for k in own if k not in saved], [k for k in saved if k not in own]
@@ -663,7 +718,7 @@ def finetune_line(finetune, reinit, classes):
         return f"fine-tuning from {finetune.path}: every parameter and buffer loaded, the head kept ({kept})"
     why = (f"the checkpoint's was trained on {plural(len(finetune.classes), 'class', 'classes')}: "
            f"{', '.join(finetune.classes[:10])}{', ...' if len(finetune.classes) > 10 else ''}"
-           if finetune.classes is not None else "the checkpoint's has another number of classes")
+           if finetune.classes is not None else "the saved head has another number of classes")
     return (f"fine-tuning from {finetune.path}: the rest loaded; {', '.join(reinit)} re-initialised, a new head for "
             f"{plural(len(classes), 'class', 'classes')} ({why})")
 

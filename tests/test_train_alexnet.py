@@ -889,3 +889,126 @@ def test_finetune_replaces_a_resnets_fc(script, tmp_path):
     for key, value in net.state_dict().items():
         if not key.startswith("fc."):
             np.testing.assert_array_equal(value, source[key], err_msg=key)
+
+
+# -- --finetune from weights files: .safetensors and .npz (PyTorch's keys), .onnx ---------------------------
+# alexnet-small on the 28-pixel digits, 2 steps; FROZEN leaves its head 15 to train
+FROM_FILE = ["--arch", "alexnet-small", *TINY, "--epochs", "1", "--max-steps", "2", *FROZEN]
+
+
+def saved_alexnet_small(path, num_classes=10):
+    """alexnet-small for the digits, saved to `path` with net.save; its state_dict."""
+    nbcnn.manual_seed(1)
+    net = nbcnn.models.alexnet_small(num_classes, in_channels=1, input_size=28)
+    net.save(str(path))
+    return net.state_dict()
+
+
+def assert_trained_only_the_head(run_dir, state):
+    """The run's frozen layers are bitwise the file's; only the head (15) was ever updated."""
+    after = read_checkpoint(str(run_dir / "last.ckpt"))
+    for key, value in state.items():
+        if not key.startswith("15."):
+            np.testing.assert_array_equal(after["model"][key], value, err_msg=key)
+    assert sorted(after["optimizer"]["state"]) == [8, 9]
+    return after
+
+
+def test_finetune_from_a_safetensors_file_replaces_a_head_of_other_classes(script, tmp_path, capsys):
+    pytest.importorskip("safetensors", reason="safetensors is not installed (pip install safetensors)")
+    path = tmp_path / "digits.safetensors"
+    state = saved_alexnet_small(path)
+    assert script.main(["--finetune", str(path), "--classes", "5,6,7", *FROM_FILE, "--out", str(tmp_path / "run")]) == 0
+    assert (f"fine-tuning from {path}: the rest loaded; 15.weight, 15.bias re-initialised, a new head for 3 classes "
+            "(the saved head has another number of classes)") in capsys.readouterr().out
+    assert assert_trained_only_the_head(tmp_path / "run", state)["model"]["15.weight"].shape == (3, 256)
+
+
+def test_finetune_from_an_npz_file_keeps_a_head_that_fits(script, tmp_path, capsys):
+    path = tmp_path / "digits.npz"
+    state = saved_alexnet_small(path)
+    assert script.main(["--finetune", str(path), *FROM_FILE, "--out", str(tmp_path / "run")]) == 0
+    assert "every parameter and buffer loaded, the head kept (its shape fits the classes)" in capsys.readouterr().out
+    assert_trained_only_the_head(tmp_path / "run", state)
+
+
+def test_finetune_from_a_state_dict_pytorch_saved(script, tmp_path):
+    """safetensors.torch.save_file of a PyTorch twin of alexnet-small (same keys and shapes)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed; it only writes the file here")
+    save_file = pytest.importorskip("safetensors.torch", reason="safetensors is not installed").save_file
+    nn = torch.nn
+    torch.manual_seed(0)
+    twin = nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2), nn.LocalResponseNorm(5),
+                         nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.LocalResponseNorm(5), nn.MaxPool2d(3, 2),
+                         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Dropout(0.5), nn.Linear(64 * 6 * 6, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 10))
+    save_file(twin.state_dict(), str(tmp_path / "torch.safetensors"))
+    assert script.main(["--finetune", str(tmp_path / "torch.safetensors"), *FROM_FILE,
+                        "--out", str(tmp_path / "run")]) == 0
+    assert_trained_only_the_head(tmp_path / "run", {k: v.numpy() for k, v in twin.state_dict().items()})
+
+
+def test_finetune_from_an_onnx_file_takes_its_weights_in_order(script, tmp_path):
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    from nbcnn.onnx import export
+    nbcnn.manual_seed(1)
+    net = nbcnn.models.alexnet_small(10, in_channels=1, input_size=28)
+    export(net, str(tmp_path / "digits.onnx"), (1, 1, 28, 28))
+    assert script.main(["--finetune", str(tmp_path / "digits.onnx"), *FROM_FILE, "--out", str(tmp_path / "run")]) == 0
+    assert_trained_only_the_head(tmp_path / "run", net.state_dict())
+
+
+def test_an_onnx_graphs_weights_are_matched_to_the_network_in_order(script):
+    """ONNX keeps no module names (PyTorch's exporter names weights onnx::Conv_11, drops Dropout and
+    shifts the positions nbcnn.onnx.load keys by): only their order is the network's."""
+    nbcnn.manual_seed(1)
+    source = nbcnn.models.alexnet_small(10, in_channels=1, input_size=28).state_dict()
+    graph = {f"onnx::{i}": value for i, value in enumerate(source.values())}
+    net = nbcnn.models.alexnet_small(10, in_channels=1, input_size=28)
+    assert script.start_from(script.Finetune("a.onnx", graph, None, None, in_order=True), net, list("0123456789")) == []
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, source[key], err_msg=key)
+
+
+def write_bad_weights(tmp_path, kind):
+    """A --finetune argument that cannot start an alexnet-small run on the digits."""
+    if kind == "resnet20 keys":
+        nbcnn.models.resnet20(10, in_channels=1).save(str(tmp_path / "resnet20.npz"))
+        return str(tmp_path / "resnet20.npz")
+    if kind == "torch file":
+        saved_alexnet_small(tmp_path / "digits.npz")
+        os.replace(tmp_path / "digits.npz", tmp_path / "digits.pt")
+        return str(tmp_path / "digits.pt")
+    if kind == "onnx of another network":
+        pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+        from nbcnn.onnx import export
+        export(nbcnn.models.alexnet_small(10, in_channels=1, input_size=28), str(tmp_path / "a.onnx"), (1, 1, 28, 28))
+        return str(tmp_path / "a.onnx")
+    return str(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("kind, arch, message", [
+    ("resnet20 keys", "alexnet-small",
+     "does not hold this network's parameters: missing ['0.weight', '0.bias', '4.weight', '4.bias'], "
+     "unexpected ['conv1.weight'"),
+    ("torch file", "alexnet-small", "is not an nbcnn checkpoint; --finetune takes an nbcnn checkpoint or a weights "
+                                    "file (.safetensors, .npz, .onnx)"),
+    ("onnx of another network", "resnet20", "so they cannot be matched in order"),
+    ("missing", "alexnet-small", "missing.safetensors does not exist")])
+def test_a_weights_file_that_does_not_fit_is_a_one_line_error(script, tmp_path, capsys, kind, arch, message):
+    path = write_bad_weights(tmp_path, kind)
+    err = run_failing(script, ["--finetune", path, "--arch", arch, *TINY, "--out", str(tmp_path / "run")], capsys)
+    assert message in err and "\n" not in err.strip(), err
+
+
+def test_a_weights_file_needs_arch(script, tmp_path, capsys):
+    saved_alexnet_small(tmp_path / "digits.npz")
+    err = run_failing(script, ["--finetune", str(tmp_path / "digits.npz"), *TINY, "--out", str(tmp_path)], capsys)
+    assert "is a weights file, which does not record its network: give --arch (alexnet, " in err
+    assert "\n" not in err.strip()
+
+
+def test_alexnet_torchvision_needs_crops_of_63_pixels(script, tmp_path, capsys):
+    """Its last max pool needs a 3x3 map: 63 pixels give 15, 7, 3 and a 1x1 map the adaptive pooling spreads."""
+    err = run_failing(script, ["--arch", "alexnet-torchvision", "--crop", "62", *TINY, "--out", str(tmp_path)], capsys)
+    assert "--arch alexnet-torchvision needs a crop of at least 63 pixels, got 62" in err
