@@ -375,7 +375,9 @@ def threadpools():
     import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's gemm calls: load it before asking)
     from threadpoolctl import threadpool_info
     return [f"{p.get('internal_api')} {p.get('version')} ({p.get('architecture') or p.get('threading_layer') or '-'}, "
-            f"{p.get('num_threads')} threads) {os.path.basename(p.get('filepath', ''))}" for p in threadpool_info()]
+            f"{p.get('num_threads')} threads) {os.sep.join(p.get('filepath', '').split(os.sep)[-2:])}"
+            + ("  <- numba's gemm (scipy.linalg.cython_blas)" if "scipy.libs" in p.get("filepath", "") else "")
+            for p in threadpool_info()]
 
 
 def first_step_run(framework, arch, batch, input_size, cache_dir=None):
