@@ -113,7 +113,9 @@ class Backend:
         Computed as im2col followed by a GEMM per group with that group's (O/G, C/G*KH*KW)
         weight; depthwise convolution (G = C > 1: one input channel per group, O = C*M for a
         channel multiplier M) by a direct kernel instead, summing each output's KH*KW
-        products in float64.
+        products in float64. The CPU computes 3x3, stride 1, padding 1 convolutions with
+        C >= 128 input channels and one group by Winograd F(2x2, 3x3) instead
+        (nbcnn/cpu/winograd.py): the same result up to float32 rounding.
         """
         raise NotImplementedError
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark nbcnn layer by layer and as a training step: the original AlexNet (224x224) by default.
 
-    python scripts/bench.py --device cuda|cpu [--arch alexnet] [--batch 128] [--json out.json]
+    python scripts/bench.py --device cuda|cpu [--arch alexnet] [--batch 128] [--json out.json] [--cold]
 
 --arch alexnet-small benches the default training run's network instead (1x28x28 in, 10
 classes); resnet18 torchvision's ResNet-18 (3x224x224, 1000 classes); resnet20 He et al.'s
@@ -15,6 +15,17 @@ gradients). Every row is a median over --repeat runs after warm-up (CUDA events 
 perf_counter on the CPU); the first call of each op (JIT compile) is reported apart.
 Where PyTorch is importable, the same shapes run through it in this process (FP32,
 TF32 off) and each row shows PyTorch time / nbcnn time (> 1: nbcnn is faster).
+
+Conv and linear rows show their effective GFLOP/s (direct-convolution FLOPs of forward and
+backward over their time) and that as a fraction of the SGEMM GFLOP/s (--gemm-size cubed,
+through the same backend's matmul) measured in the same run. The header names the BLAS and
+OpenMP libraries loaded and their thread counts (threadpoolctl).
+
+--cold (CPU) adds the start-up and memory section: scripts/first_step.py in fresh processes,
+timed from their launch to the end of their first training step, first with an empty numba
+cache (a new NUMBA_CACHE_DIR), then with the cache that run filled, then PyTorch's twin network;
+the seconds each kernel took to compile in the cold run; and each process's peak resident
+memory (and what it held before its first step).
 """
 
 import argparse
@@ -22,7 +33,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -47,6 +60,8 @@ from nbcnn.checkpoint import atomic_write  # noqa: E402
 from nbcnn.models import ZeroPadShortcut, alexnet, alexnet_small, mobilenet_small, resnet18, resnet20  # noqa: E402
 
 try:
+    if os.environ.get("NBCNN_BENCH_NO_TORCH"):  # scripts/first_step.py measuring nbcnn's memory alone
+        raise ImportError
     import torch
     import torch.nn.functional as F
 except ImportError:
@@ -355,6 +370,73 @@ def build(arch, classes, channels, input_size):
     return make(num_classes=classes, in_channels=channels)
 
 
+def threadpools():
+    """The BLAS and OpenMP libraries loaded in this process (threadpoolctl): one line each."""
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's gemm calls: load it before asking)
+    from threadpoolctl import threadpool_info
+    return [f"{p.get('internal_api')} {p.get('version')} ({p.get('architecture') or p.get('threading_layer') or '-'}, "
+            f"{p.get('num_threads')} threads) {os.sep.join(p.get('filepath', '').split(os.sep)[-2:])}"
+            + ("  <- numba's gemm (scipy.linalg.cython_blas)" if "scipy.libs" in p.get("filepath", "") else "")
+            for p in threadpool_info()]
+
+
+def first_step_run(framework, arch, batch, input_size, cache_dir=None):
+    """scripts/first_step.py in a new process (its JSON as a dict); cache_dir: its NUMBA_CACHE_DIR
+    (None: this process's)."""
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = cache_dir
+    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "first_step.py"),
+           "--framework", framework, "--arch", arch, "--batch", str(batch), "--input-size", str(input_size),
+           "--t0", repr(time.time())]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"first_step.py --framework {framework} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compile_table(compiles):
+    """Per kernel (top-level compilations only: nested ones are inside their caller's time): total
+    seconds and count, costliest first."""
+    by_kernel = {}
+    for c in compiles:
+        if not c["nested"]:
+            s, n = by_kernel.get(c["kernel"], (0.0, 0))
+            by_kernel[c["kernel"]] = (s + c["seconds"], n + 1)
+    return sorted(((k, s, n) for k, (s, n) in by_kernel.items()), key=lambda r: -r[1])
+
+
+def startup_section(arch, batch, input_size, use_torch, cache_dir=None):
+    """Runs first_step.py cold (an empty numba cache: a new temporary one, or `cache_dir`, which
+    must not exist yet), warm (the cache it filled) and PyTorch's twin; prints and returns the
+    start-up times, compile costs and peak memory."""
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="nbcnn-cold-cache-") as tmp:
+        cache = cache_dir or os.path.join(tmp, "numba")
+        if os.path.exists(cache):
+            raise ValueError(f"startup_section: the cold run's cache {cache} must not exist yet")
+        runs["cold"] = first_step_run("nbcnn", arch, batch, input_size, cache)
+        runs["warm"] = first_step_run("nbcnn", arch, batch, input_size, cache)
+    if use_torch:
+        runs["torch"] = first_step_run("torch", arch, batch, input_size)
+    print("start-up (command to end of the first training step, fresh processes):")
+    for name, r in runs.items():
+        what = {"cold": "nbcnn, empty numba cache", "warm": "nbcnn, warm numba cache", "torch": "PyTorch"}[name]
+        print(f"  {what:<26} {r['first_step_s']:7.2f} s (imports {r['import_s']:.2f} s, model {r['model_s'] - r['import_s']:.2f} s, "
+              f"first step {r['first_step_only_s']:.2f} s; later steps {r['step_s'] * 1e3:.0f} ms); "
+              f"peak RSS {r['peak_rss']:.0f} MiB ({r['rss_before_step']:.0f} before the first step)")
+    table = compile_table(runs["cold"]["compiles"])
+    print(f"  compile, cold run: {len(table)} kernels, {sum(s for _, s, _ in table):.1f} s; costliest:")
+    for kernel, s, n in table[:12]:
+        print(f"    {s:6.2f} s  {kernel}" + (f" ({n} signatures)" if n > 1 else ""))
+    if use_torch:
+        nb = runs["warm"]
+        print(f"  peak RSS nbcnn/PyTorch: {nb['peak_rss'] / runs['torch']['peak_rss']:.2f}; growth from before the first "
+              f"step: nbcnn {nb['peak_rss'] - nb['rss_before_step']:.0f} MiB, "
+              f"PyTorch {runs['torch']['peak_rss'] - runs['torch']['rss_before_step']:.0f} MiB")
+    return runs
+
+
 def simulated():
     """True when numba.cuda is the CUDA simulator (NUMBA_ENABLE_CUDASIM=1)."""
     from numba import config
@@ -382,6 +464,9 @@ def main(argv=None):
     ap.add_argument("--gemm-size", type=int, default=4096)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--cold", action="store_true",
+                    help="CPU: also time fresh processes to their first step (empty and warm numba cache) "
+                         "and compare their peak memory with PyTorch's")
     ap.add_argument("--keep-openblas-env", action="store_true",
                     help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set (they are unset by default)")
     args = ap.parse_args(argv)
@@ -403,11 +488,25 @@ def main(argv=None):
     unset = os.environ.get("NBCNN_BENCH_UNSET_OPENBLAS")
     if args.device == "cpu":
         print(f"OpenBLAS env: {'unset for this run (' + unset + ')' if unset else 'not set' if not any(v in os.environ for v in OPENBLAS_VARS) else 'kept as set'}")
+        pools = threadpools()
+        import numba
+        print(f"numba threads: {numba.get_num_threads()}; thread pools (BLAS runs single-threaded inside nbcnn's ops):")
+        for line in pools:
+            print(f"  {line}")
+    else:
+        pools = None
     gemm_width = None
     if args.device == "cuda":
         from nbcnn.cuda.gemm import GEMM_WIDTH as gemm_width
         print(f"GEMM pack width: {gemm_width} (NBCNN_GEMM_WIDTH picks 1, 2 or 4)")
     print(f"PyTorch: {torch.__version__ + ' (FP32, TF32 off)' if use_torch else 'not available'}")
+
+    startup = None  # first, while this process is still small and idle
+    if args.cold:
+        if args.device != "cpu":
+            print("--cold: start-up and memory are measured on the CPU only (skipped)")
+        else:
+            startup = startup_section(args.arch, batch, args.input_size, use_torch)
 
     nbcnn.manual_seed(0)
     net = build(args.arch, classes, channels, args.input_size).to(args.device)
@@ -443,9 +542,14 @@ def main(argv=None):
     cache = backend.memory_stats()
     new_blocks = cache["allocations"] - blocks_before
 
+    # SGEMM before the table: each conv/linear row shows its GFLOP/s as a fraction of it
+    n = args.gemm_size
+    sgemm = gemm_tflops(backend, timer, n, n, n, max(3, repeat // 4))
+    torch_sgemm = torch_sgemm_tflops(args.device, n, max(3, repeat // 4)) if use_torch else None
+
     # -- table ---------------------------------------------------------------------------
     width = max(20, max(len(f"{r['name']} {r['layer']}") for r in rows) + 4)
-    hdr = f"{'layer':<{width}}{'out shape':<22}{'fwd ms':>9}{'bwd ms':>9}{'GFLOP/s':>9}{'compile ms':>11}"
+    hdr = f"{'layer':<{width}}{'out shape':<22}{'fwd ms':>9}{'bwd ms':>9}{'GFLOP/s':>9}{'of SGEMM':>9}{'compile ms':>11}"
     if use_torch:
         hdr += f"{'torch f+b':>10}{'torch/nb':>9}"
     print(hdr)
@@ -454,8 +558,9 @@ def main(argv=None):
         gflops = 3 * r["flops"] / (total * 1e-3) / 1e9 if r["flops"] else float("nan")
         label = r["layer"] if r["name"] == str(i) else f"{r['name']} {r['layer']}"  # AlexNet's are numbered
         line = (f"{i:>2} {label:<{width - 3}}{str(tuple(r['out_shape'])):<22}{r['fwd_ms']:>9.2f}{r['bwd_ms']:>9.2f}"
-                f"{gflops:>9.1f}{r['compile_ms']:>11.0f}")
+                f"{gflops:>9.1f}{gflops / (sgemm * 1e3):>9.2f}{r['compile_ms']:>11.0f}")
         r["gflops"] = None if not r["flops"] else gflops
+        r["sgemm_fraction"] = None if not r["flops"] else gflops / (sgemm * 1e3)
         if use_torch:
             tt = r["torch_fwd_ms"] + r["torch_bwd_ms"]
             r["torch_over_nbcnn"] = tt / total
@@ -472,9 +577,6 @@ def main(argv=None):
     print(f"caching allocator: {cache['reserved_bytes'] / 2**20:.0f} MiB reserved (nbcnn's peak), "
           f"{new_blocks} blocks allocated during 10 steady-state steps (expected: 0)")
 
-    n = args.gemm_size
-    sgemm = gemm_tflops(backend, timer, n, n, n, max(3, repeat // 4))
-    torch_sgemm = torch_sgemm_tflops(args.device, n, max(3, repeat // 4)) if use_torch else None
     print(f"SGEMM {n}^3: nbcnn {sgemm:.2f} TFLOP/s" + (f", PyTorch {torch_sgemm:.2f} TFLOP/s, "
                                                        f"ratio {sgemm / torch_sgemm:.2f}" if use_torch else ""))
     gemms = []
@@ -485,12 +587,13 @@ def main(argv=None):
 
     result = {
         "device": args.device, "arch": args.arch, "batch": batch, "input_size": args.input_size, "gemm_width": gemm_width,
-        "machine": platform.node(), "openblas_env_unset": unset,
+        "machine": platform.node(), "openblas_env_unset": unset, "threadpools": pools,
         "layers": rows,
         "train_step": {"nbcnn_ms": step_ms, "torch_ms": torch_step_ms, "torch_over_nbcnn": ratio,
                        "images_per_s": batch / step_ms * 1e3, "first_step_ms": step_first},
         "sgemm": {"size": n, "nbcnn_tflops": sgemm, "torch_tflops": torch_sgemm},
         "gemm_shapes": gemms,
+        "startup": startup,
         "memory_mib": {
             "reserved": cache["reserved_bytes"] / 2**20, "blocks_allocated_in_10_steps": new_blocks,
             "device_before": mem_before, "device_after": mem_after, "device_after_10_more": mem_after10,

@@ -32,6 +32,16 @@ def test_bench_writes_the_documented_json(tmp_path):
     assert result["sgemm"]["torch_tflops"] is None and "sgemm_4096" not in result  # only a 4096^3 run claims that key
     assert result["memory_mib"]["blocks_allocated_in_10_steps"] == 0  # the steady state allocates nothing
     assert result["memory_mib"]["reserved"] > 0
+    sgemm_gflops = result["sgemm"]["nbcnn_tflops"] * 1e3
+    for r in result["layers"]:  # effective GFLOP/s beside each conv/linear row, as a fraction of SGEMM's
+        if r["layer"] in ("Conv2d", "Linear"):
+            assert r["gflops"] == pytest.approx(3 * r["flops"] / ((r["fwd_ms"] + r["bwd_ms"]) * 1e-3) / 1e9)
+            assert r["sgemm_fraction"] == pytest.approx(r["gflops"] / sgemm_gflops)
+        else:
+            assert r["gflops"] is None and r["sgemm_fraction"] is None
+    assert "of SGEMM" in proc.stdout
+    assert any("blas" in line for line in result["threadpools"])  # threadpoolctl found the BLAS numba calls
+    assert result["startup"] is None  # no --cold
 
 
 def load_bench():
@@ -103,3 +113,26 @@ def test_benchs_torch_twins_compute_what_nbcnn_computes():
         twin = bench.torch_module(net).double().train()
         want = twin(bench.torch.from_numpy(x)).detach().numpy()
         assert_close(net(nbcnn.asarray(x)), want, rtol=1e-10)
+
+
+def test_bench_cold_reports_start_up_compiles_and_memory(tmp_path, capsys):
+    """bench.py --cold's section (PyTorch's run left out): fresh processes report their times to the
+    first step, their peak memory, and the numba compilations they ran; the run with an empty
+    cache compiles the conv kernels, the run after it loads them from that cache. alexnet-small at
+    batch 2: its cold compile (~30 s) is most of this test."""
+    bench = load_bench()
+    runs = bench.startup_section("alexnet-small", 2, 28, use_torch=False, cache_dir=str(tmp_path / "numba-cache"))
+    assert set(runs) == {"cold", "warm"}
+    for r in runs.values():
+        assert 0 < r["import_s"] < r["model_s"] < r["first_step_s"]
+        assert r["first_step_only_s"] > 0 and r["step_s"] > 0
+        assert 0 < r["rss_before_step"] <= r["peak_rss"]
+    table = bench.compile_table(runs["cold"]["compiles"])
+    names = [k for k, _, _ in table]
+    assert "nbcnn.cpu.conv.conv2d_forward_kernel" in names and "nbcnn.cpu.conv.conv2d_backward_kernel" in names
+    assert all(s > 0 and n >= 1 for _, s, n in table)
+    assert not [c for c in runs["warm"]["compiles"] if c["kernel"].startswith("nbcnn.cpu.conv.")]
+    out = capsys.readouterr().out
+    assert "empty numba cache" in out and "warm numba cache" in out and "conv2d_forward_kernel" in out
+    with pytest.raises(ValueError, match="must not exist yet"):  # a filled cache would time no cold start
+        bench.startup_section("alexnet-small", 2, 28, use_torch=False, cache_dir=str(tmp_path))

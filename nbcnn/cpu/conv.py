@@ -3,6 +3,8 @@
 Grouped convolution runs one GEMM per group on the group's rows of the same column
 buffer; depthwise convolution (groups == in_channels > 1) goes to the direct kernels of
 nbcnn/cpu/depthwise.py instead, as its GEMMs would be one input channel deep.
+The forward of a 3x3, stride 1, padding 1 convolution with >= 128 input channels goes to
+Winograd F(2x2, 3x3) instead (nbcnn/cpu/winograd.py: 2.25x fewer multiplications).
 
 Each of numba's T threads takes G images at a time with its own column buffer
 (C*KH*KW, G*OH*OW), their columns side by side, and single-threaded BLAS
@@ -25,6 +27,7 @@ from .array import empty
 from .depthwise import depthwise_backward, depthwise_forward
 from .gemm import gemm_rm, sum_rows_into
 from .threads import num_threads, single_threaded_blas
+from .winograd import use_winograd, winograd_forward
 
 # A thread's GEMMs take images side by side until they are at least this many output pixels
 # wide (measured on 2 cores: 7x7 maps at 1 image per GEMM 73-156 GFLOP/s, at 8 images 180-190)
@@ -232,6 +235,8 @@ def _or_placeholder(a, w, ndim):
 def conv2d_forward(x, w, b, stride, pad, y, ws, groups=1):
     if is_depthwise(x.shape[1], groups):
         return depthwise_forward(x, w, b, stride, pad, y, ws)
+    if use_winograd(x, w, stride, pad, groups):
+        return winograd_forward(x, w, b, y, ws)
     T = _threads(x)
     G = images_per_gemm(x.shape[0], T, y.shape[2] * y.shape[3])
     cols = ws.get("cols", (T,) + _col_shape(x, w, y, G), x.dtype, empty)
