@@ -263,3 +263,17 @@ def test_the_trainer_resumes_a_two_process_run_in_one(one_process, tmp_path):
     assert "resuming a run of 2 processes on 1: global batch 12, 12 per process" in proc.stdout
     assert max_difference(model_state(one), model_state(run_dir)) < 1e-6
     assert [r["epoch"] for r in metrics(run_dir)] == ["1", "2"]
+
+
+@needs_mpi
+def test_the_trainer_ends_the_job_when_rank_0_alone_fails(tmp_path):
+    """Rank 0 cannot create the output folder (only it touches it) while rank 1 goes on to the next
+    broadcast: the job ends, non-zero, within 30 s, with rank 0's message."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", NBCNN_CACHE=str(tmp_path / "cache"))
+    t = time.perf_counter()
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(TRAINER), *RECIPE, "--out", str(blocker / "out")],
+                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode != 0 and time.perf_counter() - t < 30
+    assert "cannot write to the output folder" in proc.stderr and "rank 0 exited with 1" in proc.stderr
