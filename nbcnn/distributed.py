@@ -85,6 +85,20 @@ class World:
         self.comm.Allreduce(values, out)
         return out
 
+    def max(self, values):
+        """The element-wise maximum over all processes of a list of numbers (float64), on every process."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.comm is None:
+            return values
+        from mpi4py import MPI
+        out = np.empty_like(values)
+        self.comm.Allreduce(values, out, op=MPI.MAX)
+        return out
+
+    def broadcast(self, value):
+        """Rank 0's `value` (any picklable object), on every process."""
+        return value if self.comm is None else self.comm.bcast(value, root=0)
+
     def barrier(self):
         if self.comm is not None:
             self.comm.Barrier()

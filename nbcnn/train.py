@@ -11,6 +11,11 @@ The schedule is an nbcnn.lr_scheduler object (or a WarmUp of one) bound to the o
 trainer calls its step_end(global_step) after every step and epoch_end(epochs_done, val_error)
 after every epoch, and the schedule sets the optimiser's lrs itself.
 
+Data parallel (a World of several processes, nbcnn.distributed): each process trains on its
+shard of every global batch through DataParallel (gradients averaged before the optimiser step),
+validates on its share of the validation batches, and the sums of both are added over the
+processes, so every process holds the same history; only rank 0 writes checkpoints and reports.
+
 Crash safety: every file is written atomically. last.ckpt is written when an epoch's steps
 are done (before validating, so that a failed validation loses no training), then at the
 epoch end in the order last.ckpt, best.ckpt (a byte copy of last.ckpt when the epoch is the
@@ -33,6 +38,7 @@ import numpy as np
 from .array import asarray, to_numpy
 from .checkpoint import checkpoint_digest, copy_checkpoint, save_checkpoint
 from .data.datasets import DataError
+from .distributed import DataParallel, World
 from .errors import NonFiniteLossError, OutOfMemoryError
 from .loss import softmax_cross_entropy
 from .lr_scheduler import CosineAnnealingLR, LinearLR, ReduceLROnPlateau, StepLR
@@ -156,11 +162,12 @@ class UnreadableCounter:
                             + "; ".join(self.examples))
 
 
-def evaluate(net, loader, device, ten_crop=False, should_stop=lambda: False, max_unreadable=0.01):
+def evaluate(net, loader, device, ten_crop=False, should_stop=lambda: False, max_unreadable=0.01, world=None):
     """(loss, top-1 error, top-5 error) over the loader's dataset; top-5 is None with fewer than
-    TOP5_MIN_CLASSES classes; None when interrupted."""
+    TOP5_MIN_CLASSES classes; None when interrupted. With a `world` of several processes, each
+    evaluates its shard of the loader's batches and the sums are added over all of them."""
     net.eval()
-    total_loss, err1, err5, n = 0.0, 0.0, 0.0, 0
+    total_loss, err1, err5, n, classes = 0.0, 0.0, 0.0, 0, 0
     counter = UnreadableCounter("validation", len(loader.dataset), max_unreadable)
     try:
         for batch in loader.eval_batches(ten_crop):
@@ -172,14 +179,16 @@ def evaluate(net, loader, device, ten_crop=False, should_stop=lambda: False, max
             total_loss += -logp[np.arange(m), batch.y].sum()
             err1 += errors_at(logp, batch.y, 1) * m
             err5 += errors_at(logp, batch.y, 5) * m
-            n += m
+            n, classes = n + m, logp.shape[1]
             if should_stop():
                 return None
     finally:
         net.train()
+    if world is not None and world.size > 1:  # a process may have had no batch: its classes are 0
+        (total_loss, err1, err5, n), (classes,) = world.sum([total_loss, err1, err5, n]), world.max([classes])
     if n == 0:
         raise DataError("no validation image could be read")
-    top5 = err5 / n if logp.shape[1] >= TOP5_MIN_CLASSES else None
+    top5 = err5 / n if classes >= TOP5_MIN_CLASSES else None
     return total_loss / n, err1 / n, top5
 
 
@@ -356,11 +365,15 @@ class Trainer:
     stored (None for a fresh run), restored after the optimiser's state; `extra` is stored in
     every checkpoint beside it (the script's arguments and data statistics);
     `write_reports(history, net)` writes the run's reports after each epoch and on resume.
+    `world` (nbcnn.distributed.init()'s) of several processes: data-parallel steps (the loaders
+    sharded by the caller), rank 0's parameters and buffers taken at the start, files written by
+    rank 0 only.
     """
 
     def __init__(self, net, opt, train_loader, val_loader, schedule, config, *, progress=None,
-                 extra=None, write_reports=None, out=None, live=None):
+                 extra=None, write_reports=None, out=None, live=None, world=None):
         self.net, self.opt, self.train_loader, self.val_loader = net, opt, train_loader, val_loader
+        self.world = world or World()
         self.schedule, self.config = schedule, config
         self.extra, self.write_reports = extra or {}, write_reports
         out = out or sys.stdout
@@ -370,6 +383,7 @@ class Trainer:
         self.restore_position(progress or {})
         if progress is not None:
             schedule.load_state_dict(progress["schedule"])
+        self.dp = DataParallel(net, self.world, log=self.printer.say) if self.world.size > 1 else None
 
     # -- checkpoints ---------------------------------------------------------------------
     def restore_position(self, p):
@@ -394,14 +408,15 @@ class Trainer:
                 "seed": self.config.seed, **self.extra}
 
     def save(self):
-        with writing(self.config.checkpoint_path):
-            save_checkpoint(self.config.checkpoint_path, self.net, self.opt, **self.progress())
+        if self.world.is_root:  # every process holds the same state
+            with writing(self.config.checkpoint_path):
+                save_checkpoint(self.config.checkpoint_path, self.net, self.opt, **self.progress())
         self.last_save = self.position()
 
     def save_epoch(self):
         """last.ckpt at an epoch end, then best.ckpt as its byte copy when the epoch is the best."""
         self.save()
-        if self.config.best_path and ends_best_epoch(self.epoch, self.step, self.history):
+        if self.world.is_root and self.config.best_path and ends_best_epoch(self.epoch, self.step, self.history):
             with writing(self.config.best_path):
                 copy_checkpoint(self.config.checkpoint_path, self.config.best_path)
 
@@ -414,6 +429,8 @@ class Trainer:
     def repair_outputs(self):
         """On resume, redo the writes a kill may have cut off after the resumed checkpoint:
         best.ckpt when that checkpoint ends the best epoch, and the reports."""
+        if not self.world.is_root:
+            return
         source, best = self.config.resumed_from, self.config.best_path
         if repair_best(source, best, self.epoch, self.step, self.history):
             self.printer.say(f"{best} was missing or older than epoch {self.epoch}: copied it from {source}")
@@ -485,22 +502,47 @@ class Trainer:
 
     def train_batch(self, batch):
         """One step on a batch, added to the epoch's sums; the loss (NaN for an empty batch)."""
+        if self.dp is not None:
+            return self.train_shard(batch)
         if not len(batch.y):
             return float("nan")
-        try:
+        with self.step_errors():
             loss, logits = train_step(self.net, self.opt, batch.x, batch.y, self.config.device)
-        except NonFiniteLossError as exc:
-            raise TrainingError(self.nan_message(exc)) from None
-        except Exception as exc:
-            if is_out_of_memory(self.net, exc):
-                raise TrainingError(self.oom_message()) from None
-            raise
         m = len(batch.y)
         self.sums["lr"] = self.opt.lr  # before step_end sets the next step's
         self.sums["loss"] += loss * m
         self.sums["err1"] += errors_at(logits, batch.y, 1) * m
         self.sums["n"] += m
         return loss
+
+    @contextlib.contextmanager
+    def step_errors(self):
+        """A NaN loss or running out of memory in a training step as a TrainingError saying what to do."""
+        try:
+            yield
+        except NonFiniteLossError as exc:
+            raise TrainingError(self.nan_message(exc)) from None
+        except Exception as exc:
+            if is_out_of_memory(self.net, exc):
+                raise TrainingError(self.oom_message()) from None
+            raise
+
+    def train_shard(self, batch):
+        """One data-parallel step on this process's shard of a global batch (every process calls
+        it, an empty shard too), the global batch's figures added to the epoch's sums; its loss."""
+        device = self.config.device
+        with self.step_errors():
+            stats = self.dp.step(asarray(batch.x, device), asarray(batch.y, device))
+            if stats.count and not math.isfinite(stats.loss):  # the same on every process: all stop
+                raise NonFiniteLossError(f"the loss is {stats.loss}", stats.loss)
+        if not stats.count:
+            return float("nan")
+        self.opt.step()
+        self.sums["lr"] = self.opt.lr
+        self.sums["loss"] += stats.loss * stats.count
+        self.sums["err1"] += stats.count - stats.correct
+        self.sums["n"] += stats.count
+        return stats.loss
 
     def stop_at_max_steps(self):
         self.printer.end_line()
@@ -513,7 +555,8 @@ class Trainer:
         t = time.perf_counter()
         try:
             result = evaluate(self.net, self.val_loader, self.config.device, self.config.ten_crop,
-                              should_stop=lambda: self.stop_requested, max_unreadable=self.config.max_unreadable)
+                              should_stop=lambda: self.stop_requested, max_unreadable=self.config.max_unreadable,
+                              world=self.world)
         except Exception as exc:
             if is_out_of_memory(self.net, exc):
                 raise TrainingError(self.validation_oom_message()) from None
@@ -532,7 +575,7 @@ class Trainer:
         self.epoch, self.step, self.sums = self.epoch + 1, 0, fresh_sums()
         self.update_lr(row["val_top1_err"])
         self.save_epoch()
-        if self.write_reports is not None:
+        if self.write_reports is not None and self.world.is_root:
             self.write_reports(self.history, self.net)
         if self.stop_requested:
             raise Interrupted(self.config.checkpoint_path)

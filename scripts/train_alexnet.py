@@ -6,6 +6,7 @@
     python scripts/train_alexnet.py --resume runs/<stamp>/last.ckpt
     python scripts/train_alexnet.py --finetune runs/<stamp>/best.ckpt --data DIR --freeze 0 --freeze 4
     python scripts/train_alexnet.py --finetune alexnet.safetensors --arch alexnet-torchvision --data DIR
+    mpiexec -n 2 python scripts/train_alexnet.py --device cpu -b 64   # data parallel (docs/distributed.md)
 
 --data DIR takes an ImageFolder tree (DIR/train/<class>/*.jpg, DIR/val/<class>/...), MNIST-format
 IDX files (MNIST, Fashion-MNIST) or CIFAR-10's python batches. Writes metrics.csv, curves.png,
@@ -29,6 +30,7 @@ if __package__ in (None, ""):  # run as a file: make the repository's nbcnn impo
 import numpy as np  # noqa: E402
 
 import nbcnn  # noqa: E402
+from nbcnn import distributed  # noqa: E402
 from nbcnn.checkpoint import (CheckpointError, atomic_write, read_checkpoint,  # noqa: E402
                               remove_stale_temporaries, restore_checkpoint)
 from nbcnn.data import (DataError, Loader, Transform, cached_channel_stats, class_subset,  # noqa: E402
@@ -41,6 +43,9 @@ from nbcnn.train import (POLICIES, Interrupted, OutputError, TrainConfig, Traine
 EMBEDDED_EPOCHS = 12
 DATA_EPOCHS = 90  # the paper: about 90 passes over ImageNet
 SMALL_IMAGES = 64  # images up to this many pixels (short side) get alexnet-small
+# Data parallel: seconds a process waits for a batch from its loader workers before it fails (and
+# so ends the job) instead of leaving the others waiting in their next allreduce.
+LOADER_TIMEOUT = 600
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,8 @@ def build_parser():
     p.add_argument("--epochs", type=int, metavar="N",
                    help=f"epochs (default: {EMBEDDED_EPOCHS} on the embedded digits, {DATA_EPOCHS} otherwise, "
                         "the checkpoint's with --resume)")
-    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="images per optimiser step")
+    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N",
+                   help="images per optimiser step and process: under mpiexec -n N a step's global batch is N times it")
     p.add_argument("--val-batch-size", type=int, metavar="N",
                    help="images per validation forward pass (default: --batch-size); not part of the recipe, "
                         "so a resumed run may change it")
@@ -279,6 +285,7 @@ def parse_args(argv):
     args.data, args.finetune = data_path(args.data), data_path(args.finetune)
     args.freeze = args.freeze or []
     args.given = given_flags(p, argv)
+    args.world = distributed.World()  # one process until run() joins the launcher's (take_world)
     return args
 
 
@@ -590,9 +597,9 @@ def finish_complete_run(args, resume, epochs, out_dir):
     have cut them off after the last last.ckpt) and say how to train it longer."""
     p = resume.progress
     best = os.path.join(out_dir, "best.ckpt")
-    if repair_best(args.resume, best, p["epoch"], p["step"], p.get("history", [])):
+    if args.world.is_root and repair_best(args.resume, best, p["epoch"], p["step"], p.get("history", [])):
         print(f"{best} was missing or older than epoch {p['epoch']}: copied it from {args.resume}")
-    if p.get("history"):
+    if args.world.is_root and p.get("history"):
         write_reports(out_dir, p["history"], first_conv_weight(resume.state["model"]))
     longer = (f"start a new run with --finetune {args.resume} (its cosine schedule ended)" if args.lr_policy == "cosine"
               else f"resume with --epochs N for an N above {p['epoch']}")
@@ -856,8 +863,11 @@ def check_environment(args):
 
 def prepare_out_dir(args):
     """The output folder, created and found writable, without the temporaries a killed run left
-    in it; an OutputError when it cannot be used."""
-    out_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    in it; an OutputError when it cannot be used. Data parallel: rank 0's folder, which only it
+    touches."""
+    out_dir = args.world.broadcast(args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+    if not args.world.is_root:
+        return out_dir
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise OutputError(f"the output folder {out_dir} is a file; choose a folder with --out")
     try:
@@ -909,7 +919,10 @@ def optimiser_line(args, opt):
     lr = f"lr {opt.lr:g}" + (f" (--lr {args.lr:g}, scheduled)" if opt.lr != args.lr else "")
     momentum = f" momentum {args.momentum:g}" if args.momentum is not None else ""
     warmup = f" after {plural(args.warmup_epochs, 'warm-up epoch')}" if args.warmup_epochs else ""
-    return (f"{opt.name} {lr}{momentum} weight decay {args.weight_decay:g} batch {args.batch_size}, "
+    world = args.world
+    batch = (f"batch {args.batch_size}" if world.size == 1 else
+             f"batch {args.batch_size * world.size} ({world.size} processes of {args.batch_size})")
+    return (f"{opt.name} {lr}{momentum} weight decay {args.weight_decay:g} {batch}, "
             f"lr policy {args.lr_policy}{warmup}")
 
 
@@ -929,8 +942,48 @@ def print_summary(trainer, out_dir):
           f"training; outputs in {out_dir}")
 
 
+def take_world(args):
+    """The data-parallel processes this run is one of (one without a launcher), in args.world:
+    a GPU each by rank on its machine, the cores and loader workers shared among a machine's
+    processes unless NUMBA_NUM_THREADS or --workers say otherwise; progress printed by rank 0."""
+    world = args.world = distributed.init()
+    if world.size == 1:
+        return world
+    if not world.is_root:  # torchvision's reference script silences print the same way
+        sys.stdout = open(os.devnull, "w")
+    if args.device == "cuda":
+        world.select_gpu()
+    cores = max(1, (os.cpu_count() or 1) // world.local_size)
+    if "NUMBA_NUM_THREADS" not in os.environ:
+        import numba
+        numba.set_num_threads(min(numba.get_num_threads(), cores))
+    if "workers" not in args.given:
+        args.workers = min(args.workers, cores)
+    return world
+
+
+def batch_for_world(args, resume, world):
+    """A resumed run's per-process batch on this many processes: the checkpoint's global batch
+    (its --batch-size times its processes) shared out, so that the run goes on as it was."""
+    if resume is None:
+        return
+    saved_world = resume.progress.get("world_size", 1)
+    if saved_world == world.size:
+        return
+    global_batch = args.batch_size * saved_world
+    if global_batch % world.size:
+        raise UsageError(f"the checkpoint's global batch of {global_batch} ({saved_world} processes of "
+                         f"{args.batch_size}) cannot be shared out among {world.size} processes: resume on a "
+                         "number of processes that divides it")
+    args.batch_size = global_batch // world.size
+    print(f"resuming a run of {plural(saved_world, 'process', 'processes')} on {world.size}: global batch "
+          f"{global_batch}, {args.batch_size} per process")
+
+
 def run(args):
+    world = take_world(args)
     resume = read_resume(args)
+    batch_for_world(args, resume, world)
     finetune = None if resume is not None else read_finetune(args)  # a resumed run's parameters are its own
     check_environment(args)
     epochs = args.epochs or (DATA_EPOCHS if args.data else EMBEDDED_EPOCHS)
@@ -953,8 +1006,9 @@ def run(args):
         stats = resume.progress["stats"]
     elif finetune is not None and finetune.stats is not None and len(finetune.stats["mean"]) == train.channels:
         stats = finetune.stats  # the inputs the trained layers expect
-    else:
-        stats = cached_channel_stats(train, args.image_size, args.crop, args.stats_sample)
+    else:  # rank 0 computes (and caches) them, so that every process normalises alike
+        stats = world.broadcast(cached_channel_stats(train, args.image_size, args.crop, args.stats_sample)
+                                if world.is_root else None)
     transform = make_transform(args, train, stats)
 
     nbcnn.manual_seed(args.seed)
@@ -967,7 +1021,8 @@ def run(args):
         print(freeze_line(net, args.freeze, frozen))
     cls, defaults = OPTIMISERS[args.opt]
     opt = cls(net.parameters(), **{name: getattr(args, name) for name in defaults})
-    train_loader = Loader(train, transform, args.batch_size, args.workers, args.prefetch)
+    timeout = LOADER_TIMEOUT if world.size > 1 else None
+    train_loader = Loader(train, transform, args.batch_size, args.workers, args.prefetch, world.shard, timeout)
     schedule = make_schedule(opt, args.lr_policy, epochs=epochs, steps_per_epoch=len(train_loader),
                              step=args.lr_step, patience=args.lr_patience, warmup_epochs=args.warmup_epochs)
     progress = None if resume is None else restore_checkpoint(resume.state, net, opt, path=args.resume)
@@ -980,11 +1035,12 @@ def run(args):
         ten_crop=args.ten_crop, max_steps=args.max_steps, save_every=args.save_every,
         max_unreadable=args.max_unreadable, resumed_from=args.resume)
     extra = {"args": {k: getattr(args, k) for k in RECIPE}, "stats": stats, "arch": args.arch, "epochs": epochs,
-             "data_summary": summary, "classes": list(train.classes)}
+             "data_summary": summary, "classes": list(train.classes), "world_size": world.size}
     trainer = Trainer(
         net, opt, train_loader,
-        Loader(val, transform, args.val_batch_size or args.batch_size, args.workers, args.prefetch),
-        schedule, config, progress=progress, extra=extra,
+        Loader(val, transform, args.val_batch_size or args.batch_size, args.workers, args.prefetch, world.shard,
+               timeout),
+        schedule, config, progress=progress, extra=extra, world=world,
         write_reports=lambda history, model: write_reports(out_dir, history, first_conv_weight(model.state_dict())))
     print_run(args, opt, epochs, out_dir, progress)
     if trainer.run() == "done" and trainer.history:
@@ -1011,5 +1067,11 @@ def main(argv=None):
         return 130
 
 
+def entry_point():
+    """main() as the process's exit, under distributed.run: a process of a data-parallel job that
+    fails or exits non-zero ends the whole job (MPI_Abort) instead of leaving the others waiting."""
+    distributed.run(lambda: sys.exit(main()))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

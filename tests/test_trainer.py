@@ -109,3 +109,32 @@ def test_make_schedule_refuses(kwargs, message):
     from nbcnn.train import make_schedule
     with pytest.raises(ValueError, match=message):
         make_schedule(sgd(), **{"policy": "plateau", "epochs": 3, "steps_per_epoch": 2, **kwargs})
+
+
+def test_a_process_other_than_rank_0_writes_nothing(tmp_path):
+    """The Trainer of rank 1 (of a world of one, so that no MPI is needed) trains an epoch, stops at
+    --max-steps in the next and writes no checkpoint, report or folder (rank 0 writes them)."""
+    import numpy as np
+    import nbcnn
+    from nbcnn.data import Loader, Transform, embedded_mnist
+    from nbcnn.distributed import World
+    from nbcnn.models import alexnet_small
+    from nbcnn.train import Trainer, make_schedule
+    train, val = embedded_mnist()
+    train, val = train.subset(np.arange(8)), val.subset(np.arange(4))
+    transform = Transform(28, 28, mean=np.array([0.1], np.float32))
+    world = World()
+    world.rank = 1
+    net = alexnet_small(10, 1, 28)
+    opt = nbcnn.SGD(net.parameters(), lr=0.01)
+    loader = Loader(train, transform, 4)
+    reports = []
+    out = tmp_path / "out"
+    config = TrainConfig(epochs=2, checkpoint_path=str(out / "last.ckpt"), best_path=str(out / "best.ckpt"),
+                         max_steps=3)
+    trainer = Trainer(net, opt, loader, Loader(val, transform, 4), make_schedule(opt, "plateau", epochs=2,
+                      steps_per_epoch=len(loader)), config, world=world,
+                      write_reports=lambda history, model: reports.append(history), live=False)
+    assert trainer.run() == "stopped"
+    assert len(trainer.history) == 1 and trainer.global_step == 3  # it trained and validated
+    assert not out.exists() and not list(tmp_path.iterdir()) and reports == []

@@ -130,11 +130,12 @@ class Loader:
         return self._run(tasks)
 
     def eval_batches(self, ten_crop=False):
-        """Yield the batches of the whole dataset in order, centre-cropped (or ten-cropped)."""
+        """Yield the batches of the whole dataset in order, centre-cropped (or ten-cropped); with a
+        shard, this process's batches only (batch_size images each, dealt out in turn)."""
         n = len(self.dataset)
         mode = "ten" if ten_crop else "eval"
         tasks = [(np.arange(b, min(b + self.batch_size, n)), mode, None) for b in range(0, n, self.batch_size)]
-        return self._run(tasks)
+        return self._run(tasks[self.rank::self.size])  # sharded: every size-th batch, from the rank's
 
     def _run(self, tasks):
         if self.pool is None:
