@@ -78,21 +78,20 @@ class World:
 
     def sum(self, values):
         """The element-wise sum over all processes of a list of numbers (float64), on every process."""
-        values = np.asarray(values, dtype=np.float64)
-        if self.comm is None:
-            return values
-        out = np.empty_like(values)
-        self.comm.Allreduce(values, out)
-        return out
+        return self._allreduce(values, "SUM")
 
     def max(self, values):
         """The element-wise maximum over all processes of a list of numbers (float64), on every process."""
+        return self._allreduce(values, "MAX")
+
+    def _allreduce(self, values, op):
+        """`values` as float64, reduced over all processes with MPI's operation named `op`."""
         values = np.asarray(values, dtype=np.float64)
         if self.comm is None:
             return values
         from mpi4py import MPI
         out = np.empty_like(values)
-        self.comm.Allreduce(values, out, op=MPI.MAX)
+        self.comm.Allreduce(values, out, op=getattr(MPI, op))
         return out
 
     def broadcast(self, value):
