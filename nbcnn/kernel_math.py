@@ -498,3 +498,45 @@ def bn_dx(x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, batch_stats):
     if not batch_stats:
         return g * np.float64(dy)
     return g * (np.float64(dy) - (sum_dy + bn_xhat(x, mean, invstd) * sum_dy_xhat) / count)
+
+
+# -- Winograd F(2x2, 3x3) (Lavin & Gray 2016): the 1-D transforms and their adjoints ------------
+# A 2-D transform is the 1-D one down every column, then along every row: U = G w G^T,
+# V = B^T d B, y = A^T M A. The backward runs the adjoints (transposes) of the same steps in
+# reverse order: dM = A dy A^T, then dV = U^T dM -> dd = B dV B^T (scattered into dx) and
+# dU = dM V^T -> dw = G^T dU G. The backends own the loops, the layouts and the GEMMs.
+
+@register_jitable
+def wino_weight(w0, w1, w2):
+    """G (w0, w1, w2), G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]."""
+    return w0, 0.5 * (w0 + w1 + w2), 0.5 * (w0 - w1 + w2), w2
+
+
+@register_jitable
+def wino_weight_adjoint(u0, u1, u2, u3):
+    """G^T (u0, u1, u2, u3)."""
+    return u0 + 0.5 * (u1 + u2), 0.5 * (u1 - u2), 0.5 * (u1 + u2) + u3
+
+
+@register_jitable
+def wino_input(d0, d1, d2, d3):
+    """B^T (d0, d1, d2, d3), B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+@register_jitable
+def wino_input_adjoint(v0, v1, v2, v3):
+    """B (v0, v1, v2, v3)."""
+    return v0, v1 - v2 + v3, v1 + v2 - v0, -v3
+
+
+@register_jitable
+def wino_output(m0, m1, m2, m3):
+    """A^T (m0, m1, m2, m3), A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]."""
+    return m0 + m1 + m2, m1 - m2 - m3
+
+
+@register_jitable
+def wino_output_adjoint(s0, s1):
+    """A (s0, s1)."""
+    return s0, s0 + s1, s0 - s1, -s1
