@@ -22,6 +22,7 @@ process that calls sys.exit with a non-zero code.
 
 import os
 import sys
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -35,6 +36,9 @@ from .random import default_generator
 # Set by the launchers: mpiexec (MPICH/Hydra: PMI_RANK, Open MPI: OMPI_COMM_WORLD_RANK), srun with
 # PMI-2 or PMIx (PMI_RANK, PMIX_RANK). None set: plain `python`, one process, mpi4py never imported.
 LAUNCH_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
+
+# seconds a failing process waits between writing its message and aborting the job (abort_job)
+ABORT_PAUSE_S = 0.5
 
 
 def launched():
@@ -132,9 +136,7 @@ def install_abort_hook(comm):
 
     def abort(kind, value, traceback):
         previous(kind, value, traceback)
-        sys.stderr.write(f"nbcnn.distributed: rank {comm.Get_rank()} failed; aborting all {comm.Get_size()} processes\n")
-        sys.stderr.flush()
-        comm.Abort(1)
+        abort_job(comm, "failed")
 
     sys.excepthook = abort
 
@@ -158,8 +160,18 @@ def run(main):
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1:
         raise SystemExit(1)
+    abort_job(comm, reason)
+
+
+def abort_job(comm, reason):
+    """Say why on stderr, then MPI_Abort every process of `comm`.
+
+    The pause lets the launcher forward what this process wrote (its traceback) before the abort
+    kills the processes: once in a loaded suite run, MPICH's mpiexec dropped a failing rank's
+    message (tests/test_distributed.py's quick-failure test)."""
     sys.stderr.write(f"nbcnn.distributed: rank {comm.Get_rank()} {reason}; aborting all {comm.Get_size()} processes\n")
     sys.stderr.flush()
+    time.sleep(ABORT_PAUSE_S)
     comm.Abort(1)
 
 
@@ -200,11 +212,13 @@ def make_transport(world, backend, log=print):
 
 
 class StepStats(NamedTuple):
-    """A global batch's mean loss, its number of correct top-1 predictions and its images."""
+    """A global batch's mean loss, its number of correct top-1 predictions, its images, and the
+    images its loaders skipped as unreadable."""
 
     loss: float
     correct: int
     count: int
+    unreadable: int = 0
 
 
 class DataParallel:
@@ -223,9 +237,9 @@ class DataParallel:
             transport = make_transport(world, params[0].backend, log)
             self.averager = allreduce.GradientAverager(params, transport, bucket_bytes)
 
-    def step(self, x, labels):
-        """Forward and backward of this process's shard (x, labels on the model's backend).
-        Returns the GLOBAL batch's StepStats (the same on every process)."""
+    def step(self, x, labels, unreadable=0):
+        """Forward and backward of this process's shard (x, labels on the model's backend; `unreadable`
+        images of it were skipped). Returns the GLOBAL batch's StepStats (the same on every process)."""
         n = int(x.shape[0])
         counts = [n] if self.world.comm is None else self.world.comm.allgather(n)
         total, first = sum(counts), sum(counts[:self.world.rank])
@@ -244,8 +258,8 @@ class DataParallel:
             correct = int((to_numpy(logits).argmax(1) == to_numpy(labels)).sum())
         if self.averager is not None:
             self.averager.finish()  # an empty shard contributes its zero gradients
-        loss_sum, correct = self.world.sum([loss * n, correct])
-        return StepStats(float(loss_sum / total), int(correct), total)
+        loss_sum, correct, unreadable = self.world.sum([loss * n, correct, unreadable])
+        return StepStats(float(loss_sum / total), int(correct), total, int(unreadable))
 
     def _backward(self, dy):
         """Sequential.backward, module by module, marking each module's parameters ready."""

@@ -151,15 +151,16 @@ class UnreadableCounter:
     def __init__(self, split, size, limit, count=0):
         self.split, self.size, self.limit, self.count, self.examples = split, size, limit, count, []
 
-    def add(self, batch):
-        if not batch.bad:
+    def add(self, bad, errors=()):
+        """`bad` more skipped images, with up to three of their messages (a process of several has only its own)."""
+        if not bad:
             return
-        self.count += batch.bad
-        self.examples = (self.examples + batch.errors)[:3]
+        self.count += bad
+        self.examples = (self.examples + list(errors))[:3]
         if self.count > self.limit * self.size:
+            examples = "; for example: " + "; ".join(self.examples) if self.examples else ""
             raise DataError(f"{self.count:,} of {self.size:,} {self.split} images could not be read, more "
-                            f"than the {self.limit:.4g} allowed (--max-unreadable); for example: "
-                            + "; ".join(self.examples))
+                            f"than the {self.limit:.4g} allowed (--max-unreadable){examples}")
 
 
 def evaluate(net, loader, device, ten_crop=False, should_stop=lambda: False, max_unreadable=0.01, world=None):
@@ -171,7 +172,7 @@ def evaluate(net, loader, device, ten_crop=False, should_stop=lambda: False, max
     counter = UnreadableCounter("validation", len(loader.dataset), max_unreadable)
     try:
         for batch in loader.eval_batches(ten_crop):
-            counter.add(batch)
+            counter.add(batch.bad, batch.errors)  # this process's count: already past the limit, the whole split's is
             if len(batch.y) == 0:
                 continue
             logp = eval_log_probs(net, batch.x, device, ten_crop)
@@ -185,7 +186,9 @@ def evaluate(net, loader, device, ten_crop=False, should_stop=lambda: False, max
     finally:
         net.train()
     if world is not None and world.size > 1:  # a process may have had no batch: its classes are 0
-        (total_loss, err1, err5, n), (classes,) = world.sum([total_loss, err1, err5, n]), world.max([classes])
+        (total_loss, err1, err5, n, bad), (classes,) = (world.sum([total_loss, err1, err5, n, counter.count]),
+                                                        world.max([classes]))
+        counter.add(int(bad) - counter.count)  # the other processes' skipped images: the limit is the split's
     if n == 0:
         raise DataError("no validation image could be read")
     top5 = err5 / n if classes >= TOP5_MIN_CLASSES else None
@@ -481,9 +484,8 @@ class Trainer:
         self.net.train()
         for batch in loader.train_batches(self.config.seed, self.epoch, self.step):
             t0 = time.perf_counter()
-            counter.add(batch)
+            loss = self.train_batch(batch, counter)
             self.sums["bad"] = counter.count
-            loss = self.train_batch(batch)
             self.step, self.global_step = self.step + 1, self.global_step + 1
             self.schedule.step_end(self.global_step)
             seconds = time.perf_counter() - t0 + batch.wait
@@ -500,10 +502,12 @@ class Trainer:
         self.printer.end_line()
         return True
 
-    def train_batch(self, batch):
-        """One step on a batch, added to the epoch's sums; the loss (NaN for an empty batch)."""
+    def train_batch(self, batch, counter):
+        """One step on a batch, added to the epoch's sums and its skipped images to `counter`; the
+        loss (NaN for an empty batch)."""
         if self.dp is not None:
-            return self.train_shard(batch)
+            return self.train_shard(batch, counter)
+        counter.add(batch.bad, batch.errors)
         if not len(batch.y):
             return float("nan")
         with self.step_errors():
@@ -527,12 +531,14 @@ class Trainer:
                 raise TrainingError(self.oom_message()) from None
             raise
 
-    def train_shard(self, batch):
+    def train_shard(self, batch, counter):
         """One data-parallel step on this process's shard of a global batch (every process calls
-        it, an empty shard too), the global batch's figures added to the epoch's sums; its loss."""
+        it, an empty shard too), the global batch's figures added to the epoch's sums and its
+        skipped images (all processes') to `counter`: every process stops at the same step; its loss."""
         device = self.config.device
         with self.step_errors():
-            stats = self.dp.step(asarray(batch.x, device), asarray(batch.y, device))
+            stats = self.dp.step(asarray(batch.x, device), asarray(batch.y, device), batch.bad)
+            counter.add(stats.unreadable, batch.errors)
             if stats.count and not math.isfinite(stats.loss):  # the same on every process: all stop
                 raise NonFiniteLossError(f"the loss is {stats.loss}", stats.loss)
         if not stats.count:

@@ -277,3 +277,22 @@ def test_the_trainer_ends_the_job_when_rank_0_alone_fails(tmp_path):
                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode != 0 and time.perf_counter() - t < 30
     assert "cannot write to the output folder" in proc.stderr and "rank 0 exited with 1" in proc.stderr
+
+
+@needs_mpi
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_the_unreadable_limit_holds_for_the_whole_split_across_processes(split, tmp_path):
+    """2 unreadable images of a split of 8, one on each process (found by running the job before
+    the count was global: it passed, 1 image per process), against --max-unreadable 0.2 (1.6
+    images): the job stops, with the split's count."""
+    from test_data import make_image_folder
+    data = make_image_folder(tmp_path / "data", sizes=((32, 32),), per_class=3)
+    for i in range(2):
+        (data / split / "dog" / f"bad{i}.jpg").write_bytes(b"\xff\xd8 truncated")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", NBCNN_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(TRAINER), "--device", "cpu", "--data", str(data),
+                           "--epochs", "1", "--batch-size", "4", "--val-batch-size", "1", "--workers", "0",
+                           "--max-unreadable", "0.2", "--out", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    name = {"train": "training", "val": "validation"}[split]
+    assert proc.returncode != 0 and f"2 of 8 {name} images could not be read" in proc.stderr, proc.stderr
