@@ -4,8 +4,9 @@
 #   bash scripts/gpu_check.sh [tests|bench|gemm|dist|all]     (default: all)
 # gemm: the candidate SGEMM versions of dev/cuda/sgemm.py, checked and timed side by side.
 # dist: nbcnn.distributed's NCCL path with one process on one GPU (NCCL runs with one rank);
-# needs mpi4py, mpich and nccl4py[cu13] (add `mpi4py mpich nccl4py nvidia-nccl-cu13 cuda-core
-# cuda-pathfinder` to the download below), skipped with a message without them.
+# needs mpi4py, mpich and nccl4py (in the download below; the GPU image has NCCL's library,
+# nvidia-nccl-cu13, and cuda-core/cuda-pathfinder/cuda-bindings, which nccl4py needs), skipped
+# with a message without them.
 # Logs and bench_cuda.json go to $OUT when it is set (the device tool's folder), else to the
 # current directory. The device tool runs one command for at most 10 minutes: where both
 # halves do not fit, run `tests` and `bench` as two calls.
@@ -13,8 +14,9 @@
 # The device machine has no package index. numba-cuda 0.30.4 needs numpy < 2.5, and the tests
 # need a few pure-Python packages; fetch their wheels into .whl/ once, on a machine with an index:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 -d .whl numpy==2.4.4 threadpoolctl pytest pluggy iniconfig \
-#       packaging hypothesis sortedcontainers attrs
+#       --platform manylinux_2_28_x86_64 --platform manylinux1_x86_64 -d .whl numpy==2.4.4 threadpoolctl \
+#       pytest pluggy iniconfig packaging hypothesis sortedcontainers attrs mpi4py mpich nccl4py
+# (35 MB in all, measured: the device tool carries at most 64 MiB.)
 # (`echo /.whl/ >> .git/info/exclude` keeps them out of git) and pass carry: [".whl"] to the
 # device tool. The GPU machine needs numba-cuda's CUDA 13 compiler libraries (the [cu13]
 # extra, `pip install -e ".[cuda]"`); the script checks for them first.
@@ -23,7 +25,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PYTHONPATH"
+    export PYTHONPATH="/tmp/site:$PYTHONPATH" PATH="/tmp/site/bin:$PATH"  # bin: the mpich wheel's mpiexec
 fi
 what="${1:-all}"
 out="${OUT:-.}"
