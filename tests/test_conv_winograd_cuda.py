@@ -17,7 +17,7 @@ import nbcnn
 from devices import DEVICES, ON_GPU
 from nbcnn.backend import Workspace
 from nbcnn.cuda import conv, winograd
-from nbcnn.testing import assert_close
+from nbcnn.testing import assert_backends_agree, assert_close
 
 pytestmark = list(DEVICES[1].marks)  # skipped where the CUDA backend cannot run
 
@@ -115,6 +115,26 @@ def test_float32_is_the_reference_within_rounding_and_agrees_with_im2col():
         assert got.dtype == np.float32
         assert_close(got, ref, rtol=1e-5, what=name)
         assert_close(got, other, rtol=1e-5, what=name + " against im2col")
+
+
+def test_cpu_and_cuda_winograd_agree(monkeypatch):
+    """Both backends on their Winograd paths (the CPU's thresholds lowered to take this tiny shape), float32."""
+    from nbcnn.cpu import winograd as cpu_winograd
+    for name in ("MIN_WINOGRAD_CHANNELS", "MIN_WINOGRAD_SIZE", "MIN_WINOGRAD_BACKWARD_CHANNELS",
+                 "MIN_WINOGRAD_BACKWARD_SIZE"):  # the backward's: where the CPU has a Winograd backward
+        monkeypatch.setattr(cpu_winograd, name, 1, raising=False)
+    x, w, b, dy = data(MAPS[2], np.float32)
+    dw0, db0 = np.ones(w.shape, np.float32), np.ones(O, np.float32)
+
+    def op(be, x, w, b, dy, dw, db):
+        ws, y, dx = Workspace(), be.empty(dy.shape, dy.dtype), be.empty(x.shape, x.dtype)
+        with winograd.flags("always"):
+            be.conv2d_forward(x, w, b, 1, 1, y, ws)
+            be.conv2d_backward(x, w, dy, 1, 1, dx, dw, db, ws)
+        return y, dx, dw, db
+
+    assert cpu_winograd.use_winograd(x, w, 1, 1, 1)
+    assert_backends_agree(op, x, w, b, dy, dw0, db0, rtol=1e-5)
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the rule already splits these shapes into segments")
