@@ -115,7 +115,9 @@ class Backend:
         channel multiplier M) by a direct kernel instead, summing each output's KH*KW
         products in float64. The CPU computes 3x3, stride 1, padding 1 convolutions with
         C >= 128 input channels and one group by Winograd F(2x2, 3x3) instead
-        (nbcnn/cpu/winograd.py): the same result up to float32 rounding.
+        (nbcnn/cpu/winograd.py): the same result up to float32 rounding. The CUDA backend has
+        the same path, forward and backward, for every 3x3, stride 1, padding 1, one-group
+        convolution, taken only when nbcnn.cuda.winograd.MODE asks (off by default).
         """
         raise NotImplementedError
 

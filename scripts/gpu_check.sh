@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On a machine with a CUDA GPU: the real-GPU test run (the simulator-tested CUDA backend on
 # hardware, larger shapes, full-size AlexNet), then the CUDA benchmark.
-#   bash scripts/gpu_check.sh [tests|bench|gemm|dist|all]     (default: all)
+#   bash scripts/gpu_check.sh [tests|bench|gemm|winograd|dist|all]     (default: all)
 # gemm: the candidate SGEMM versions of dev/cuda/sgemm.py, checked and timed side by side.
+# winograd: dev/cuda/winograd.py, Winograd F(2x2,3x3) against im2col on AlexNet conv3-5 and
+# ResNet-18's 3x3 layers at batch 128, forward and backward (the CUDA rule is owed to it).
 # dist: nbcnn.distributed's NCCL path with one process on one GPU (NCCL runs with one rank);
 # needs mpi4py, mpich and nccl4py (in the download below; the GPU image has NCCL's library,
 # nvidia-nccl-cu13, and cuda-core/cuda-pathfinder/cuda-bindings, which nccl4py needs), skipped
@@ -50,13 +52,17 @@ if [[ "$what" == all || "$what" == tests ]]; then
     # the files that use the CUDA backend (the others are CPU-only and run in CI); no -x:
     # a GPU session is rare, one run should report every failure
     NBCNN_TEST_GPU=1 python3 -m pytest -q -rs tests/test_cuda_compiles.py tests/test_backends_agree.py \
-        tests/test_ops.py tests/test_memory.py tests/test_train_alexnet.py tests/test_bench.py 2>&1 | tee "$out/gpu_tests.txt" || rc=1
+        tests/test_ops.py tests/test_memory.py tests/test_train_alexnet.py tests/test_bench.py \
+        tests/test_conv_winograd_cuda.py 2>&1 | tee "$out/gpu_tests.txt" || rc=1
 fi
 if [[ "$what" == all || "$what" == bench ]]; then  # benchmarked even after a test failure
     python3 scripts/bench.py --device cuda --json "$out/bench_cuda.json" 2>&1 | tee "$out/bench_cuda.txt" || rc=1
 fi
 if [[ "$what" == all || "$what" == gemm ]]; then
     python3 dev/cuda/sgemm.py 2>&1 | tee "$out/sgemm_versions.txt" || rc=1
+fi
+if [[ "$what" == all || "$what" == winograd ]]; then
+    python3 dev/cuda/winograd.py 2>&1 | tee "$out/winograd_versions.txt" || rc=1
 fi
 if [[ "$what" == all || "$what" == dist ]]; then
     if python3 -c "import mpi4py, nccl.core" 2>/dev/null; then

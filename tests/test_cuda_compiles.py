@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def kernels():
     """(name, python function, signature) for every kernel of nbcnn/cuda, float32 and float64."""
     from nbcnn.cuda import adam, array, batchnorm, conv, depthwise, dropout, elementwise, gemm, loss, lrn, pool, relu, rmsprop, sgd
+    from nbcnn.cuda import winograd
     out = []
     for dt in ("float32", "float64"):
         v, a3, a4 = f"{dt}[::1]", f"{dt}[:, :, ::1]", f"{dt}[:, :, :, ::1]"
@@ -52,6 +53,12 @@ def kernels():
              f"void({a4}, {a4}, {v}, int64, int64, {a4}, boolean)"),
             ("depthwise_dx", depthwise.depthwise_dx_kernel, f"void({a4}, {a4}, int64, int64, {a4})"),
             ("depthwise_dw", depthwise.depthwise_dw_kernel, f"void({a4}, {a4}, int64, int64, {a4})"),
+            ("wino_weight", winograd.weight_transform, f"void({a4}, {a4})"),
+            ("wino_input", winograd.input_transform, f"void({a4}, int64, int64, {a4})"),
+            ("wino_output", winograd.output_transform, f"void({a4}, int64, int64, {v}, boolean, {a4})"),
+            ("wino_output_adjoint", winograd.output_transform_adjoint, f"void({a4}, int64, int64, {a4})"),
+            ("wino_input_adjoint", winograd.input_transform_adjoint, f"void({a4}, int64, int64, {a4})"),
+            ("wino_weight_adjoint", winograd.weight_transform_adjoint, f"void({a4}, {a4})"),
             ("add_out", elementwise.add_out.kernel, f"void({v}, {v}, {v})"),
             ("maxpool_fwd", pool.maxpool2d_forward_kernel, f"void({a4}, int64, int64, int64, {a4}, {i4})"),
             ("maxpool_bwd", pool.maxpool2d_backward_kernel, f"void({a4}, {i4}, {a4})"),

@@ -6,6 +6,10 @@ would cost 2 launches per image (~30-100 us of host time each); a whole-batch bu
 memory (AlexNet conv2 at batch 128: 224M floats). The chunk is the largest number of images
 whose columns fit in COL_BUDGET elements, so both stay bounded: conv1/conv2 of AlexNet at
 batch 128 take 2-3 chunks, the later layers one.
+
+3x3, stride 1, padding 1 convolutions of one group take Winograd F(2x2, 3x3) instead
+(nbcnn/cuda/winograd.py) when asked: nbcnn.cuda.winograd.MODE, "off" by default until a GPU
+has timed the two paths.
 """
 
 from numba import config, cuda
@@ -14,6 +18,7 @@ from ..backend import is_depthwise
 from .array import check_int32, divmod32, empty, flat, launch, unravel3, unravel4
 from .depthwise import depthwise_backward, depthwise_forward
 from .gemm import MAX_GRID_Z, GemmPlan, batch_sum_groups, gemm, gemm_batch_sum, sum_batched_rows_into
+from .winograd import use_winograd, winograd_backward, winograd_forward
 
 COL_BUDGET = 2**16 if config.ENABLE_CUDASIM else 2**27  # elements (512 MB of float32) per column buffer
 
@@ -82,6 +87,8 @@ def _at(a, offset):
 def conv2d_forward(x, w, b, stride, pad, y, ws, groups=1):
     if is_depthwise(x.shape[1], groups):
         return depthwise_forward(x, w, b, stride, pad, y, ws)
+    if use_winograd(x, w, stride, pad, groups):
+        return winograd_forward(x, w, b, y, ws)
     N, O, kh, kw, R, P, chunk = _geometry(x, w, y)
     Og, Rg = O // groups, R // groups
     check_int32(x, y)
@@ -101,6 +108,8 @@ def conv2d_forward(x, w, b, stride, pad, y, ws, groups=1):
 def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws, groups=1):
     if is_depthwise(x.shape[1], groups):
         return depthwise_backward(x, w, dy, stride, pad, dx, dw, db, ws)
+    if use_winograd(x, w, stride, pad, groups):
+        return winograd_backward(x, w, dy, dx, dw, db, ws)
     N, O, kh, kw, R, P, chunk = _geometry(x, w, dy)
     Og, Rg = O // groups, R // groups
     check_int32(x, dy)
