@@ -12,6 +12,7 @@ twin yet and keeps im2col for every shape; the backward stays on im2col on both 
 import numpy as np
 from numba import njit, prange
 
+from ..kernel_math import wino_input, wino_output, wino_weight
 from .array import empty
 
 # Winograd where the GEMMs are deep enough to pay for the transforms (dev/winograd_f23.py,
@@ -31,24 +32,23 @@ def use_winograd(x, w, stride, pad, groups):
 
 @njit(parallel=True, cache=True)
 def weight_transform(w, u):
-    """u[4*i+j, o, c] = (G w[o, c] G^T)[i, j], G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]], in float64."""
+    """u[4*i+j, o, c] = (G w[o, c] G^T)[i, j] (kernel_math.wino_weight), in float64."""
     O, C = w.shape[0], w.shape[1]
     for oc in prange(O * C):
         o, c = oc // C, oc % C
         t = np.empty((4, 3))
-        for q in range(3):  # G w: rows w0, (w0+w1+w2)/2, (w0-w1+w2)/2, w2
-            w0, w1, w2 = np.float64(w[o, c, 0, q]), np.float64(w[o, c, 1, q]), np.float64(w[o, c, 2, q])
-            t[0, q], t[1, q], t[2, q], t[3, q] = w0, 0.5 * (w0 + w1 + w2), 0.5 * (w0 - w1 + w2), w2
-        for i in range(4):  # (...) G^T
-            u[4 * i + 0, o, c] = t[i, 0]
-            u[4 * i + 1, o, c] = 0.5 * (t[i, 0] + t[i, 1] + t[i, 2])
-            u[4 * i + 2, o, c] = 0.5 * (t[i, 0] - t[i, 1] + t[i, 2])
-            u[4 * i + 3, o, c] = t[i, 2]
+        for q in range(3):  # G w, down each column
+            t[0, q], t[1, q], t[2, q], t[3, q] = wino_weight(
+                np.float64(w[o, c, 0, q]), np.float64(w[o, c, 1, q]), np.float64(w[o, c, 2, q]))
+        for i in range(4):  # (...) G^T, along each row
+            u[4 * i, o, c], u[4 * i + 1, o, c], u[4 * i + 2, o, c], u[4 * i + 3, o, c] = wino_weight(
+                t[i, 0], t[i, 1], t[i, 2])
 
 
 @njit(parallel=True, cache=True)
 def input_transform(x, v, th, tw):
-    """v[4*i+j, c, (n*th + a)*tw + b] = (B^T d B)[i, j], d the 4x4 patch of x[n, c] at (2a-1, 2b-1), zero outside."""
+    """v[4*i+j, c, (n*th + a)*tw + b] = (B^T d B)[i, j] (kernel_math.wino_input), d the 4x4 patch of x[n, c] at
+    (2a-1, 2b-1), zero outside."""
     N, C, H, W = x.shape
     for nc in prange(N * C):
         n, c = nc // C, nc % C
@@ -60,14 +60,11 @@ def input_transform(x, v, th, tw):
                         h, ww = 2 * a - 1 + p, 2 * b - 1 + q
                         d[p, q] = x[n, c, h, ww] if 0 <= h < H and 0 <= ww < W else 0
                 t = (n * th + a) * tw + b
-                for q in range(4):  # B^T d: rows d0-d2, d1+d2, d2-d1, d1-d3
-                    r0, r1, r2, r3 = d[0, q] - d[2, q], d[1, q] + d[2, q], d[2, q] - d[1, q], d[1, q] - d[3, q]
-                    d[0, q], d[1, q], d[2, q], d[3, q] = r0, r1, r2, r3
-                for p in range(4):  # (...) B
-                    v[4 * p + 0, c, t] = d[p, 0] - d[p, 2]
-                    v[4 * p + 1, c, t] = d[p, 1] + d[p, 2]
-                    v[4 * p + 2, c, t] = d[p, 2] - d[p, 1]
-                    v[4 * p + 3, c, t] = d[p, 1] - d[p, 3]
+                for q in range(4):  # B^T d, down each column
+                    d[0, q], d[1, q], d[2, q], d[3, q] = wino_input(d[0, q], d[1, q], d[2, q], d[3, q])
+                for p in range(4):  # (...) B, along each row
+                    v[4 * p, c, t], v[4 * p + 1, c, t], v[4 * p + 2, c, t], v[4 * p + 3, c, t] = wino_input(
+                        d[p, 0], d[p, 1], d[p, 2], d[p, 3])
 
 
 @njit(parallel=True, cache=True)
@@ -79,7 +76,7 @@ def gemm16(u, v, m):
 
 @njit(parallel=True, cache=True)
 def output_transform(m, y, th, tw, bias, has_bias):
-    """y[n, o, 2a+i, 2b+j] = (A^T M A)[i, j] (+ bias[o]), M[k] = m[k, o, (n*th + a)*tw + b], A^T = [[1,1,1,0],[0,1,-1,-1]]."""
+    """y[n, o, 2a+i, 2b+j] = (A^T M A)[i, j] (+ bias[o]) (kernel_math.wino_output), M[k] = m[k, o, (n*th + a)*tw + b]."""
     N, O, OH, OW = y.shape
     for no in prange(N * O):
         n, o = no // O, no % O
@@ -88,14 +85,14 @@ def output_transform(m, y, th, tw, bias, has_bias):
         for a in range(th):
             for b in range(tw):
                 t = (n * th + a) * tw + b
-                for q in range(4):  # A^T M: rows m0+m1+m2, m1-m2-m3
-                    s[0, q] = m[q, o, t] + m[4 + q, o, t] + m[8 + q, o, t]
-                    s[1, q] = m[4 + q, o, t] - m[8 + q, o, t] - m[12 + q, o, t]
-                for i in range(2):  # (...) A; an odd height or width drops the tile's last row or column
+                for q in range(4):  # A^T M, down each column
+                    s[0, q], s[1, q] = wino_output(m[q, o, t], m[4 + q, o, t], m[8 + q, o, t], m[12 + q, o, t])
+                for i in range(2):  # (...) A, along each row; an odd height or width drops the tile's last row or column
                     if 2 * a + i < OH:
-                        y[n, o, 2 * a + i, 2 * b] = s[i, 0] + s[i, 1] + s[i, 2] + bo
+                        y0, y1 = wino_output(s[i, 0], s[i, 1], s[i, 2], s[i, 3])
+                        y[n, o, 2 * a + i, 2 * b] = y0 + bo
                         if 2 * b + 1 < OW:
-                            y[n, o, 2 * a + i, 2 * b + 1] = s[i, 1] - s[i, 2] - s[i, 3] + bo
+                            y[n, o, 2 * a + i, 2 * b + 1] = y1 + bo
 
 
 def winograd_forward(x, w, b, y, ws):
