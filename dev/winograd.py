@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import nbcnn  # noqa: E402
 from nbcnn.backend import Workspace  # noqa: E402
 from nbcnn.cpu import winograd  # noqa: E402
-from nbcnn.cpu.threads import num_threads  # noqa: E402
+from nbcnn.cpu.threads import num_threads, single_threaded_blas  # noqa: E402
 
 SHAPES = {  # (name, N, C, O, H = W)
     "alexnet": [("alexnet conv3", 16, 256, 384, 13), ("alexnet conv4", 16, 384, 384, 13),
@@ -53,6 +53,7 @@ def shifted(a, p, q, h, w):
     return a[:, :, p:p + h, q:q + w]
 
 
+@single_threaded_blas  # numpy's BLAS on one thread: its spinning threads would slow the timed kernels after it
 def reference(x, w, b, dy):
     """float64 (y, dx, dw) of the 3x3, stride 1, padding 1 convolution, as sums over the 9 taps."""
     x, w, dy = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
@@ -63,9 +64,9 @@ def reference(x, w, b, dy):
     dw = np.zeros_like(w)
     for p in range(3):
         for q in range(3):
-            y += np.einsum("nchw,oc->nohw", shifted(xp, p, q, H, W), w[:, :, p, q])
-            shifted(dxp, p, q, H, W)[:] += np.einsum("nohw,oc->nchw", dy, w[:, :, p, q])
-            dw[:, :, p, q] = np.einsum("nohw,nchw->oc", dy, shifted(xp, p, q, H, W))
+            y += np.einsum("nchw,oc->nohw", shifted(xp, p, q, H, W), w[:, :, p, q], optimize=True)
+            shifted(dxp, p, q, H, W)[:] += np.einsum("nohw,oc->nchw", dy, w[:, :, p, q], optimize=True)
+            dw[:, :, p, q] = np.einsum("nohw,nchw->oc", dy, shifted(xp, p, q, H, W), optimize=True)
     return y, dxp[:, :, 1:-1, 1:-1], dw
 
 
