@@ -1,12 +1,17 @@
-"""Winograd F(2x2, 3x3) convolution forward on the CPU (Lavin & Gray 2016): 3x3, stride 1,
-padding 1, one group, chosen by `use_winograd` over the im2col path of nbcnn/cpu/conv.py.
+"""Winograd F(2x2, 3x3) convolution, forward and backward, on the CPU (Lavin & Gray 2016): 3x3,
+stride 1, padding 1, one group, chosen by `use_winograd` / `use_winograd_backward` over the
+im2col path of nbcnn/cpu/conv.py. The 1-D transforms are kernel_math's wino_* (shared with CUDA).
 
 Per 2x2 output tile: U = G w G^T (4x4 per (o, c)), V = B^T d B (4x4 per (c, tile), d the
 tile's 4x4 input patch), M[k] = U[k] @ V[k] for the 16 positions k (GEMMs O x C x N*tiles),
 y = A^T M A + bias: 16 multiplications per tile and (o, c) instead of im2col's 36. The whole
 batch is transformed at once (V: 16 x C x N*tiles in the layer's workspace); the 16 GEMMs are
-split over numba's threads with single-threaded BLAS, as in conv.py. The CUDA backend has no
-twin yet and keeps im2col for every shape; the backward stays on im2col on both backends.
+split over numba's threads with single-threaded BLAS, as in conv.py. The transforms work a row
+of tiles at a time, so their inner loops run along contiguous pixels and tiles.
+
+The backward runs the adjoints of those steps in reverse: dM = A dy A^T per tile; dx: dV[k] =
+U[k]^T dM[k], then B dV B^T per tile added into dx's overlapping 4x4 patches; dw: V recomputed
+from x, dU[k] = dM[k] V[k]^T, dw += G^T dU G (float64, as U).
 """
 
 import numpy as np
@@ -65,23 +70,25 @@ def weight_transform(w, u):
 @njit(parallel=True, cache=True)
 def input_transform(x, v, th, tw):
     """v[4*i+j, c, (n*th + a)*tw + b] = (B^T d B)[i, j] (kernel_math.wino_input), d the 4x4 patch of x[n, c] at
-    (2a-1, 2b-1), zero outside."""
+    (2a-1, 2b-1), zero outside. A row of tiles at a time: the column transform along the padded rows, then the
+    row transform of every tile in the row, so the loops run over contiguous pixels and tiles."""
     N, C, H, W = x.shape
     for nc in prange(N * C):
         n, c = nc // C, nc % C
-        d = np.empty((4, 4), x.dtype)
+        xp = np.zeros((2 * th + 2, 2 * tw + 2), x.dtype)  # x[n, c] with a zero border: xp[h + 1, w + 1]
+        xp[1:H + 1, 1:W + 1] = x[n, c]
+        r = np.empty((4, 2 * tw + 2), x.dtype)
         for a in range(th):
-            for b in range(tw):
-                for p in range(4):
-                    for q in range(4):
-                        h, ww = 2 * a - 1 + p, 2 * b - 1 + q
-                        d[p, q] = x[n, c, h, ww] if 0 <= h < H and 0 <= ww < W else 0
-                t = (n * th + a) * tw + b
-                for q in range(4):  # B^T d, down each column
-                    d[0, q], d[1, q], d[2, q], d[3, q] = wino_input(d[0, q], d[1, q], d[2, q], d[3, q])
-                for p in range(4):  # (...) B, along each row
-                    v[4 * p, c, t], v[4 * p + 1, c, t], v[4 * p + 2, c, t], v[4 * p + 3, c, t] = wino_input(
-                        d[p, 0], d[p, 1], d[p, 2], d[p, 3])
+            t0 = (n * th + a) * tw
+            for q in range(2 * tw + 2):  # B^T d, down each column
+                r[0, q], r[1, q], r[2, q], r[3, q] = wino_input(xp[2 * a, q], xp[2 * a + 1, q], xp[2 * a + 2, q],
+                                                                xp[2 * a + 3, q])
+            for i in range(4):  # (...) B, along each tile's row
+                v0, v1, v2, v3 = v[4 * i, c, t0:t0 + tw], v[4 * i + 1, c, t0:t0 + tw], \
+                    v[4 * i + 2, c, t0:t0 + tw], v[4 * i + 3, c, t0:t0 + tw]
+                ri = r[i]
+                for b in range(tw):
+                    v0[b], v1[b], v2[b], v3[b] = wino_input(ri[2 * b], ri[2 * b + 1], ri[2 * b + 2], ri[2 * b + 3])
 
 
 @njit(parallel=True, cache=True)
@@ -96,23 +103,28 @@ def gemm16(ta, tb, a, b, c):
 
 @njit(parallel=True, cache=True)
 def output_transform(m, y, th, tw, bias, has_bias):
-    """y[n, o, 2a+i, 2b+j] = (A^T M A)[i, j] (+ bias[o]) (kernel_math.wino_output), M[k] = m[k, o, (n*th + a)*tw + b]."""
+    """y[n, o, 2a+i, 2b+j] = (A^T M A)[i, j] (+ bias[o]) (kernel_math.wino_output), M[k] = m[k, o, (n*th + a)*tw + b].
+    A row of tiles at a time, as input_transform."""
     N, O, OH, OW = y.shape
     for no in prange(N * O):
         n, o = no // O, no % O
         bo = bias[o] if has_bias else 0
-        s = np.empty((2, 4), m.dtype)
+        s = np.empty((2, 4, tw), m.dtype)
+        row = np.empty(2 * tw, y.dtype)
         for a in range(th):
-            for b in range(tw):
-                t = (n * th + a) * tw + b
-                for q in range(4):  # A^T M, down each column
-                    s[0, q], s[1, q] = wino_output(m[q, o, t], m[4 + q, o, t], m[8 + q, o, t], m[12 + q, o, t])
-                for i in range(2):  # (...) A, along each row; an odd height or width drops the tile's last row or column
-                    if 2 * a + i < OH:
-                        y0, y1 = wino_output(s[i, 0], s[i, 1], s[i, 2], s[i, 3])
-                        y[n, o, 2 * a + i, 2 * b] = y0 + bo
-                        if 2 * b + 1 < OW:
-                            y[n, o, 2 * a + i, 2 * b + 1] = y1 + bo
+            t0 = (n * th + a) * tw
+            for q in range(4):  # A^T M, down each column
+                m0, m1, m2, m3 = m[q, o, t0:t0 + tw], m[4 + q, o, t0:t0 + tw], m[8 + q, o, t0:t0 + tw], \
+                    m[12 + q, o, t0:t0 + tw]
+                s0, s1 = s[0, q], s[1, q]
+                for b in range(tw):
+                    s0[b], s1[b] = wino_output(m0[b], m1[b], m2[b], m3[b])
+            for i in range(min(2, OH - 2 * a)):  # (...) A, along each row; an odd height drops the last row
+                si = s[i]
+                for b in range(tw):
+                    y0, y1 = wino_output(si[0, b], si[1, b], si[2, b], si[3, b])
+                    row[2 * b], row[2 * b + 1] = y0 + bo, y1 + bo
+                y[n, o, 2 * a + i] = row[:OW]  # an odd width drops the last column
 
 
 def winograd_forward(x, w, b, y, ws):
@@ -138,17 +150,22 @@ def output_transform_adjoint(dy, dm, th, tw):
     N, O, OH, OW = dy.shape
     for no in prange(N * O):
         n, o = no // O, no % O
-        s = np.empty((4, 2), dm.dtype)
+        g = np.zeros((2 * th, 2 * tw), dm.dtype)  # dy[n, o] zero-padded to whole tiles
+        g[:OH, :OW] = dy[n, o]
+        s = np.empty((4, 2, tw), dm.dtype)
         for a in range(th):
-            for b in range(tw):
-                t = (n * th + a) * tw + b
-                for j in range(2):  # A g, down each column
-                    g0 = dy[n, o, 2 * a, 2 * b + j] if 2 * b + j < OW else 0
-                    g1 = dy[n, o, 2 * a + 1, 2 * b + j] if 2 * a + 1 < OH and 2 * b + j < OW else 0
-                    s[0, j], s[1, j], s[2, j], s[3, j] = wino_output_adjoint(g0, g1)
-                for p in range(4):  # (...) A^T, along each row
-                    dm[4 * p, o, t], dm[4 * p + 1, o, t], dm[4 * p + 2, o, t], dm[4 * p + 3, o, t] = \
-                        wino_output_adjoint(s[p, 0], s[p, 1])
+            t0 = (n * th + a) * tw
+            g0, g1 = g[2 * a], g[2 * a + 1]
+            for j in range(2):  # A g, down each column
+                for b in range(tw):
+                    s[0, j, b], s[1, j, b], s[2, j, b], s[3, j, b] = wino_output_adjoint(g0[2 * b + j],
+                                                                                         g1[2 * b + j])
+            for p in range(4):  # (...) A^T, along each row
+                d0, d1, d2, d3 = dm[4 * p, o, t0:t0 + tw], dm[4 * p + 1, o, t0:t0 + tw], \
+                    dm[4 * p + 2, o, t0:t0 + tw], dm[4 * p + 3, o, t0:t0 + tw]
+                sp0, sp1 = s[p, 0], s[p, 1]
+                for b in range(tw):
+                    d0[b], d1[b], d2[b], d3[b] = wino_output_adjoint(sp0[b], sp1[b])
 
 
 @njit(parallel=True, cache=True)
@@ -159,22 +176,32 @@ def input_transform_adjoint(dv, dx, th, tw):
     N, C, H, W = dx.shape
     for nc in prange(N * C):
         n, c = nc // C, nc % C
-        d = np.empty((4, 4), dv.dtype)
         acc = np.zeros((2 * th + 2, 2 * tw + 2), dv.dtype)  # dx[n, c] with a border of 1: acc[h + 1, w + 1]
+        e = np.empty((4, tw), dv.dtype)
+        r = np.empty((4, 2 * tw + 2), dv.dtype)
         for a in range(th):
-            for b in range(tw):
-                t = (n * th + a) * tw + b
-                for p in range(4):  # (...) B^T, along each row
-                    d[p, 0], d[p, 1], d[p, 2], d[p, 3] = wino_input_adjoint(
-                        dv[4 * p, c, t], dv[4 * p + 1, c, t], dv[4 * p + 2, c, t], dv[4 * p + 3, c, t])
-                for q in range(4):  # B (...), down each column
-                    d[0, q], d[1, q], d[2, q], d[3, q] = wino_input_adjoint(d[0, q], d[1, q], d[2, q], d[3, q])
-                for p in range(4):
-                    for q in range(4):
-                        acc[2 * a + p, 2 * b + q] += d[p, q]
-        for h in range(H):
-            for ww in range(W):
-                dx[n, c, h, ww] = acc[h + 1, ww + 1]
+            t0 = (n * th + a) * tw
+            for i in range(4):  # (...) B^T, along each tile's row
+                v0, v1, v2, v3 = dv[4 * i, c, t0:t0 + tw], dv[4 * i + 1, c, t0:t0 + tw], \
+                    dv[4 * i + 2, c, t0:t0 + tw], dv[4 * i + 3, c, t0:t0 + tw]
+                for b in range(tw):
+                    e[0, b], e[1, b], e[2, b], e[3, b] = wino_input_adjoint(v0[b], v1[b], v2[b], v3[b])
+                ri = r[i]
+                ri[:] = 0
+                for b in range(tw):  # neighbouring tiles overlap by two columns: a pass per half
+                    ri[2 * b] += e[0, b]
+                    ri[2 * b + 1] += e[1, b]
+                for b in range(tw):
+                    ri[2 * b + 2] += e[2, b]
+                    ri[2 * b + 3] += e[3, b]
+            a0, a1, a2, a3 = acc[2 * a], acc[2 * a + 1], acc[2 * a + 2], acc[2 * a + 3]
+            for q in range(2 * tw + 2):  # B (...), down each column
+                d0, d1, d2, d3 = wino_input_adjoint(r[0, q], r[1, q], r[2, q], r[3, q])
+                a0[q] += d0
+                a1[q] += d1
+                a2[q] += d2
+                a3[q] += d3
+        dx[n, c] = acc[1:H + 1, 1:W + 1]
 
 
 @njit(parallel=True, cache=True)
