@@ -2,12 +2,13 @@
 two versions, a check, a table. It sets the rules of nbcnn/cpu/winograd.py (use_winograd for the
 forward, use_winograd_backward for the backward); docs/performance.md has its figures.
 
-    python dev/winograd.py [--repeat 5] [--shapes alexnet,resnet18,resnet20] [--f43]
+    python dev/winograd.py [--repeat 5] [--shapes alexnet,resnet18,resnet20] [--serial] [--f43]
 
 3x3 convolution, stride 1, padding 1, NCHW float32, per layer shape and per product:
   forward  y = conv(x, w) + b
   dx       the input gradient (conv2d_backward with dw = db = None)
   dw       the weight gradient (conv2d_backward with dx = db = None), accumulated into zeros
+  dx+dw    both and db in one call (a training step's backward: what use_winograd_backward decides)
 Versions:
   1  im2col: nbcnn's conv2d_forward / conv2d_backward with the Winograd rules switched off.
   2  Winograd F(2x2, 3x3): the same calls with the rules' thresholds at 1 (nbcnn/cpu/winograd.py):
@@ -16,6 +17,9 @@ Versions:
 Each product of both versions is checked against a float64 reference computed here (sums of the
 9 shifted planes, independent of both), as max |err| / max |ref|; times are medians of --repeat
 calls, the two versions alternating (a shared machine's load drifts). Speedup = im2col / Winograd.
+--serial times one numba thread by process CPU time (minimum of --repeat): the work each path does,
+without the scheduler slices a loaded machine charges every parallel region (Winograd's backward
+runs 8 regions where im2col runs one).
 
 --f43 adds a NumPy-only experiment: F(4x4, 3x3)'s float32 forward error against float64 (4x
 fewer multiplications than direct, 1.78x fewer than F(2x2, 3x3), with interpolation points
@@ -29,6 +33,7 @@ import statistics
 import sys
 import time
 
+import numba
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -82,32 +87,38 @@ def products(be, x, w, b, dy, ws):
     """name -> (call, its output): the forward, dx alone and dw alone."""
     y, dx, dw = be.empty(dy.shape, x.dtype), be.empty(x.shape, x.dtype), be.empty(w.shape, x.dtype)
 
-    def dw_call():
+    db = be.empty(b.shape, x.dtype)
+
+    def dw_call(want_dx):
         dw[:] = 0
-        be.conv2d_backward(x, w, dy, 1, 1, None, dw, None, ws)
+        db[:] = 0
+        be.conv2d_backward(x, w, dy, 1, 1, dx if want_dx else None, dw, db if want_dx else None, ws)
     return {"forward": (lambda: be.conv2d_forward(x, w, b, 1, 1, y, ws), y),
             "dx": (lambda: be.conv2d_backward(x, w, dy, 1, 1, dx, None, None, ws), dx),
-            "dw": (dw_call, dw)}
+            "dw": (lambda: dw_call(False), dw),
+            "dx+dw": (lambda: dw_call(True), dw)}
 
 
-def median_ms(fns, repeat):
-    """Medians of `repeat` timed calls of each fn, the fns alternating (after one untimed call each)."""
+def time_ms(fns, repeat, serial):
+    """Medians of `repeat` timed calls of each fn (serial: minima of process CPU time), the fns alternating
+    (after one untimed call each)."""
+    clock = time.process_time if serial else time.perf_counter
     for fn in fns:
         fn()
     times = [[] for _ in fns]
     for _ in range(repeat):
         for fn, ts in zip(fns, times):
-            t = time.perf_counter()
+            t = clock()
             fn()
-            ts.append((time.perf_counter() - t) * 1e3)
-    return [statistics.median(ts) for ts in times]
+            ts.append((clock() - t) * 1e3)
+    return [min(ts) if serial else statistics.median(ts) for ts in times]
 
 
 def rel_err(got, want):
     return np.abs(nbcnn.to_numpy(got).astype(np.float64) - want).max() / np.abs(want).max()
 
 
-def bench(shapes, repeat):
+def bench(shapes, repeat, serial):
     be = nbcnn.get_backend("cpu")
     rng = np.random.default_rng(0)
     print(f"{'shape':<17}{'N':>4}{'C':>5}{'O':>5}{'HxW':>7} | {'product':<8}{'im2col ms':>10}{'wino ms':>9}"
@@ -120,7 +131,8 @@ def bench(shapes, repeat):
         want = dict(zip(["forward", "dx", "dw"], reference(x, w, b, dy)))
         ws = {True: Workspace(), False: Workspace()}
         calls = {path: products(be, x, w, b, dy, ws[path]) for path in (False, True)}
-        for k, product in enumerate(["forward", "dx", "dw"]):
+        want["dx+dw"] = want["dw"]
+        for k, product in enumerate(["forward", "dx", "dw", "dx+dw"]):
             errs = []
             for path in (False, True):
                 choose(path)
@@ -130,8 +142,8 @@ def bench(shapes, repeat):
 
             def timed(path, fn):
                 return lambda: (choose(path), fn())
-            t_im2col, t_wino = median_ms([timed(False, calls[False][product][0]),
-                                          timed(True, calls[True][product][0])], repeat)
+            t_im2col, t_wino = time_ms([timed(False, calls[False][product][0]),
+                                        timed(True, calls[True][product][0])], repeat, serial)
             head = f"{name:<17}{n:>4}{c:>5}{o:>5}{f'{h}x{h}':>7}" if k == 0 else " " * 38
             print(f"{head} | {product:<8}{t_im2col:>10.1f}{t_wino:>9.1f}{t_im2col / t_wino:>8.2f}"
                   f"{errs[0]:>11.1e}{errs[1]:>10.1e}", flush=True)
@@ -188,11 +200,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--shapes", default="alexnet,resnet18,resnet20")
+    ap.add_argument("--serial", action="store_true", help="one numba thread, process CPU time")
     ap.add_argument("--f43", action="store_true", help="also F(4x4, 3x3)'s float32 error (NumPy)")
     args = ap.parse_args()
     shapes = [s for key in args.shapes.split(",") for s in SHAPES[key]]
+    if args.serial:
+        numba.set_num_threads(1)
     print(f"numba threads: {num_threads()}; load: {os.getloadavg()}")
-    bench(shapes, args.repeat)
+    bench(shapes, args.repeat, args.serial)
     if args.f43:
         f43_error(shapes)
 

@@ -12,8 +12,6 @@ from nbcnn.backend import Workspace
 from nbcnn.cpu import conv, winograd
 from nbcnn.testing import assert_close
 
-CB, SB = winograd.MIN_WINOGRAD_BACKWARD_CHANNELS, winograd.MIN_WINOGRAD_BACKWARD_SIZE  # the backward's rule
-
 
 def reference(x, w, b):
     """float64 3x3 convolution, stride 1, zero padding 1."""
@@ -43,35 +41,53 @@ def test_winograd_forward_gives_the_float64_reference(monkeypatch, hw, bias):
     assert_close(forward(x, w, b), reference(x, w, b), rtol=1e-12)
 
 
+def float32_layer(seed, o=8):
+    """x (2, 128, 9, 8), w (o, 128, 3, 3) scaled for O(1) outputs, and an O(1) array of the output's shape."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 128, 9, 8)).astype(np.float32)
+    w = (rng.standard_normal((o, 128, 3, 3)) / np.sqrt(128 * 9)).astype(np.float32)
+    return x, w, rng.standard_normal((2, o, 9, 8)).astype(np.float32)
+
+
+def on_both_paths(monkeypatch, entry, threshold, run):
+    """run() by the rule, asserting that conv.py called winograd.<entry>, then run() with the rule's
+    `threshold` out of reach (the im2col path): (Winograd's result, im2col's)."""
+    calls = []
+    monkeypatch.setattr(conv, entry, lambda *a: calls.append(1) or getattr(winograd, entry)(*a))
+    wino = run()
+    assert calls == [1]  # the Winograd path ran
+    monkeypatch.setattr(winograd, threshold, 10**9)
+    im2col = run()
+    assert calls == [1]
+    return wino, im2col
+
+
 def test_winograd_float32_agrees_with_im2col_and_the_reference(monkeypatch):
     """C = 128 takes the Winograd path by the rule; the same layer forced onto im2col beside it.
     The float32 error of each, against float64, is a few ulp of the output's magnitude."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 128, 9, 8)).astype(np.float32)
-    w = (rng.standard_normal((8, 128, 3, 3)) / np.sqrt(128 * 9)).astype(np.float32)
-    b = rng.standard_normal(8).astype(np.float32)
+    x, w, _ = float32_layer(0)
+    b = np.random.default_rng(0).standard_normal(8).astype(np.float32)
     assert winograd.use_winograd(x, w, 1, 1, 1)
-    calls = []
-    monkeypatch.setattr(conv, "winograd_forward", lambda *a: calls.append(1) or winograd.winograd_forward(*a))
-    wino = forward(x, w, b)
-    assert calls == [1]  # the Winograd path ran
-    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS", 10**9)
-    im2col = forward(x, w, b)
-    assert calls == [1]
+    wino, im2col = on_both_paths(monkeypatch, "winograd_forward", "MIN_WINOGRAD_CHANNELS", lambda: forward(x, w, b))
     want = reference(x, w, b)
     assert_close(wino, want, rtol=1e-5)
     assert_close(im2col, want, rtol=1e-5)
     assert_close(wino, im2col, rtol=1e-5)
 
 
-@pytest.mark.parametrize("c, hw, k, stride, pad, groups, want", [
-    (128, (8, 8), 3, 1, 1, 1, True), (127, (8, 8), 3, 1, 1, 1, False), (128, (7, 8), 3, 1, 1, 1, False),
-    (128, (8, 7), 3, 1, 1, 1, False), (128, (8, 8), 5, 1, 1, 1, False), (128, (8, 8), 3, 2, 1, 1, False),
-    (128, (8, 8), 3, 1, 0, 1, False), (128, (8, 8), 3, 1, 1, 2, False)])
-def test_winograd_is_chosen_for_3x3_stride_1_pad_1_128_channels_and_8x8_maps(c, hw, k, stride, pad, groups, want):
+def rule_cases(c, s):
+    """(C, (H, W), k, stride, pad, groups, chosen) around a rule's thresholds c (channels) and s (map side)."""
+    return [(c, (s, s), 3, 1, 1, 1, True), (c - 1, (s, s), 3, 1, 1, 1, False), (c, (s - 1, s), 3, 1, 1, 1, False),
+            (c, (s, s - 1), 3, 1, 1, 1, False), (c, (s, s), 5, 1, 1, 1, False), (c, (s, s), 3, 2, 1, 1, False),
+            (c, (s, s), 3, 1, 0, 1, False), (c, (s, s), 3, 1, 1, 2, False)]
+
+
+@pytest.mark.parametrize("c, hw, k, stride, pad, groups, want",
+                         rule_cases(winograd.MIN_WINOGRAD_CHANNELS, winograd.MIN_WINOGRAD_SIZE))
+def test_winograd_forward_is_chosen_by_its_rule(c, hw, k, stride, pad, groups, want):
+    """use_winograd: 3x3/1 pad 1, one group, C and the map's sides at least the forward's thresholds."""
     x, w = np.empty((1, c) + hw), np.empty((16, c // groups, k, k))
     assert winograd.use_winograd(x, w, stride, pad, groups) == want
-
 
 def windows(x):
     """x zero-padded by 1, and its 3x3 sliding windows (N, C, H, W, 3, 3) as a view of it."""
@@ -153,28 +169,18 @@ def test_winograd_backward_of_a_frozen_weight_computes_no_weight_gradient(monkey
 def test_winograd_backward_float32_agrees_with_im2col_and_the_reference(monkeypatch):
     """At C = 128 by the rule, float32: dx, dw and db within float32 rounding of the float64 reference and of
     the same layer's im2col backward (the rule switched off)."""
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 128, 9, 8)).astype(np.float32)
-    w = (rng.standard_normal((8, 128, 3, 3)) / np.sqrt(128 * 9)).astype(np.float32)
-    dy = rng.standard_normal((2, 8, 9, 8)).astype(np.float32)
+    x, w, dy = float32_layer(3)
     assert winograd.use_winograd_backward(x, w, 1, 1, 1)
-    calls = []
-    monkeypatch.setattr(conv, "winograd_backward", lambda *a: calls.append(1) or winograd.winograd_backward(*a))
-    wino = backward(x, w, dy)
-    assert calls == [1]  # the Winograd path ran
-    monkeypatch.setattr(winograd, "MIN_WINOGRAD_BACKWARD_CHANNELS", 10**9)
-    im2col = backward(x, w, dy)
-    assert calls == [1]
+    wino, im2col = on_both_paths(monkeypatch, "winograd_backward", "MIN_WINOGRAD_BACKWARD_CHANNELS",
+                                 lambda: backward(x, w, dy))
     for name, ref in zip(("dx", "dw", "db"), reference_backward(x, w, dy)):
         assert_close(wino[name], ref, rtol=1e-5, what=name)
         assert_close(im2col[name], ref, rtol=1e-5, what=name)
         assert_close(wino[name], im2col[name], rtol=1e-5, what=name)
 
 
-@pytest.mark.parametrize("c, hw, k, stride, pad, groups, want", [
-    (CB, (SB, SB), 3, 1, 1, 1, True), (CB - 1, (SB, SB), 3, 1, 1, 1, False), (CB, (SB - 1, SB), 3, 1, 1, 1, False),
-    (CB, (SB, SB - 1), 3, 1, 1, 1, False), (CB, (SB, SB), 5, 1, 1, 1, False), (CB, (SB, SB), 3, 2, 1, 1, False),
-    (CB, (SB, SB), 3, 1, 0, 1, False), (CB, (SB, SB), 3, 1, 1, 2, False)])
+@pytest.mark.parametrize("c, hw, k, stride, pad, groups, want",
+                         rule_cases(winograd.MIN_WINOGRAD_BACKWARD_CHANNELS, winograd.MIN_WINOGRAD_BACKWARD_SIZE))
 def test_winograd_backward_is_chosen_by_its_rule(monkeypatch, c, hw, k, stride, pad, groups, want):
     """use_winograd_backward: 3x3/1 pad 1, one group, C and the map's sides at least the backward's thresholds;
     conv2d_backward takes the path it names."""

@@ -22,16 +22,19 @@ from ..kernel_math import (wino_input, wino_input_adjoint, wino_output, wino_out
 from .array import empty
 from .gemm import gemm_rm
 
-# Winograd where the GEMMs are deep enough to pay for the transforms (dev/winograd.py,
-# forward, 2-core machine: AlexNet conv3-5, C = 256-384 on 13x13, 1.2-1.6x faster; ResNet-20,
-# C = 16-64, 0.5-0.7x; ResNet-18, batch 16: C = 128 on 28x28 and 256 on 14x14 even, 512 on 7x7
-# 0.9x, where the 2x2 tiles cover 8x8 for 7x7 outputs).
-MIN_WINOGRAD_CHANNELS = 128
+# Winograd wherever dev/winograd.py measured it doing less work than im2col: one numba thread,
+# process CPU time, 2-core machine at load 5-6 (docs/performance.md, "Winograd backward"), rows
+# of tiles transforms. Forward 1.33-2.41x, dx+dw 1.35-1.88x on ResNet-20 (C = 16 on 32x32, 64 on
+# 8x8), ResNet-18 (64-256 on 56x56-14x14) and AlexNet conv3-5 (256-384 on 13x13); on 7x7 maps
+# (ResNet-18 layer4) forward 0.86x, dx+dw 0.94x: 2x2 tiles cover 8x8 there, 31% wasted, hence the
+# size floor. C below 16 (a 3-channel stem) is not measured and stays on im2col. Wall-clock with
+# two threads on the loaded machine agreed for the backward (dx+dw 1.17-1.87x, 7x7 0.92x) but not
+# for the forward of ResNet's smaller maps (0.66-1.04x): each of Winograd's 4 (forward) to 8
+# (backward) parallel regions costs a scheduler slice when other processes hold the cores.
+MIN_WINOGRAD_CHANNELS = 16
 MIN_WINOGRAD_SIZE = 8
-# The backward's rule (dx and dw together): provisional, to be measured by dev/winograd.py.
-MIN_WINOGRAD_BACKWARD_CHANNELS = 128
+MIN_WINOGRAD_BACKWARD_CHANNELS = 16  # the backward's rule, for dx and dw together
 MIN_WINOGRAD_BACKWARD_SIZE = 8
-
 
 def winograd_shape(w, stride, pad, groups):
     """True for the convolutions F(2x2, 3x3) computes: 3x3, stride 1, padding 1, one group."""
@@ -39,8 +42,8 @@ def winograd_shape(w, stride, pad, groups):
 
 
 def use_winograd(x, w, stride, pad, groups):
-    """True when conv2d_forward takes the Winograd path: 3x3, stride 1, padding 1, one group, C >= 128,
-    H and W >= 8."""
+    """True when conv2d_forward takes the Winograd path: 3x3, stride 1, padding 1, one group,
+    C >= MIN_WINOGRAD_CHANNELS, H and W >= MIN_WINOGRAD_SIZE."""
     return (winograd_shape(w, stride, pad, groups)
             and x.shape[1] >= MIN_WINOGRAD_CHANNELS and min(x.shape[2], x.shape[3]) >= MIN_WINOGRAD_SIZE)
 
