@@ -22,9 +22,9 @@ without the scheduler slices a loaded machine charges every parallel region (Win
 runs 8 regions where im2col runs one).
 
 --f43 adds a NumPy-only experiment: F(4x4, 3x3)'s float32 forward error against float64 (4x
-fewer multiplications than direct, 1.78x fewer than F(2x2, 3x3), with interpolation points
-0, +-1, +-2, 1/2 ... in the transforms: larger constants, larger rounding), beside F(2x2, 3x3)
-computed the same way; not part of the engine.
+fewer multiplications than direct, 1.78x fewer than F(2x2, 3x3); its interpolation points 0, +-1,
++-2 put constants up to 5 in B^T, 8 in A^T and 1/24 in G: more rounding), beside F(2x2, 3x3)
+computed the same way, and F(4x4, 3x3) in float64 (checks the NumPy code); not in the engine.
 """
 
 import argparse

@@ -36,6 +36,7 @@ MIN_WINOGRAD_SIZE = 8
 MIN_WINOGRAD_BACKWARD_CHANNELS = 16  # the backward's rule, for dx and dw together
 MIN_WINOGRAD_BACKWARD_SIZE = 8
 
+
 def winograd_shape(w, stride, pad, groups):
     """True for the convolutions F(2x2, 3x3) computes: 3x3, stride 1, padding 1, one group."""
     return w.shape[2] == 3 and w.shape[3] == 3 and stride == 1 and pad == 1 and groups == 1
