@@ -27,8 +27,8 @@ from .gemm import gemm_rm
 # of tiles transforms. Forward 1.33-2.41x, dx+dw 1.35-1.88x on ResNet-20 (C = 16 on 32x32, 64 on
 # 8x8), ResNet-18 (64-256 on 56x56-14x14) and AlexNet conv3-5 (256-384 on 13x13); on 7x7 maps
 # (ResNet-18 layer4) forward 0.86x, dx+dw 0.94x: 2x2 tiles cover 8x8 there, 31% wasted, hence the
-# size floor. C below 16 (a 3-channel stem) is not measured and stays on im2col. Wall-clock with
-# two threads on the loaded machine agreed for the backward (dx+dw 1.17-1.87x, 7x7 0.92x) but not
+# size floor. C below 16 (a 3-channel stem) is not measured and stays on im2col. Wall clock with
+# two threads at load 1.4-5.6 agreed for the backward (dx+dw 1.06-1.91x, 7x7 0.92-0.97x) but not
 # for the forward of ResNet's smaller maps (0.66-1.04x): each of Winograd's 4 (forward) to 8
 # (backward) parallel regions costs a scheduler slice when other processes hold the cores.
 MIN_WINOGRAD_CHANNELS = 16
