@@ -1,7 +1,8 @@
-"""The CPU's Winograd F(2x2, 3x3) convolution forward (nbcnn/cpu/winograd.py): the result of a
-direct float64 convolution written here with sliding windows (independent of both Winograd and
-im2col), and in float32 the im2col path's result within float32 rounding. Shapes with odd
-heights and widths exercise the tiles that hang over the output's edge."""
+"""The CPU's Winograd F(2x2, 3x3) convolution, forward and backward (nbcnn/cpu/winograd.py): the result
+of a direct float64 convolution written here with sliding windows (independent of both Winograd and
+im2col) and, for the backward, that reference's adjoint (dx as the windows' products scattered back,
+dw as their products with dy), and in float32 the im2col path's result within float32 rounding.
+Shapes with odd heights and widths exercise the tiles that hang over the output's edge."""
 
 import numpy as np
 import pytest
@@ -40,31 +41,155 @@ def test_winograd_forward_gives_the_float64_reference(monkeypatch, hw, bias):
     assert_close(forward(x, w, b), reference(x, w, b), rtol=1e-12)
 
 
+def float32_layer(seed, o=8):
+    """x (2, 128, 9, 8), w (o, 128, 3, 3) scaled for O(1) outputs, and an O(1) array of the output's shape."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 128, 9, 8)).astype(np.float32)
+    w = (rng.standard_normal((o, 128, 3, 3)) / np.sqrt(128 * 9)).astype(np.float32)
+    return x, w, rng.standard_normal((2, o, 9, 8)).astype(np.float32)
+
+
+def on_both_paths(monkeypatch, entry, threshold, run):
+    """run() by the rule, asserting that conv.py called winograd.<entry>, then run() with the rule's
+    `threshold` out of reach (the im2col path): (Winograd's result, im2col's)."""
+    calls = []
+    monkeypatch.setattr(conv, entry, lambda *a: calls.append(1) or getattr(winograd, entry)(*a))
+    wino = run()
+    assert calls == [1]  # the Winograd path ran
+    monkeypatch.setattr(winograd, threshold, 10**9)
+    im2col = run()
+    assert calls == [1]
+    return wino, im2col
+
+
 def test_winograd_float32_agrees_with_im2col_and_the_reference(monkeypatch):
     """C = 128 takes the Winograd path by the rule; the same layer forced onto im2col beside it.
     The float32 error of each, against float64, is a few ulp of the output's magnitude."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 128, 9, 8)).astype(np.float32)
-    w = (rng.standard_normal((8, 128, 3, 3)) / np.sqrt(128 * 9)).astype(np.float32)
-    b = rng.standard_normal(8).astype(np.float32)
+    x, w, _ = float32_layer(0)
+    b = np.random.default_rng(0).standard_normal(8).astype(np.float32)
     assert winograd.use_winograd(x, w, 1, 1, 1)
-    calls = []
-    monkeypatch.setattr(conv, "winograd_forward", lambda *a: calls.append(1) or winograd.winograd_forward(*a))
-    wino = forward(x, w, b)
-    assert calls == [1]  # the Winograd path ran
-    monkeypatch.setattr(winograd, "MIN_WINOGRAD_CHANNELS", 10**9)
-    im2col = forward(x, w, b)
-    assert calls == [1]
+    wino, im2col = on_both_paths(monkeypatch, "winograd_forward", "MIN_WINOGRAD_CHANNELS", lambda: forward(x, w, b))
     want = reference(x, w, b)
     assert_close(wino, want, rtol=1e-5)
     assert_close(im2col, want, rtol=1e-5)
     assert_close(wino, im2col, rtol=1e-5)
 
 
-@pytest.mark.parametrize("c, hw, k, stride, pad, groups, want", [
-    (128, (8, 8), 3, 1, 1, 1, True), (127, (8, 8), 3, 1, 1, 1, False), (128, (7, 8), 3, 1, 1, 1, False),
-    (128, (8, 7), 3, 1, 1, 1, False), (128, (8, 8), 5, 1, 1, 1, False), (128, (8, 8), 3, 2, 1, 1, False),
-    (128, (8, 8), 3, 1, 0, 1, False), (128, (8, 8), 3, 1, 1, 2, False)])
-def test_winograd_is_chosen_for_3x3_stride_1_pad_1_128_channels_and_8x8_maps(c, hw, k, stride, pad, groups, want):
+def rule_cases(c, s):
+    """(C, (H, W), k, stride, pad, groups, chosen) around a rule's thresholds c (channels) and s (map side)."""
+    return [(c, (s, s), 3, 1, 1, 1, True), (c - 1, (s, s), 3, 1, 1, 1, False), (c, (s - 1, s), 3, 1, 1, 1, False),
+            (c, (s, s - 1), 3, 1, 1, 1, False), (c, (s, s), 5, 1, 1, 1, False), (c, (s, s), 3, 2, 1, 1, False),
+            (c, (s, s), 3, 1, 0, 1, False), (c, (s, s), 3, 1, 1, 2, False)]
+
+
+@pytest.mark.parametrize("c, hw, k, stride, pad, groups, want",
+                         rule_cases(winograd.MIN_WINOGRAD_CHANNELS, winograd.MIN_WINOGRAD_SIZE))
+def test_winograd_forward_is_chosen_by_its_rule(c, hw, k, stride, pad, groups, want):
+    """use_winograd: 3x3/1 pad 1, one group, C and the map's sides at least the forward's thresholds."""
     x, w = np.empty((1, c) + hw), np.empty((16, c // groups, k, k))
     assert winograd.use_winograd(x, w, stride, pad, groups) == want
+
+def windows(x):
+    """x zero-padded by 1, and its 3x3 sliding windows (N, C, H, W, 3, 3) as a view of it."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    return xp, np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+
+
+def reference_backward(x, w, dy):
+    """float64 (dx, dw, db) of reference(): the adjoint of y[n,o,h,w] = sum_{c,p,q} win[n,c,h,w,p,q] w[o,c,p,q]."""
+    xp, win = windows(x)
+    dy = dy.astype(np.float64)
+    dw = np.einsum("nchwpq,nohw->ocpq", win, dy)
+    dwin = np.einsum("nohw,ocpq->nchwpq", dy, w.astype(np.float64))  # dL/d(each window entry)
+    dxp = np.zeros_like(xp)
+    H, W = x.shape[2], x.shape[3]
+    for p in range(3):
+        for q in range(3):  # window entry (h, w, p, q) is xp[h + p, w + q]
+            dxp[:, :, p:p + H, q:q + W] += dwin[:, :, :, :, p, q]
+    return dxp[:, :, 1:-1, 1:-1], dw, dy.sum(axis=(0, 2, 3))
+
+
+def backward(x, w, dy, want=("dx", "dw", "db"), dw0=None, db0=None, ws=None):
+    """{name: gradient} of the CPU backend's conv2d_backward for the wanted gradients; dw and db start
+    from dw0 and db0 (zeros by default)."""
+    be = nbcnn.get_backend("cpu")
+    dx = be.empty(x.shape, x.dtype) if "dx" in want else None
+    dw = nbcnn.asarray(np.zeros_like(w) if dw0 is None else dw0.copy()) if "dw" in want else None
+    db = nbcnn.asarray(np.zeros(w.shape[0], w.dtype) if db0 is None else db0.copy()) if "db" in want else None
+    be.conv2d_backward(nbcnn.asarray(x), nbcnn.asarray(w), nbcnn.asarray(dy), 1, 1, dx, dw, db, ws or Workspace())
+    return {k: nbcnn.to_numpy(v) for k, v in (("dx", dx), ("dw", dw), ("db", db)) if v is not None}
+
+
+def on_winograd(monkeypatch):
+    """Every 3x3/1 pad 1 convolution's backward through the Winograd path, whatever its size."""
+    for name in ("MIN_WINOGRAD_BACKWARD_CHANNELS", "MIN_WINOGRAD_BACKWARD_SIZE"):
+        monkeypatch.setattr(winograd, name, 1)
+
+
+@pytest.mark.parametrize("hw", [(6, 6), (7, 5), (1, 1), (2, 3)])
+@pytest.mark.parametrize("want", [("dx", "dw", "db"), ("dw", "db"), ("dx", "db"), ("dx", "dw")])
+def test_winograd_backward_gives_the_float64_reference(monkeypatch, hw, want):
+    """Each wanted gradient matches; the others (None: a frozen weight, no bias, the first layer) are skipped."""
+    on_winograd(monkeypatch)
+    rng = np.random.default_rng(hw[0] * 10 + hw[1])
+    x, w, dy = rng.standard_normal((3, 4) + hw), rng.standard_normal((5, 4, 3, 3)), rng.standard_normal((3, 5) + hw)
+    assert winograd.use_winograd_backward(x, w, 1, 1, 1)
+    got = backward(x, w, dy, want)
+    assert sorted(got) == sorted(want)
+    for name, ref in zip(("dx", "dw", "db"), reference_backward(x, w, dy)):
+        if name in want:
+            assert_close(got[name], ref, rtol=1e-12, what=name)
+
+
+def test_winograd_backward_accumulates_dw_and_db(monkeypatch):
+    """dw += and db += (the contract): starting from nonzero gradients, the result is start + gradient."""
+    on_winograd(monkeypatch)
+    rng = np.random.default_rng(1)
+    x, w, dy = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((2, 4, 5, 4))
+    dw0, db0 = rng.standard_normal(w.shape), rng.standard_normal(4)
+    got = backward(x, w, dy, dw0=dw0, db0=db0)
+    _, dw, db = reference_backward(x, w, dy)
+    assert_close(got["dw"], dw0 + dw, rtol=1e-12)
+    assert_close(got["db"], db0 + db, rtol=1e-12)
+
+
+def test_winograd_backward_of_a_frozen_weight_computes_no_weight_gradient(monkeypatch):
+    """dw None: neither V (the input transform) nor dU's GEMMs run."""
+    on_winograd(monkeypatch)
+    calls = []
+    monkeypatch.setattr(winograd, "input_transform", lambda *a: calls.append("V"))
+    monkeypatch.setattr(winograd, "weight_transform_adjoint", lambda *a: calls.append("dw"))
+    rng = np.random.default_rng(2)
+    x, w, dy = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal((1, 3, 4, 4))
+    got = backward(x, w, dy, ("dx", "db"))
+    assert calls == []
+    assert_close(got["dx"], reference_backward(x, w, dy)[0], rtol=1e-12)
+
+
+def test_winograd_backward_float32_agrees_with_im2col_and_the_reference(monkeypatch):
+    """At C = 128 by the rule, float32: dx, dw and db within float32 rounding of the float64 reference and of
+    the same layer's im2col backward (the rule switched off)."""
+    x, w, dy = float32_layer(3)
+    assert winograd.use_winograd_backward(x, w, 1, 1, 1)
+    wino, im2col = on_both_paths(monkeypatch, "winograd_backward", "MIN_WINOGRAD_BACKWARD_CHANNELS",
+                                 lambda: backward(x, w, dy))
+    for name, ref in zip(("dx", "dw", "db"), reference_backward(x, w, dy)):
+        assert_close(wino[name], ref, rtol=1e-5, what=name)
+        assert_close(im2col[name], ref, rtol=1e-5, what=name)
+        assert_close(wino[name], im2col[name], rtol=1e-5, what=name)
+
+
+@pytest.mark.parametrize("c, hw, k, stride, pad, groups, want",
+                         rule_cases(winograd.MIN_WINOGRAD_BACKWARD_CHANNELS, winograd.MIN_WINOGRAD_BACKWARD_SIZE))
+def test_winograd_backward_is_chosen_by_its_rule(monkeypatch, c, hw, k, stride, pad, groups, want):
+    """use_winograd_backward: 3x3/1 pad 1, one group, C and the map's sides at least the backward's thresholds;
+    conv2d_backward takes the path it names."""
+    x, w = np.zeros((1, c) + hw, np.float32), np.zeros((16, c // groups, k, k), np.float32)
+    assert winograd.use_winograd_backward(x, w, stride, pad, groups) == want
+    calls = []
+    monkeypatch.setattr(conv, "winograd_backward", lambda *a: calls.append(1))
+    oh, ow = (hw[0] + 2 * pad - k) // stride + 1, (hw[1] + 2 * pad - k) // stride + 1
+    dy = np.zeros((1, 16, oh, ow), np.float32)
+    nbcnn.get_backend("cpu").conv2d_backward(x, w, dy, stride, pad, None, None, np.zeros(16, np.float32), Workspace(),
+                                             groups)
+    assert calls == ([1] if want else [])

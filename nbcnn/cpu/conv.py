@@ -3,8 +3,9 @@
 Grouped convolution runs one GEMM per group on the group's rows of the same column
 buffer; depthwise convolution (groups == in_channels > 1) goes to the direct kernels of
 nbcnn/cpu/depthwise.py instead, as its GEMMs would be one input channel deep.
-The forward of a 3x3, stride 1, padding 1 convolution with >= 128 input channels goes to
-Winograd F(2x2, 3x3) instead (nbcnn/cpu/winograd.py: 2.25x fewer multiplications).
+The forward and the backward of a 3x3, stride 1, padding 1 convolution with >= 16 input channels
+on maps >= 8x8 go to Winograd F(2x2, 3x3) instead (nbcnn/cpu/winograd.py: 2.25x fewer
+multiplications; its rules use_winograd and use_winograd_backward).
 
 Each of numba's T threads takes G images at a time with its own column buffer
 (C*KH*KW, G*OH*OW), their columns side by side, and single-threaded BLAS
@@ -27,7 +28,7 @@ from .array import empty
 from .depthwise import depthwise_backward, depthwise_forward
 from .gemm import gemm_rm, sum_rows_into
 from .threads import num_threads, single_threaded_blas
-from .winograd import use_winograd, winograd_forward
+from .winograd import use_winograd, use_winograd_backward, winograd_backward, winograd_forward
 
 # A thread's GEMMs take images side by side until they are at least this many output pixels
 # wide (measured on 2 cores: 7x7 maps at 1 image per GEMM 73-156 GFLOP/s, at 8 images 180-190)
@@ -251,6 +252,8 @@ def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws, groups=1):
         return depthwise_backward(x, w, dy, stride, pad, dx, dw, db, ws)
     if dx is None and dw is None and db is None:
         return
+    if use_winograd_backward(x, w, stride, pad, groups):
+        return winograd_backward(x, w, dy, dx, dw, db, ws)
     T = _threads(x)
     G = images_per_gemm(x.shape[0], T, dy.shape[2] * dy.shape[3])
     shape = (T,) + _col_shape(x, w, dy, G)

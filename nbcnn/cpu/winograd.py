@@ -1,101 +1,134 @@
-"""Winograd F(2x2, 3x3) convolution forward on the CPU (Lavin & Gray 2016): 3x3, stride 1,
-padding 1, one group, chosen by `use_winograd` over the im2col path of nbcnn/cpu/conv.py.
+"""Winograd F(2x2, 3x3) convolution, forward and backward, on the CPU (Lavin & Gray 2016): 3x3,
+stride 1, padding 1, one group, chosen by `use_winograd` / `use_winograd_backward` over the
+im2col path of nbcnn/cpu/conv.py. The 1-D transforms are kernel_math's wino_* (shared with CUDA).
 
 Per 2x2 output tile: U = G w G^T (4x4 per (o, c)), V = B^T d B (4x4 per (c, tile), d the
 tile's 4x4 input patch), M[k] = U[k] @ V[k] for the 16 positions k (GEMMs O x C x N*tiles),
 y = A^T M A + bias: 16 multiplications per tile and (o, c) instead of im2col's 36. The whole
 batch is transformed at once (V: 16 x C x N*tiles in the layer's workspace); the 16 GEMMs are
-split over numba's threads with single-threaded BLAS, as in conv.py. The CUDA backend has no
-twin yet and keeps im2col for every shape; the backward stays on im2col on both backends.
+split over numba's threads with single-threaded BLAS, as in conv.py. The transforms work a row
+of tiles at a time, so their inner loops run along contiguous pixels and tiles.
+
+The backward runs the adjoints of those steps in reverse: dM = A dy A^T per tile; dx: dV[k] =
+U[k]^T dM[k], then B dV B^T per tile added into dx's overlapping 4x4 patches; dw: V recomputed
+from x, dU[k] = dM[k] V[k]^T, dw += G^T dU G (float64, as U).
 """
 
 import numpy as np
 from numba import njit, prange
 
+from ..kernel_math import (wino_input, wino_input_adjoint, wino_output, wino_output_adjoint, wino_weight,
+                           wino_weight_adjoint)
 from .array import empty
+from .gemm import gemm_rm
 
-# Winograd where the GEMMs are deep enough to pay for the transforms (dev/winograd_f23.py,
-# forward, 2-core machine: AlexNet conv3-5, C = 256-384 on 13x13, 1.2-1.6x faster; ResNet-20,
-# C = 16-64, 0.5-0.7x; ResNet-18, batch 16: C = 128 on 28x28 and 256 on 14x14 even, 512 on 7x7
-# 0.9x, where the 2x2 tiles cover 8x8 for 7x7 outputs).
-MIN_WINOGRAD_CHANNELS = 128
+# Winograd wherever dev/winograd.py measured it doing less work than im2col: one numba thread,
+# process CPU time, 2-core machine at load 5-6 (docs/performance.md, "Winograd backward"), rows
+# of tiles transforms. Forward 1.33-2.41x, dx+dw 1.35-1.88x on ResNet-20 (C = 16 on 32x32, 64 on
+# 8x8), ResNet-18 (64-256 on 56x56-14x14) and AlexNet conv3-5 (256-384 on 13x13); on 7x7 maps
+# (ResNet-18 layer4) forward 0.86x, dx+dw 0.94x: 2x2 tiles cover 8x8 there, 31% wasted, hence the
+# size floor. C below 16 (a 3-channel stem) is not measured and stays on im2col. Wall clock with
+# two threads at load 1.4-5.6 agreed for the backward (dx+dw 1.06-1.91x, 7x7 0.92-0.97x) but not
+# for the forward of ResNet's smaller maps (0.66-1.04x): each of Winograd's 4 (forward) to 8
+# (backward) parallel regions costs a scheduler slice when other processes hold the cores.
+MIN_WINOGRAD_CHANNELS = 16
 MIN_WINOGRAD_SIZE = 8
+MIN_WINOGRAD_BACKWARD_CHANNELS = 16  # the backward's rule, for dx and dw together
+MIN_WINOGRAD_BACKWARD_SIZE = 8
+
+
+def winograd_shape(w, stride, pad, groups):
+    """True for the convolutions F(2x2, 3x3) computes: 3x3, stride 1, padding 1, one group."""
+    return w.shape[2] == 3 and w.shape[3] == 3 and stride == 1 and pad == 1 and groups == 1
 
 
 def use_winograd(x, w, stride, pad, groups):
-    """True when conv2d_forward takes the Winograd path: 3x3, stride 1, padding 1, one group, C >= 128,
-    H and W >= 8."""
-    return (w.shape[2] == 3 and w.shape[3] == 3 and stride == 1 and pad == 1 and groups == 1
+    """True when conv2d_forward takes the Winograd path: 3x3, stride 1, padding 1, one group,
+    C >= MIN_WINOGRAD_CHANNELS, H and W >= MIN_WINOGRAD_SIZE."""
+    return (winograd_shape(w, stride, pad, groups)
             and x.shape[1] >= MIN_WINOGRAD_CHANNELS and min(x.shape[2], x.shape[3]) >= MIN_WINOGRAD_SIZE)
+
+
+def use_winograd_backward(x, w, stride, pad, groups):
+    """True when conv2d_backward takes the Winograd path: 3x3, stride 1, padding 1, one group,
+    C >= MIN_WINOGRAD_BACKWARD_CHANNELS, H and W >= MIN_WINOGRAD_BACKWARD_SIZE."""
+    return (winograd_shape(w, stride, pad, groups) and x.shape[1] >= MIN_WINOGRAD_BACKWARD_CHANNELS
+            and min(x.shape[2], x.shape[3]) >= MIN_WINOGRAD_BACKWARD_SIZE)
 
 
 @njit(parallel=True, cache=True)
 def weight_transform(w, u):
-    """u[4*i+j, o, c] = (G w[o, c] G^T)[i, j], G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]], in float64."""
+    """u[4*i+j, o, c] = (G w[o, c] G^T)[i, j] (kernel_math.wino_weight), in float64."""
     O, C = w.shape[0], w.shape[1]
     for oc in prange(O * C):
         o, c = oc // C, oc % C
         t = np.empty((4, 3))
-        for q in range(3):  # G w: rows w0, (w0+w1+w2)/2, (w0-w1+w2)/2, w2
-            w0, w1, w2 = np.float64(w[o, c, 0, q]), np.float64(w[o, c, 1, q]), np.float64(w[o, c, 2, q])
-            t[0, q], t[1, q], t[2, q], t[3, q] = w0, 0.5 * (w0 + w1 + w2), 0.5 * (w0 - w1 + w2), w2
-        for i in range(4):  # (...) G^T
-            u[4 * i + 0, o, c] = t[i, 0]
-            u[4 * i + 1, o, c] = 0.5 * (t[i, 0] + t[i, 1] + t[i, 2])
-            u[4 * i + 2, o, c] = 0.5 * (t[i, 0] - t[i, 1] + t[i, 2])
-            u[4 * i + 3, o, c] = t[i, 2]
+        for q in range(3):  # G w, down each column
+            t[0, q], t[1, q], t[2, q], t[3, q] = wino_weight(
+                np.float64(w[o, c, 0, q]), np.float64(w[o, c, 1, q]), np.float64(w[o, c, 2, q]))
+        for i in range(4):  # (...) G^T, along each row
+            u[4 * i, o, c], u[4 * i + 1, o, c], u[4 * i + 2, o, c], u[4 * i + 3, o, c] = wino_weight(
+                t[i, 0], t[i, 1], t[i, 2])
 
 
 @njit(parallel=True, cache=True)
 def input_transform(x, v, th, tw):
-    """v[4*i+j, c, (n*th + a)*tw + b] = (B^T d B)[i, j], d the 4x4 patch of x[n, c] at (2a-1, 2b-1), zero outside."""
+    """v[4*i+j, c, (n*th + a)*tw + b] = (B^T d B)[i, j] (kernel_math.wino_input), d the 4x4 patch of x[n, c] at
+    (2a-1, 2b-1), zero outside. A row of tiles at a time: the column transform along the padded rows, then the
+    row transform of every tile in the row, so the loops run over contiguous pixels and tiles."""
     N, C, H, W = x.shape
     for nc in prange(N * C):
         n, c = nc // C, nc % C
-        d = np.empty((4, 4), x.dtype)
+        xp = np.zeros((2 * th + 2, 2 * tw + 2), x.dtype)  # x[n, c] with a zero border: xp[h + 1, w + 1]
+        xp[1:H + 1, 1:W + 1] = x[n, c]
+        r = np.empty((4, 2 * tw + 2), x.dtype)
         for a in range(th):
-            for b in range(tw):
-                for p in range(4):
-                    for q in range(4):
-                        h, ww = 2 * a - 1 + p, 2 * b - 1 + q
-                        d[p, q] = x[n, c, h, ww] if 0 <= h < H and 0 <= ww < W else 0
-                t = (n * th + a) * tw + b
-                for q in range(4):  # B^T d: rows d0-d2, d1+d2, d2-d1, d1-d3
-                    r0, r1, r2, r3 = d[0, q] - d[2, q], d[1, q] + d[2, q], d[2, q] - d[1, q], d[1, q] - d[3, q]
-                    d[0, q], d[1, q], d[2, q], d[3, q] = r0, r1, r2, r3
-                for p in range(4):  # (...) B
-                    v[4 * p + 0, c, t] = d[p, 0] - d[p, 2]
-                    v[4 * p + 1, c, t] = d[p, 1] + d[p, 2]
-                    v[4 * p + 2, c, t] = d[p, 2] - d[p, 1]
-                    v[4 * p + 3, c, t] = d[p, 1] - d[p, 3]
+            t0 = (n * th + a) * tw
+            for q in range(2 * tw + 2):  # B^T d, down each column
+                r[0, q], r[1, q], r[2, q], r[3, q] = wino_input(xp[2 * a, q], xp[2 * a + 1, q], xp[2 * a + 2, q],
+                                                                xp[2 * a + 3, q])
+            for i in range(4):  # (...) B, along each tile's row
+                v0, v1, v2, v3 = v[4 * i, c, t0:t0 + tw], v[4 * i + 1, c, t0:t0 + tw], \
+                    v[4 * i + 2, c, t0:t0 + tw], v[4 * i + 3, c, t0:t0 + tw]
+                ri = r[i]
+                for b in range(tw):
+                    v0[b], v1[b], v2[b], v3[b] = wino_input(ri[2 * b], ri[2 * b + 1], ri[2 * b + 2], ri[2 * b + 3])
 
 
 @njit(parallel=True, cache=True)
-def gemm16(u, v, m):
-    """m[k] = u[k] @ v[k] for the 16 positions k, over numba's threads (BLAS single-threaded by the caller)."""
+def gemm16(ta, tb, a, b, c):
+    """c[k] = op(a[k]) @ op(b[k]) for the 16 positions k (op transposes where ta / tb), over numba's threads
+    (BLAS single-threaded by the caller)."""
+    m, n = c.shape[1], c.shape[2]
+    depth = a.shape[1] if ta else a.shape[2]
     for k in prange(16):
-        np.dot(u[k], v[k], m[k])
+        gemm_rm(ta, tb, m, n, depth, 1.0, a[k], a.shape[2], b[k], b.shape[2], 0.0, c[k], n)
 
 
 @njit(parallel=True, cache=True)
 def output_transform(m, y, th, tw, bias, has_bias):
-    """y[n, o, 2a+i, 2b+j] = (A^T M A)[i, j] (+ bias[o]), M[k] = m[k, o, (n*th + a)*tw + b], A^T = [[1,1,1,0],[0,1,-1,-1]]."""
+    """y[n, o, 2a+i, 2b+j] = (A^T M A)[i, j] (+ bias[o]) (kernel_math.wino_output), M[k] = m[k, o, (n*th + a)*tw + b].
+    A row of tiles at a time, as input_transform."""
     N, O, OH, OW = y.shape
     for no in prange(N * O):
         n, o = no // O, no % O
         bo = bias[o] if has_bias else 0
-        s = np.empty((2, 4), m.dtype)
+        s = np.empty((2, 4, tw), m.dtype)
+        row = np.empty(2 * tw, y.dtype)
         for a in range(th):
-            for b in range(tw):
-                t = (n * th + a) * tw + b
-                for q in range(4):  # A^T M: rows m0+m1+m2, m1-m2-m3
-                    s[0, q] = m[q, o, t] + m[4 + q, o, t] + m[8 + q, o, t]
-                    s[1, q] = m[4 + q, o, t] - m[8 + q, o, t] - m[12 + q, o, t]
-                for i in range(2):  # (...) A; an odd height or width drops the tile's last row or column
-                    if 2 * a + i < OH:
-                        y[n, o, 2 * a + i, 2 * b] = s[i, 0] + s[i, 1] + s[i, 2] + bo
-                        if 2 * b + 1 < OW:
-                            y[n, o, 2 * a + i, 2 * b + 1] = s[i, 1] - s[i, 2] - s[i, 3] + bo
+            t0 = (n * th + a) * tw
+            for q in range(4):  # A^T M, down each column
+                m0, m1, m2, m3 = m[q, o, t0:t0 + tw], m[4 + q, o, t0:t0 + tw], m[8 + q, o, t0:t0 + tw], \
+                    m[12 + q, o, t0:t0 + tw]
+                s0, s1 = s[0, q], s[1, q]
+                for b in range(tw):
+                    s0[b], s1[b] = wino_output(m0[b], m1[b], m2[b], m3[b])
+            for i in range(min(2, OH - 2 * a)):  # (...) A, along each row; an odd height drops the last row
+                si = s[i]
+                for b in range(tw):
+                    y0, y1 = wino_output(si[0, b], si[1, b], si[2, b], si[3, b])
+                    row[2 * b], row[2 * b + 1] = y0 + bo, y1 + bo
+                y[n, o, 2 * a + i] = row[:OW]  # an odd width drops the last column
 
 
 def winograd_forward(x, w, b, y, ws):
@@ -108,5 +141,129 @@ def winograd_forward(x, w, b, y, ws):
     m = ws.get("wino_m", (16, O, N * th * tw), x.dtype, empty)
     weight_transform(w, u)
     input_transform(x, v, th, tw)
-    gemm16(u, v, m)
+    gemm16(False, False, u, v, m)
     output_transform(m, y, th, tw, b if b is not None else w[0, 0, 0], b is not None)
+
+
+# -- the backward: the adjoints of the forward's steps, in reverse order --------------------------
+
+@njit(parallel=True, cache=True)
+def output_transform_adjoint(dy, dm, th, tw):
+    """dm[4*i+j, o, (n*th + a)*tw + b] = (A g A^T)[i, j] (kernel_math.wino_output_adjoint), g the 2x2 patch of
+    dy[n, o] at (2a, 2b), zero past an odd height or width: the adjoint of output_transform."""
+    N, O, OH, OW = dy.shape
+    for no in prange(N * O):
+        n, o = no // O, no % O
+        g = np.zeros((2 * th, 2 * tw), dm.dtype)  # dy[n, o] zero-padded to whole tiles
+        g[:OH, :OW] = dy[n, o]
+        s = np.empty((4, 2, tw), dm.dtype)
+        for a in range(th):
+            t0 = (n * th + a) * tw
+            g0, g1 = g[2 * a], g[2 * a + 1]
+            for j in range(2):  # A g, down each column
+                for b in range(tw):
+                    s[0, j, b], s[1, j, b], s[2, j, b], s[3, j, b] = wino_output_adjoint(g0[2 * b + j],
+                                                                                         g1[2 * b + j])
+            for p in range(4):  # (...) A^T, along each row
+                d0, d1, d2, d3 = dm[4 * p, o, t0:t0 + tw], dm[4 * p + 1, o, t0:t0 + tw], \
+                    dm[4 * p + 2, o, t0:t0 + tw], dm[4 * p + 3, o, t0:t0 + tw]
+                sp0, sp1 = s[p, 0], s[p, 1]
+                for b in range(tw):
+                    d0[b], d1[b], d2[b], d3[b] = wino_output_adjoint(sp0[b], sp1[b])
+
+
+@njit(parallel=True, cache=True)
+def input_transform_adjoint(dv, dx, th, tw):
+    """dx[n, c] = sum over tiles (a, b) of B dV B^T (kernel_math.wino_input_adjoint), dV[4*i+j] = dv[4*i+j, c,
+    (n*th + a)*tw + b], added at the tile's 4x4 patch (2a-1, 2b-1); what falls outside dx is dropped. The adjoint
+    of input_transform; each (n, c) plane by one thread, overlapping patches summed in a zero-padded plane."""
+    N, C, H, W = dx.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        acc = np.zeros((2 * th + 2, 2 * tw + 2), dv.dtype)  # dx[n, c] with a border of 1: acc[h + 1, w + 1]
+        e = np.empty((4, tw), dv.dtype)
+        r = np.empty((4, 2 * tw + 2), dv.dtype)
+        for a in range(th):
+            t0 = (n * th + a) * tw
+            for i in range(4):  # (...) B^T, along each tile's row
+                v0, v1, v2, v3 = dv[4 * i, c, t0:t0 + tw], dv[4 * i + 1, c, t0:t0 + tw], \
+                    dv[4 * i + 2, c, t0:t0 + tw], dv[4 * i + 3, c, t0:t0 + tw]
+                for b in range(tw):
+                    e[0, b], e[1, b], e[2, b], e[3, b] = wino_input_adjoint(v0[b], v1[b], v2[b], v3[b])
+                ri = r[i]
+                ri[:] = 0
+                for b in range(tw):  # neighbouring tiles overlap by two columns: a pass per half
+                    ri[2 * b] += e[0, b]
+                    ri[2 * b + 1] += e[1, b]
+                for b in range(tw):
+                    ri[2 * b + 2] += e[2, b]
+                    ri[2 * b + 3] += e[3, b]
+            a0, a1, a2, a3 = acc[2 * a], acc[2 * a + 1], acc[2 * a + 2], acc[2 * a + 3]
+            for q in range(2 * tw + 2):  # B (...), down each column
+                d0, d1, d2, d3 = wino_input_adjoint(r[0, q], r[1, q], r[2, q], r[3, q])
+                a0[q] += d0
+                a1[q] += d1
+                a2[q] += d2
+                a3[q] += d3
+        dx[n, c] = acc[1:H + 1, 1:W + 1]
+
+
+@njit(parallel=True, cache=True)
+def weight_transform_adjoint(du, dw):
+    """dw[o, c] += G^T dU G (kernel_math.wino_weight_adjoint), dU[i, j] = du[4*i+j, o, c], in float64: the
+    adjoint of weight_transform."""
+    O, C = dw.shape[0], dw.shape[1]
+    for oc in prange(O * C):
+        o, c = oc // C, oc % C
+        t = np.empty((4, 3))
+        for i in range(4):  # (...) G, along each row
+            t[i, 0], t[i, 1], t[i, 2] = wino_weight_adjoint(
+                np.float64(du[4 * i, o, c]), np.float64(du[4 * i + 1, o, c]),
+                np.float64(du[4 * i + 2, o, c]), np.float64(du[4 * i + 3, o, c]))
+        for q in range(3):  # G^T (...), down each column
+            r0, r1, r2 = wino_weight_adjoint(t[0, q], t[1, q], t[2, q], t[3, q])
+            dw[o, c, 0, q] = np.float64(dw[o, c, 0, q]) + r0
+            dw[o, c, 1, q] = np.float64(dw[o, c, 1, q]) + r1
+            dw[o, c, 2, q] = np.float64(dw[o, c, 2, q]) + r2
+
+
+@njit(parallel=True, cache=True)
+def bias_gradient(dy, db):
+    """db[o] += sum_{n,i,j} dy[n, o, i, j], summed in float64, one thread per channel."""
+    N, O, OH, OW = dy.shape
+    for o in prange(O):
+        s = 0.0
+        for n in range(N):
+            for i in range(OH):
+                for j in range(OW):
+                    s += dy[n, o, i, j]
+        db[o] += s
+
+
+def winograd_backward(x, w, dy, dx, dw, db, ws):
+    """conv2d_backward on use_winograd_backward's shapes: dx overwritten, dw and db accumulated, each skipped
+    where None; BLAS must be single-threaded.
+
+    dM = A dy A^T per tile (16 x O x N*tiles); dw: V recomputed from x (the forward's workspace is
+    not relied on), dU[k] = dM[k] V[k]^T, dw += G^T dU G; dx: dV[k] = U[k]^T dM[k] (into V's
+    buffer, V being done with), dx = the sum of the tiles' B dV B^T."""
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    th, tw = (H + 1) // 2, (W + 1) // 2
+    if db is not None:
+        bias_gradient(dy, db)
+    if dx is None and dw is None:
+        return
+    dm = ws.get("wino_m", (16, O, N * th * tw), x.dtype, empty)
+    v = ws.get("wino_v", (16, C, N * th * tw), x.dtype, empty)
+    output_transform_adjoint(dy, dm, th, tw)
+    if dw is not None:
+        du = ws.get("wino_du", (16, O, C), x.dtype, empty)
+        input_transform(x, v, th, tw)
+        gemm16(False, True, dm, v, du)
+        weight_transform_adjoint(du, dw)
+    if dx is not None:
+        u = ws.get("wino_u", (16, O, C), x.dtype, empty)
+        weight_transform(w, u)
+        gemm16(True, False, u, dm, v)
+        input_transform_adjoint(v, dx, th, tw)
