@@ -317,6 +317,12 @@ def check_matmul(a, b, c):
         raise ValueError(f"matmul: shapes {tuple(a.shape)} @ {tuple(b.shape)} -> {tuple(c.shape)} do not fit")
 
 
+def is_winograd_shape(w, stride, pad, groups):
+    """Whether a convolution is one Winograd F(2x2, 3x3) computes: 3x3, stride 1, padding 1, one
+    group (each backend's rule then decides whether it pays for the layer's channels and maps)."""
+    return w.shape[2] == 3 and w.shape[3] == 3 and stride == 1 and pad == 1 and groups == 1
+
+
 def is_depthwise(in_channels, groups):
     """Whether a convolution with `groups` is depthwise (one input channel per group, groups > 1):
     the backends run it with direct kernels instead of im2col + GEMM.

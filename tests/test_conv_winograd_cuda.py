@@ -182,12 +182,13 @@ def test_always_takes_every_3x3_stride_1_pad_1_single_group_convolution(k, strid
         assert not winograd.use_winograd(x, w, stride, pad, groups)
 
 
-def test_rule_follows_the_cpu_rule():
-    from nbcnn.cpu.winograd import use_winograd as cpu_rule
+def test_rule_follows_the_cpu_rules_forward_and_backward():
+    from nbcnn.cpu import winograd as cpu
     with winograd.flags("rule"):
-        for c, hw in [(128, (8, 8)), (127, (8, 8)), (128, (7, 8)), (4, (1, 1))]:
+        for c, hw in [(128, (8, 8)), (16, (8, 8)), (15, (8, 8)), (128, (7, 8)), (4, (1, 1))]:
             x, w = np.empty((1, c) + hw), np.empty((16, c, 3, 3))
-            assert winograd.use_winograd(x, w, 1, 1, 1) == cpu_rule(x, w, 1, 1, 1)
+            assert winograd.use_winograd(x, w, 1, 1, 1) == cpu.use_winograd(x, w, 1, 1, 1)
+            assert winograd.use_winograd_backward(x, w, 1, 1, 1) == cpu.use_winograd_backward(x, w, 1, 1, 1)
 
 
 def test_an_unknown_mode_is_refused_and_changes_nothing():

@@ -17,6 +17,7 @@ from x, dU[k] = dM[k] V[k]^T, dw += G^T dU G (float64, as U).
 import numpy as np
 from numba import njit, prange
 
+from ..backend import is_winograd_shape
 from ..kernel_math import (wino_input, wino_input_adjoint, wino_output, wino_output_adjoint, wino_weight,
                            wino_weight_adjoint)
 from .array import empty
@@ -37,22 +38,17 @@ MIN_WINOGRAD_BACKWARD_CHANNELS = 16  # the backward's rule, for dx and dw togeth
 MIN_WINOGRAD_BACKWARD_SIZE = 8
 
 
-def winograd_shape(w, stride, pad, groups):
-    """True for the convolutions F(2x2, 3x3) computes: 3x3, stride 1, padding 1, one group."""
-    return w.shape[2] == 3 and w.shape[3] == 3 and stride == 1 and pad == 1 and groups == 1
-
-
 def use_winograd(x, w, stride, pad, groups):
     """True when conv2d_forward takes the Winograd path: 3x3, stride 1, padding 1, one group,
     C >= MIN_WINOGRAD_CHANNELS, H and W >= MIN_WINOGRAD_SIZE."""
-    return (winograd_shape(w, stride, pad, groups)
+    return (is_winograd_shape(w, stride, pad, groups)
             and x.shape[1] >= MIN_WINOGRAD_CHANNELS and min(x.shape[2], x.shape[3]) >= MIN_WINOGRAD_SIZE)
 
 
 def use_winograd_backward(x, w, stride, pad, groups):
     """True when conv2d_backward takes the Winograd path: 3x3, stride 1, padding 1, one group,
     C >= MIN_WINOGRAD_BACKWARD_CHANNELS, H and W >= MIN_WINOGRAD_BACKWARD_SIZE."""
-    return (winograd_shape(w, stride, pad, groups) and x.shape[1] >= MIN_WINOGRAD_BACKWARD_CHANNELS
+    return (is_winograd_shape(w, stride, pad, groups) and x.shape[1] >= MIN_WINOGRAD_BACKWARD_CHANNELS
             and min(x.shape[2], x.shape[3]) >= MIN_WINOGRAD_BACKWARD_SIZE)
 
 

@@ -18,7 +18,7 @@ from ..backend import is_depthwise
 from .array import check_int32, divmod32, empty, flat, launch, unravel3, unravel4
 from .depthwise import depthwise_backward, depthwise_forward
 from .gemm import MAX_GRID_Z, GemmPlan, batch_sum_groups, gemm, gemm_batch_sum, sum_batched_rows_into
-from .winograd import use_winograd, winograd_backward, winograd_forward
+from .winograd import use_winograd, use_winograd_backward, winograd_backward, winograd_forward
 
 COL_BUDGET = 2**16 if config.ENABLE_CUDASIM else 2**27  # elements (512 MB of float32) per column buffer
 
@@ -108,7 +108,7 @@ def conv2d_forward(x, w, b, stride, pad, y, ws, groups=1):
 def conv2d_backward(x, w, dy, stride, pad, dx, dw, db, ws, groups=1):
     if is_depthwise(x.shape[1], groups):
         return depthwise_backward(x, w, dy, stride, pad, dx, dw, db, ws)
-    if use_winograd(x, w, stride, pad, groups):
+    if use_winograd_backward(x, w, stride, pad, groups):
         return winograd_backward(x, w, dy, dx, dw, db, ws)
     N, O, kh, kw, R, P, chunk = _geometry(x, w, dy)
     Og, Rg = O // groups, R // groups

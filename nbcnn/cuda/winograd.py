@@ -32,6 +32,7 @@ import numba
 import numpy as np
 from numba import cuda
 
+from ..backend import is_winograd_shape
 from ..kernel_math import (wino_input, wino_input_adjoint, wino_output, wino_output_adjoint, wino_weight,
                            wino_weight_adjoint)
 from .array import check_int32, divmod32, empty, flat, launch, unravel3, unravel4
@@ -72,13 +73,23 @@ def flags(mode):
 
 
 def use_winograd(x, w, stride, pad, groups):
-    """True when the CUDA conv2d_forward/backward take the Winograd path, by MODE: "always" for every
+    """True when the CUDA conv2d_forward takes the Winograd path, by MODE: "always" for every
     3x3, stride 1, padding 1, one-group convolution, "rule" where the CPU's use_winograd says so."""
+    return _chosen("use_winograd", x, w, stride, pad, groups)
+
+
+def use_winograd_backward(x, w, stride, pad, groups):
+    """True when the CUDA conv2d_backward takes the Winograd path: use_winograd with the CPU's
+    use_winograd_backward as the "rule"."""
+    return _chosen("use_winograd_backward", x, w, stride, pad, groups)
+
+
+def _chosen(cpu_rule, x, w, stride, pad, groups):
     if MODE == "always":
-        return w.shape[2] == 3 and w.shape[3] == 3 and stride == 1 and pad == 1 and groups == 1
+        return is_winograd_shape(w, stride, pad, groups)
     if MODE == "rule":
-        from ..cpu.winograd import use_winograd as cpu_rule  # here: the CUDA backend needs no CPU code otherwise
-        return cpu_rule(x, w, stride, pad, groups)
+        from ..cpu import winograd as cpu  # here: the CUDA backend needs no CPU code otherwise
+        return getattr(cpu, cpu_rule)(x, w, stride, pad, groups)
     return False
 
 
