@@ -77,6 +77,18 @@ def sum_rows_into(a, out):
         out[m] += s
 
 
+@njit(parallel=True, cache=True)
+def sum_batched_rows_into(a, out):
+    """out[r] += sum over b, s of a[b, r, s] (bias gradients), summed in float64; a (B, R, S), a thread per r."""
+    B, R, S = a.shape
+    for r in prange(R):
+        s = 0.0
+        for b in range(B):
+            for i in range(S):
+                s += a[b, r, i]
+        out[r] += s
+
+
 @njit(cache=True)
 def sum_cols_into(a, out):
     """out[n] += sum_m a[m, n]."""

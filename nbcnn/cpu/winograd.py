@@ -21,7 +21,7 @@ from ..backend import is_winograd_shape
 from ..kernel_math import (wino_input, wino_input_adjoint, wino_output, wino_output_adjoint, wino_weight,
                            wino_weight_adjoint)
 from .array import empty
-from .gemm import gemm_rm
+from .gemm import gemm_rm, sum_batched_rows_into
 
 # Winograd wherever dev/winograd.py measured it doing less work than im2col: one numba thread,
 # process CPU time, 2-core machine at load 5-6 (docs/performance.md, "Winograd backward"), rows
@@ -127,14 +127,21 @@ def output_transform(m, y, th, tw, bias, has_bias):
                 y[n, o, 2 * a + i] = row[:OW]  # an odd width drops the last column
 
 
-def winograd_forward(x, w, b, y, ws):
-    """y = conv2d(x, w, b), 3x3, stride 1, padding 1 (use_winograd's shapes); BLAS must be single-threaded."""
+def _buffers(x, w, ws):
+    """(th, tw, u, v, m): the tiles down and across an image, and U (16, O, C), V (16, C, N*tiles) and
+    M (16, O, N*tiles) in the layer's workspace (the backward's dM in M's buffer, dV in V's)."""
     N, C, H, W = x.shape
     O = w.shape[0]
     th, tw = (H + 1) // 2, (W + 1) // 2
     u = ws.get("wino_u", (16, O, C), x.dtype, empty)
     v = ws.get("wino_v", (16, C, N * th * tw), x.dtype, empty)
     m = ws.get("wino_m", (16, O, N * th * tw), x.dtype, empty)
+    return th, tw, u, v, m
+
+
+def winograd_forward(x, w, b, y, ws):
+    """y = conv2d(x, w, b), 3x3, stride 1, padding 1 (use_winograd's shapes); BLAS must be single-threaded."""
+    th, tw, u, v, m = _buffers(x, w, ws)
     weight_transform(w, u)
     input_transform(x, v, th, tw)
     gemm16(False, False, u, v, m)
@@ -223,43 +230,25 @@ def weight_transform_adjoint(du, dw):
             dw[o, c, 2, q] = np.float64(dw[o, c, 2, q]) + r2
 
 
-@njit(parallel=True, cache=True)
-def bias_gradient(dy, db):
-    """db[o] += sum_{n,i,j} dy[n, o, i, j], summed in float64, one thread per channel."""
-    N, O, OH, OW = dy.shape
-    for o in prange(O):
-        s = 0.0
-        for n in range(N):
-            for i in range(OH):
-                for j in range(OW):
-                    s += dy[n, o, i, j]
-        db[o] += s
-
-
 def winograd_backward(x, w, dy, dx, dw, db, ws):
     """conv2d_backward on use_winograd_backward's shapes: dx overwritten, dw and db accumulated, each skipped
     where None; BLAS must be single-threaded.
 
-    dM = A dy A^T per tile (16 x O x N*tiles); dw: V recomputed from x (the forward's workspace is
-    not relied on), dU[k] = dM[k] V[k]^T, dw += G^T dU G; dx: dV[k] = U[k]^T dM[k] (into V's
-    buffer, V being done with), dx = the sum of the tiles' B dV B^T."""
-    N, C, H, W = x.shape
-    O = w.shape[0]
-    th, tw = (H + 1) // 2, (W + 1) // 2
+    dM = A dy A^T per tile (into M's buffer); dx: dV[k] = U[k]^T dM[k] (into V's buffer), dx = the sum of
+    the tiles' B dV B^T; dw: V recomputed from x (the buffer holds dV, or another call's V),
+    dU[k] = dM[k] V[k]^T (into U's buffer, U being used up), dw += G^T dU G. CUDA's order."""
+    N, O = dy.shape[0], dy.shape[1]
     if db is not None:
-        bias_gradient(dy, db)
+        sum_batched_rows_into(dy.reshape(N, O, dy.shape[2] * dy.shape[3]), db)
     if dx is None and dw is None:
         return
-    dm = ws.get("wino_m", (16, O, N * th * tw), x.dtype, empty)
-    v = ws.get("wino_v", (16, C, N * th * tw), x.dtype, empty)
-    output_transform_adjoint(dy, dm, th, tw)
-    if dw is not None:
-        du = ws.get("wino_du", (16, O, C), x.dtype, empty)
-        input_transform(x, v, th, tw)
-        gemm16(False, True, dm, v, du)
-        weight_transform_adjoint(du, dw)
+    th, tw, u, v, m = _buffers(x, w, ws)
+    output_transform_adjoint(dy, m, th, tw)  # dM
     if dx is not None:
-        u = ws.get("wino_u", (16, O, C), x.dtype, empty)
         weight_transform(w, u)
-        gemm16(True, False, u, dm, v)
+        gemm16(True, False, u, m, v)
         input_transform_adjoint(v, dx, th, tw)
+    if dw is not None:  # None: a frozen weight; V's transform and the GEMMs are skipped
+        input_transform(x, v, th, tw)
+        gemm16(False, True, m, v, u)
+        weight_transform_adjoint(u, dw)
