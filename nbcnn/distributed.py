@@ -17,7 +17,8 @@ DDP without SyncBatchNorm.
 
 A process whose exception reaches the top ends the whole job (MPI_Abort) right after printing
 its traceback, instead of leaving the others waiting in a collective; under run(main), so does a
-process that calls sys.exit with a non-zero code.
+process that calls sys.exit with a non-zero code, unless every process exits with that code at
+the same point (an AgreedExit: the trainer's stop on Ctrl-C).
 """
 
 import os
@@ -141,14 +142,21 @@ def install_abort_hook(comm):
     sys.excepthook = abort
 
 
+class AgreedExit(int):
+    """An exit code that every process of the job exits with at the same point, after a collective
+    (the trainer's stop on Ctrl-C, which all processes agree on): run() lets the processes end
+    with it instead of aborting the job. Compares equal to the plain code."""
+
+
 def run(main):
     """main(), in a job of several processes ended as a whole (MPI_Abort) when main raises or calls
-    sys.exit with a non-zero code: a process that just exits leaves the others waiting for it
-    forever (MPICH's MPI_Finalize waits for them, they wait for it). A trainer's entry point."""
+    sys.exit with a non-zero code that is not an AgreedExit: a process that just exits leaves the
+    others waiting for it forever (MPICH's MPI_Finalize waits for them, they wait for it). A
+    trainer's entry point."""
     try:
         return main()
     except SystemExit as exc:
-        if exc.code in (None, 0) or not launched():
+        if exc.code in (None, 0) or isinstance(exc.code, AgreedExit) or not launched():
             raise
         reason = f"exited with {exc.code!r}"
     except BaseException:  # noqa: BLE001 - every way out of main must end the job

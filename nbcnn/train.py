@@ -66,11 +66,12 @@ def writing(path):
 
 
 class Interrupted(Exception):
-    """Ctrl-C: a checkpoint was saved at `path`."""
+    """Ctrl-C: a checkpoint was saved at `path`. Raised in every process of a data-parallel run at
+    the same point; `announce` is True in the one that prints (rank 0)."""
 
-    def __init__(self, path):
+    def __init__(self, path, announce=True):
         super().__init__(path)
-        self.path = path
+        self.path, self.announce = path, announce
 
 
 # -- small helpers --------------------------------------------------------------------------------
@@ -445,8 +446,19 @@ class Trainer:
         if self.stop_requested:
             raise KeyboardInterrupt
         self.stop_requested = True
-        print("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)",
-              file=sys.stderr, flush=True)
+        if self.world.is_root:
+            print("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)",
+                  file=sys.stderr, flush=True)
+
+    def stop_agreed(self):
+        """Whether Ctrl-C stops the run here: this process's request, or with several processes
+        any process's, summed at a point every process reaches. mpiexec forwards Ctrl-C to every
+        process, but each receives it at its own point of a step (and a process signalled alone
+        must stop the others), so a process that stopped on its own flag would leave the rest
+        waiting in their next collective."""
+        if self.world.size == 1:
+            return self.stop_requested
+        return self.world.sum([float(self.stop_requested)])[0] > 0
 
     @contextlib.contextmanager
     def sigint_handler(self):
@@ -461,8 +473,12 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
 
     def interrupt(self):
-        self.save()
-        raise Interrupted(self.config.checkpoint_path)
+        """Save (unless the last checkpoint holds this position), then end the run: in every process
+        at once, past rank 0's writing (a process that ended first could end the job before it)."""
+        if self.last_save != self.position():
+            self.save()
+        self.world.barrier()
+        raise Interrupted(self.config.checkpoint_path, announce=self.world.is_root)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self):
@@ -492,7 +508,7 @@ class Trainer:
             self.elapsed += seconds
             self.clock.add(seconds, len(batch.y), batch.wait)
             self.printer.step(self.step_line(loss, n_steps), self.step, n_steps)
-            if self.stop_requested:
+            if self.stop_agreed():
                 self.interrupt()
             if self.config.max_steps is not None and self.global_step >= self.config.max_steps:
                 self.stop_at_max_steps()
@@ -559,10 +575,13 @@ class Trainer:
     def validate(self):
         """(loss, top-1 error, top-5 error or None) on the validation set, timed."""
         t = time.perf_counter()
+        # one process stops validation on its own Ctrl-C; several finish it (each its own shard, of
+        # a batch count that may differ by one: no per-batch collective) and end_epoch stops them
+        alone = self.world.size == 1
         try:
             result = evaluate(self.net, self.val_loader, self.config.device, self.config.ten_crop,
-                              should_stop=lambda: self.stop_requested, max_unreadable=self.config.max_unreadable,
-                              world=self.world)
+                              should_stop=lambda: alone and self.stop_requested,
+                              max_unreadable=self.config.max_unreadable, world=self.world)
         except Exception as exc:
             if is_out_of_memory(self.net, exc):
                 raise TrainingError(self.validation_oom_message()) from None
@@ -583,8 +602,8 @@ class Trainer:
         self.save_epoch()
         if self.write_reports is not None and self.world.is_root:
             self.write_reports(self.history, self.net)
-        if self.stop_requested:
-            raise Interrupted(self.config.checkpoint_path)
+        if self.stop_agreed():
+            self.interrupt()
 
     def history_row(self, val_loss, val_err1, val_err5):
         n = max(self.sums["n"], 1)

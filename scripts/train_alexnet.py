@@ -1058,10 +1058,11 @@ def main(argv=None):
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Interrupted as exc:
-        print(f"\ninterrupted: checkpoint saved to {exc.path}; continue with\n"
-              f"  python scripts/train_alexnet.py --resume {exc.path}", file=sys.stderr)
-        return 130
+    except Interrupted as exc:  # every process at once: its exit needs no MPI_Abort
+        if exc.announce:
+            print(f"\ninterrupted: checkpoint saved to {exc.path}; continue with\n"
+                  f"  python scripts/train_alexnet.py --resume {exc.path}", file=sys.stderr)
+        return distributed.AgreedExit(130)
     except KeyboardInterrupt:  # the second Ctrl-C: the step was cut short, so nothing is saved
         print("\ninterrupted again: quit without saving; the last checkpoint is intact", file=sys.stderr)
         return 130

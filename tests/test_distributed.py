@@ -296,3 +296,40 @@ def test_the_unreadable_limit_holds_for_the_whole_split_across_processes(split, 
                           env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     name = {"train": "training", "val": "validation"}[split]
     assert proc.returncode != 0 and f"2 of 8 {name} images could not be read" in proc.stderr, proc.stderr
+
+
+INTERRUPTED_TRAINER = ROOT / "tests" / "interrupted_trainer.py"
+
+
+def interrupt_one_process(tmp_path, rank, when):
+    """2 processes at --batch-size 6 (steps of 12, 12 and 5 per epoch) with Ctrl-C reaching only
+    process `rank` at `when` (tests/interrupted_trainer.py); the process, and the checkpoint's progress."""
+    from nbcnn.checkpoint import read_checkpoint
+    out = tmp_path / "run"
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", NBCNN_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(INTERRUPTED_TRAINER), str(rank), when, *RECIPE,
+                           "--batch-size", "6", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    return proc, read_checkpoint(str(out / "last.ckpt"))["progress"]
+
+
+@needs_mpi
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ctrl_c_in_one_process_stops_every_process_after_the_same_step(rank, tmp_path):
+    """Every process stops after step 2, rank 0 saves there, and the job exits 130 without an abort.
+    Before the stop was agreed (I ran it), the signalled process stopped alone and its exit aborted
+    the job (exit 1); signalled alone, rank 1 ended the job before rank 0 wrote any checkpoint."""
+    proc, progress = interrupt_one_process(tmp_path, rank, "step:2")
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert (progress["epoch"], progress["step"], progress["global_step"]) == (0, 2, 2)
+    assert proc.stderr.count("interrupted: checkpoint saved") == 1 and "aborting" not in proc.stderr
+
+
+@needs_mpi
+def test_ctrl_c_during_validation_in_one_process_stops_every_process_at_the_epoch_end(tmp_path):
+    """Ctrl-C reaching process 1 alone in its validation shard: both finish validating (the figures are
+    sums over both shards), end the epoch, save it and exit 130 together."""
+    proc, progress = interrupt_one_process(tmp_path, 1, "val")
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert (progress["epoch"], progress["step"], len(progress["history"])) == (1, 0, 1)
+    assert proc.stderr.count("interrupted: checkpoint saved") == 1 and "aborting" not in proc.stderr
