@@ -14,8 +14,9 @@ Two transports move the buffers:
 - HostMPI: MPI Iallreduce on numpy buffers in host memory: the CPU backend's own arrays, and
   CUDA arrays staged through the host (copy to host, reduce, copy back) where NCCL is missing.
 - NCCL (nccl4py): allreduce of device buffers on the default stream, the one nbcnn's kernels
-  run on. No GPU is at hand where nbcnn's tests run, so this path is only imported there; a
-  GPU run with one process exercises it (docs/distributed.md).
+  run on. No GPU is at hand where nbcnn's tests run: there it runs under the CUDA simulator
+  against a stand-in for nccl4py's calls (tests/fake_nccl); a GPU run with one process
+  exercises the real library (docs/distributed.md).
 """
 
 import os
@@ -141,10 +142,15 @@ class HostMPI:
 
 class NCCL:
     """nccl4py allreduce of device buffers on the default stream; the communicator's unique id is
-    broadcast from rank 0 over MPI. Untested where nbcnn's CI runs (no GPU); see the module docstring."""
+    broadcast from rank 0 over MPI. Where nbcnn's CI runs (no GPU), tests run it under the CUDA
+    simulator against a stand-in for nccl4py (tests/fake_nccl); see the module docstring."""
 
     def __init__(self, comm, backend):
-        from nccl.core import SUM, Communicator, get_unique_id
+        try:
+            from nccl.core import SUM, Communicator, get_unique_id
+        except ImportError as exc:
+            raise ImportError(f"NCCL was asked for (NBCNN_ALLREDUCE=nccl) but nccl4py does not import ({exc}): "
+                              "pip install -e '.[cuda]'") from None
         uid = comm.bcast(get_unique_id() if comm.Get_rank() == 0 else None, root=0)
         self.nccl = Communicator.init(nranks=comm.Get_size(), rank=comm.Get_rank(), unique_id=uid)
         self.sum, self.backend = SUM, backend
@@ -171,9 +177,15 @@ class NCCL:
 
 def nccl_available():
     """True where nccl4py imports (with its CUDA 13 NCCL library) and CUDA is a real GPU, not
-    numba's simulator; NBCNN_ALLREDUCE=mpi asks for the host-staged MPI path all the same."""
+    numba's simulator. NBCNN_ALLREDUCE=mpi asks for the host-staged MPI path all the same,
+    NBCNN_ALLREDUCE=nccl for NCCL (an error where nccl4py does not import)."""
     from numba import config
-    if config.ENABLE_CUDASIM or os.environ.get("NBCNN_ALLREDUCE", "").lower() == "mpi":
+    choice = os.environ.get("NBCNN_ALLREDUCE", "").lower()
+    if choice not in ("", "mpi", "nccl"):
+        raise ValueError(f"NBCNN_ALLREDUCE must be 'nccl' or 'mpi', got {choice!r}")
+    if choice:
+        return choice == "nccl"
+    if config.ENABLE_CUDASIM:
         return False
     try:
         import nccl.core  # noqa: F401

@@ -37,9 +37,10 @@ needs_mpi = pytest.mark.skipif(
     reason="mpi4py or mpiexec is not installed (pip install -e '.[mpi]')")
 
 
-def run_worker(tmp_path, name, processes, *args, timeout=120):
-    """Run the worker (under mpiexec when processes > 1): ({rank: state}, {rank: report}, the process)."""
-    env = dict(os.environ, NUMBA_NUM_THREADS="1")  # two ranks on two cores: no oversubscription
+def run_worker(tmp_path, name, processes, *args, timeout=120, env=None):
+    """Run the worker (under mpiexec when processes > 1), `env` added to the environment: ({rank:
+    state}, {rank: report}, the process)."""
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", **(env or {}))  # two ranks on two cores: no oversubscription
     for v in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
         env.pop(v, None)
     cmd = [sys.executable, str(WORKER), str(tmp_path / f"{name}.npz"), *args]
@@ -63,15 +64,17 @@ def step_stats(report):
     return [(float(w[5]), int(w[7]), int(w[9])) for w in lines]
 
 
-def two_against_one(tmp_path, *args, batch=6, loss_tolerance=1e-12):
+def two_against_one(tmp_path, *args, batch=6, loss_tolerance=1e-12, env=None, log=""):
     """(the parameters of 1 process at batch 2*batch, those of rank 0 of 2 processes at batch);
-    the global batches' losses, correct counts and sizes that each rank reports match one process's."""
+    the global batches' losses, correct counts and sizes that each rank reports match one process's.
+    The 2 processes run with `env` added to their environment and print `log`."""
     one, report, proc = run_worker(tmp_path, "one", 1, "--batch", str(2 * batch), *args)
     assert proc.returncode == 0, proc.stderr
     assert report[0].startswith("rank 0/1 local 0/1")
     one_stats = step_stats(report[0])
-    two, reports, proc = run_worker(tmp_path, "two", 2, "--batch", str(batch), *args)
+    two, reports, proc = run_worker(tmp_path, "two", 2, "--batch", str(batch), *args, env=env)
     assert proc.returncode == 0, proc.stderr
+    assert log in proc.stdout
     # one machine: the node's ranks (split by shared memory) are the world's
     assert reports[0].startswith("rank 0/2 local 0/2") and reports[1].startswith("rank 1/2 local 1/2")
     assert max_difference(two[0], two[1]) == 0  # the ranks hold the same parameters, bit for bit
@@ -113,7 +116,21 @@ def test_a_run_of_two_processes_resumes_in_one_at_the_same_global_batch(tmp_path
 @needs_mpi
 def test_two_simulated_gpus_train_as_one_through_host_memory(tmp_path):
     """The CUDA backend under the simulator, gradients staged through the host (no nccl4py there)."""
-    one, two = two_against_one(tmp_path, "--device", "cuda", "--net", "tiny", "--steps", "2", batch=2)
+    one, two = two_against_one(tmp_path, "--device", "cuda", "--net", "tiny", "--steps", "2", batch=2,
+                               log="averaged by MPI through host memory")
+    assert max_difference(one, two) < 1e-12
+
+
+@needs_mpi
+def test_two_simulated_gpus_train_as_one_through_the_nccl_transport(tmp_path):
+    """nbcnn.allreduce.NCCL (its unique-id bootstrap, device fusion buffers, in-place allreduce on
+    the default stream) under the simulator, against tests/fake_nccl: a stand-in for nccl4py 0.6.0's
+    calls, checked as strictly as the library checks them, that sums through MPI. What the real
+    library does on a GPU, scripts/gpu_check.sh dist checks."""
+    fake = dict(PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "fake_nccl"), os.environ.get("PYTHONPATH", "")]),
+                NBCNN_ALLREDUCE="nccl")
+    one, two = two_against_one(tmp_path, "--device", "cuda", "--net", "tiny", "--steps", "2", batch=2, env=fake,
+                               log="averaged by NCCL (nccl4py) across 2 GPU(s)")
     assert max_difference(one, two) < 1e-12
 
 
