@@ -13,7 +13,6 @@ import math
 import numpy as np
 
 from numba.core.extending import overload
-from numba.cuda.extending import overload as cuda_overload
 from numba.extending import register_jitable
 
 from .random import keep_bit, keep_threshold
@@ -24,6 +23,8 @@ from .random import keep_bit, keep_threshold
 # told otherwise, and numba-cuda has no switch for it. Formulas whose results must match the
 # CPU exactly (the optimiser updates) multiply and add through these: a plain `*` and `+` on
 # the CPU and in the simulator, libdevice's round-to-nearest intrinsics, never fused, in CUDA.
+# Their CUDA versions (and idiv's) are registered by nbcnn/cuda/__init__.py, before any CUDA
+# kernel compiles: importing numba.cuda takes about a second, which a CPU run does not pay.
 
 def mul_rn(a, b):
     """a * b, rounded once."""
@@ -45,18 +46,6 @@ def _add_rn_cpu(a, b):
     return lambda a, b: a + b
 
 
-@cuda_overload(mul_rn, target="cuda")
-def _mul_rn_cuda(a, b):
-    from numba.cuda.libdevice import dmul_rn
-    return lambda a, b: dmul_rn(a, b)
-
-
-@cuda_overload(add_rn, target="cuda")
-def _add_rn_cuda(a, b):
-    from numba.cuda.libdevice import dadd_rn
-    return lambda a, b: dadd_rn(a, b)
-
-
 # -- integer division of indices -----------------------------------------------------------------
 # numba divides integers in 64 bits, which on a GPU is a ~70-instruction subroutine call; index
 # arithmetic is non-negative and below 2**31, so CUDA divides in unsigned 32 bits instead (as
@@ -70,11 +59,6 @@ def idiv(a, b):
 @overload(idiv)
 def _idiv_cpu(a, b):
     return lambda a, b: a // b
-
-
-@cuda_overload(idiv, target="cuda")
-def _idiv_cuda(a, b):
-    return lambda a, b: np.int32(np.uint32(a) // np.uint32(b))
 
 
 # -- element-wise formulas (nbcnn/elementwise.py makes ops of them) ------------------------------

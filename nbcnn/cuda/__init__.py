@@ -7,9 +7,12 @@ without a GPU; see docs/cuda.md.
 
 import os
 
+import numpy as np
 from numba import config, cuda
+from numba.cuda.extending import overload as cuda_overload
 
 from ..backend import Backend, implement
+from ..kernel_math import add_rn, idiv, mul_rn
 
 # numba warns at every launch of fewer than 128 blocks; nbcnn makes such launches on purpose
 # (bias sums, the loss, small layers), every step. Set in the environment as well as in
@@ -18,6 +21,25 @@ from ..backend import Backend, implement
 if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
     os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"] = "0"
     config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+
+
+# -- kernel_math's rounding and index division in CUDA (registered here, not in kernel_math: the
+# CPU backend does not import numba.cuda) ----------------------------------------------------------
+@cuda_overload(mul_rn, target="cuda")
+def _mul_rn_cuda(a, b):
+    from numba.cuda.libdevice import dmul_rn
+    return lambda a, b: dmul_rn(a, b)
+
+
+@cuda_overload(add_rn, target="cuda")
+def _add_rn_cuda(a, b):
+    from numba.cuda.libdevice import dadd_rn
+    return lambda a, b: dadd_rn(a, b)
+
+
+@cuda_overload(idiv, target="cuda")
+def _idiv_cuda(a, b):
+    return lambda a, b: np.int32(np.uint32(a) // np.uint32(b))
 
 
 def _gpu_present():
