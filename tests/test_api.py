@@ -1,5 +1,8 @@
 """The public API: module behaviour, AlexNet's structure, state_dict, and clear errors for bad input."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -294,3 +297,16 @@ def test_sgd_refuses_what_is_not_a_parameter_and_infinite_rates():
 def test_layer_arguments_are_not_silently_truncated(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_a_cpu_run_does_not_import_numba_cuda():
+    """Start-up: importing numba.cuda takes about a second (docs/performance.md), so a CPU
+    forward and backward, run in a fresh process, must not import it."""
+    code = ("import sys, numpy as np, nbcnn\n"
+            "net = nbcnn.models.alexnet_small(10, in_channels=1, input_size=28)\n"
+            "y = net(nbcnn.asarray(np.zeros((2, 1, 28, 28), np.float32)))\n"
+            "net.backward(y, input_grad=False)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('numba.cuda')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
