@@ -187,6 +187,19 @@ def test_linear_forward_matches_matmul(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_forward_matches_matmul_around_the_small_batch_blocks(device, dtype):
+    """Batches and widths around the CPU's 4 x 4 blocks and its small-batch bound (64: BLAS above
+    it), each thread's block of outputs ending mid-block."""
+    rng = np.random.default_rng(0)
+    for n, o in ((1, 3), (3, 9), (4, 8), (5, 13), (17, 6), (64, 10), (65, 7)):
+        x, w, b = (rng.standard_normal(shape).astype(dtype) for shape in ((n, 37), (o, 37), (o,)))
+        y = nbcnn.get_backend(device).empty((n, o), dtype)
+        nbcnn.get_backend(device).linear_forward(*(nbcnn.asarray(v, device) for v in (x, w, b)), y)
+        assert_close(y, ref.linear(x.astype(np.float64), w, b), rtol=RTOL32 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_softmax_cross_entropy_matches_reference(device):
     def body(case):
         rng = np.random.default_rng(case["seed"])
