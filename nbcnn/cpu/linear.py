@@ -21,7 +21,9 @@ MAX_SMALL_BATCH = 64
 
 @njit(inline="always")
 def _dots4x4(x, w, n, o, zero):
-    """The 16 sums x[n+i] . w[o+j] (i, j < 4), each row of w read once for four rows of x."""
+    """The 16 sums x[n+i] . w[o+j] (i, j < 4), each row of w read once for four rows of x.
+
+    Written out: sums in a 4 x 4 array would live on numba's heap instead of in registers."""
     x0, x1, x2, x3 = x[n], x[n + 1], x[n + 2], x[n + 3]
     w0, w1, w2, w3 = w[o], w[o + 1], w[o + 2], w[o + 3]
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
