@@ -207,7 +207,8 @@ def broadcast_state(module, world):
     counter: every process must draw the same dropout masks); staged through host memory, once."""
     if world.comm is None:
         return
-    state = {k: np.ascontiguousarray(v) for k, v in module.state_dict().items()}
+    # np.array, not np.ascontiguousarray: that makes a 0-d buffer (num_batches_tracked) 1-d
+    state = {k: np.array(v, order="C") for k, v in module.state_dict().items()}
     for key in sorted(state):
         world.comm.Bcast(state[key], root=0)
     module.load_state_dict(state)
