@@ -32,8 +32,8 @@ import numpy as np
 from . import allreduce
 from .array import asarray, device_of, to_numpy
 from .loss import softmax_cross_entropy
-from .layers import SyncBatchNorm, _walk
-from .module import Sequential
+from .layers import SyncBatchNorm
+from .module import Sequential, iter_modules
 from .random import default_generator
 
 # Set by the launchers: mpiexec (MPICH/Hydra: PMI_RANK, Open MPI: OMPI_COMM_WORLD_RANK), srun with
@@ -260,7 +260,7 @@ class DataParallel:
         broadcast_state(model, world)
         # the model's SyncBatchNorm layers without a world of their own gather over this one, on
         # a duplicate communicator, so their blocking allgathers need no order against the buckets'
-        self.sync_bn = [m for m in _walk(model) if isinstance(m, SyncBatchNorm)]
+        self.sync_bn = [m for m in iter_modules(model) if isinstance(m, SyncBatchNorm)]
         if world.comm is not None and any(m.process_group is None for m in self.sync_bn):
             bn_world = world.duplicate()
             for m in self.sync_bn:

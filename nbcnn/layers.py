@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .kernel_math import CUMULATIVE
-from .module import Module
+from .module import Module, iter_modules
 from .random import default_generator
 
 
@@ -562,17 +562,10 @@ class SyncBatchNorm(_BatchNorm):
         IN PLACE: the same objects, their parameters (an optimiser already holding them goes on
         working), buffers, names and state_dict keys. Returns `module`, so that PyTorch's
         `model = SyncBatchNorm.convert_sync_batchnorm(model)` reads the same."""
-        for m in _walk(module):
+        for m in iter_modules(module):
             if type(m) in (BatchNorm1d, BatchNorm2d):
                 # changing the class rather than building new layers: no container (Sequential,
                 # Residual, a user's Module) needs a way to replace its children
                 m.__class__ = SyncBatchNorm
                 m.process_group, m.gathered = process_group, None
         return module
-
-
-def _walk(module):
-    """`module` and every module below it."""
-    yield module
-    for child in module.children():
-        yield from _walk(child)

@@ -13,6 +13,7 @@ import nbcnn
 import reference as ref
 from nbcnn import BatchNorm1d, BatchNorm2d, SyncBatchNorm
 from nbcnn.distributed import World
+from nbcnn.module import iter_modules as walk
 
 
 def floats(shape, seed=0):
@@ -84,12 +85,6 @@ def test_convert_sync_batchnorm_takes_batchnorm1d_and_the_module_itself():
     layer = SyncBatchNorm.convert_sync_batchnorm(BatchNorm1d(4, momentum=None), process_group="world")
     assert type(layer) is SyncBatchNorm and layer.process_group == "world" and layer.momentum is None
     assert repr(layer).startswith("SyncBatchNorm(4, eps=1e-05, momentum=None")
-
-
-def walk(m):
-    yield m
-    for child in m.children():
-        yield from walk(child)
 
 
 class ThreadWorld:
