@@ -917,14 +917,21 @@ def print_data_and_model(args, train, val, params):
           f"{params:,} parameters, device {args.device}", flush=True)
 
 
-def sync_batchnorm(net, world):
+def sync_batchnorm(net, world, samples, batch_size):
     """--sync-bn: the network's batch norms made SyncBatchNorm (in place) where several processes
-    train it (DataParallel hands them the world); the log line saying what it did."""
+    train it (DataParallel hands them the world); the log line saying what it did. A UsageError,
+    before any training, where the epoch's last batch of the `samples` would leave a process
+    without an image (SyncBatchNorm needs every process in each batch)."""
     norms = [m for m in iter_modules(net) if isinstance(m, (nbcnn.BatchNorm1d, nbcnn.BatchNorm2d))]
     if world.size == 1:
         return "--sync-bn: one process, whose batch is the global batch: its batch norms are unchanged"
     if not norms:
         return "--sync-bn: the network has no batch norm"
+    last = samples % (batch_size * world.size)
+    if 0 < last < world.size:
+        raise UsageError(f"--sync-bn: the last batch of each epoch ({last} of {samples:,} images) leaves "
+                         f"{world.size - last} of {world.size} processes without an image, and SyncBatchNorm "
+                         "needs every process in every batch: choose another --batch-size or number of processes")
     nbcnn.SyncBatchNorm.convert_sync_batchnorm(net)
     return (f"--sync-bn: {plural(len(norms), 'batch norm')} normalise with the statistics of the global batch "
             f"of {world.size} processes (one allgather each, forward and backward)")
@@ -1037,7 +1044,7 @@ def run(args):
     if frozen:
         print(freeze_line(net, args.freeze, frozen))
     if args.sync_bn:
-        print(sync_batchnorm(net, world))
+        print(sync_batchnorm(net, world, len(train), args.batch_size))
     cls, defaults = OPTIMISERS[args.opt]
     opt = cls(net.parameters(), **{name: getattr(args, name) for name in defaults})
     timeout = LOADER_TIMEOUT if world.size > 1 else None
