@@ -137,3 +137,22 @@ def test_shards_of_1_and_2_images_compute_the_global_batch():
                       (results[0][3] + results[1][3], dy.sum(axis=(0, 2, 3)))] + [
                          (results[r][4], rm) for r in (0, 1)] + [(results[r][5], rv) for r in (0, 1)]:
         assert np.abs(got - want).max() < 1e-14
+
+
+class HalfEmptyComm:
+    """Process 0 of 2 whose partner's shard of the batch is empty."""
+
+    def allgather(self, n):
+        return [n, 0]
+
+
+def test_dataparallel_refuses_a_batch_that_leaves_a_process_without_images():
+    """That process would skip forward and leave the others waiting in SyncBatchNorm's allgather:
+    every process sees the shard sizes and raises before any collective of the layers."""
+    from nbcnn.distributed import DataParallel
+    model = nbcnn.Sequential(nbcnn.Conv2d(1, 2, 3), SyncBatchNorm(2), nbcnn.Flatten(), nbcnn.Linear(2, 2))
+    dp = DataParallel(model, World())
+    dp.world = type("HalfEmptyWorld", (), {"comm": HalfEmptyComm(), "rank": 0, "size": 2})()
+    with pytest.raises(ValueError, match="SyncBatchNorm needs at least one image on every process, but this "
+                                         "global batch of 1 gives 1 of 2 processes none"):
+        dp.step(nbcnn.asarray(floats((1, 1, 3, 3))), nbcnn.asarray(np.array([1])))
