@@ -6,6 +6,7 @@ from .backend import get_backend
 from .errors import NonFiniteLossError, OutOfMemoryError
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Identity, Linear,
                      LocalResponseNorm, MaxPool2d, ReLU)
+from .layers import SyncBatchNorm
 from .loss import softmax_cross_entropy
 from .module import Module, Parameter, Residual, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
@@ -20,5 +21,6 @@ __all__ = [
     "Residual", "SGD", "Sequential", "asarray", "device_of", "get_backend", "lr_scheduler",
     "manual_seed", "models", "softmax_cross_entropy", "to_numpy",
     "WeightsFileError", "load",
+    "SyncBatchNorm",
 ]
 __version__ = "0.1.0"

@@ -249,6 +249,54 @@ class Backend:
         """
         raise NotImplementedError
 
+    # SyncBatchNorm (nbcnn.layers): the statistics and gradient sums of the GLOBAL batch over P
+    # processes. Each process computes its shard's per-channel figures, the layer gathers them
+    # from all processes in rank order (P,C,k), and every process combines them in that order.
+    def batchnorm_local_stats(self, x, stats):
+        """This shard's per-channel figures, for SyncBatchNorm's gather: for channel c of x (N,C,S),
+
+            stats[c] = (M, mean, sum_{n,s} (x[n,c,s] - mean)^2),   M = N*S,  mean = sum_{n,s} x[n,c,s] / M
+
+        stats (C,3) float64; two passes in float64, in a fixed order (as batchnorm_forward_train).
+        """
+        raise NotImplementedError
+
+    def batchnorm_forward_gathered(self, x, gamma, beta, eps, momentum, stats, running_mean, running_var,
+                                   num_batches_tracked, y, mean, invstd, ws):
+        """batchnorm_forward_train with the GLOBAL batch's statistics: stats (P,C,3) float64 are the
+        P processes' batchnorm_local_stats, combined per channel in rank order (Chan et al.:
+        M = M_a + M_b, mean = mean_a + d*M_b/M, ssd = ssd_a + ssd_b + d^2*M_a*M_b/M, d = mean_b - mean_a;
+        kernel_math.bn_combine_stats), then var = ssd / M and the rest as batchnorm_forward_train
+        with M the global count (the running variance unbiased with it). Shapes as there.
+        """
+        raise NotImplementedError
+
+    def batchnorm_grad_sums(self, x, dy, mean, invstd, sums, dgamma, dbeta):
+        """This shard's per-channel gradient sums, for SyncBatchNorm's gather; xhat = (x - mean) * invstd:
+
+            sums[c] = (sum_{n,s} dy, sum_{n,s} dy * xhat);   dbeta[c] += sums[c, 0];  dgamma[c] += sums[c, 1]
+
+        x, dy (N,C,S), mean, invstd, dgamma, dbeta (C,) x's dtype; sums (C,2) float64, in a fixed order.
+        """
+        raise NotImplementedError
+
+    def batchnorm_backward_gathered(self, x, dy, gamma, mean, invstd, stats, sums, dx, ws):
+        """dx of SyncBatchNorm's training forward, for this process's shard x, dy (N,C,S), M_p = N*S.
+
+        stats (P,C,3) are the forward's gathered batchnorm_local_stats (counts M_q, M = sum M_q),
+        sums (P,C,2) the processes' batchnorm_grad_sums, all float64. Each process's dy is the
+        gradient of ITS shard's mean loss L_q, and the global batch's loss is L = sum_q (M_q/M) L_q
+        (DataParallel weights each process's gradients by its share). So, per channel, in rank order,
+
+            G = sum_q (M_q/M) * sums[q,c,0],   GX = sum_q (M_q/M) * sums[q,c,1]   (kernel_math.bn_combine_grad_sums)
+
+        are sum dL/dy and sum dL/dy * xhat over the global batch, and dL/dx = gamma*invstd*((M_p/M)*dy -
+        (G + xhat*GX)/M); divided by this process's share M_p/M (which DataParallel multiplies back):
+
+            dx = gamma * invstd * (dy - (G + xhat * GX) / M_p)
+        """
+        raise NotImplementedError
+
     # -- fully connected ---------------------------------------------------------------
     def linear_forward(self, x, w, b, y):
         """y = x @ w^T + b; x (N,I), w (O,I), b (O,), y (N,O)."""
@@ -346,7 +394,9 @@ OP_FILES = {
     "relu": ("relu_forward", "relu_backward"),
     "dropout": ("dropout_forward", "dropout_backward"),
     "lrn": ("lrn_forward", "lrn_backward"),
-    "batchnorm": ("batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward"),
+    "batchnorm": ("batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward",
+                  "batchnorm_local_stats", "batchnorm_forward_gathered", "batchnorm_grad_sums",
+                  "batchnorm_backward_gathered"),
     "linear": ("linear_forward", "linear_backward"),
     "loss": ("softmax_cross_entropy",),
     "sgd": ("sgd_step",),

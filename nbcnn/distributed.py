@@ -12,8 +12,9 @@ N processes at per-process batch B then compute what one process computes at bat
 loader gives each its contiguous part of the same global batch, augmented at the samples'
 global positions, dropout draws its mask at those positions (random.default_generator.sample_offset),
 and the gradients are averaged weighted by each shard's size (nbcnn.allreduce). Batch
-normalisation is the exception: its statistics are each process's own batch's, as in PyTorch
-DDP without SyncBatchNorm.
+normalisation is the exception: BatchNorm2d's statistics are each process's own batch's, as in
+PyTorch DDP; nbcnn.SyncBatchNorm's are the global batch's (SyncBatchNorm.convert_sync_batchnorm
+makes a model's batch norms such; DataParallel hands them its World on a communicator of their own).
 
 A process whose exception reaches the top ends the whole job (MPI_Abort) right after printing
 its traceback, instead of leaving the others waiting in a collective; under run(main), so does a
@@ -29,9 +30,10 @@ from typing import NamedTuple
 import numpy as np
 
 from . import allreduce
-from .array import asarray, to_numpy
+from .array import asarray, device_of, to_numpy
 from .loss import softmax_cross_entropy
-from .module import Sequential
+from .layers import SyncBatchNorm
+from .module import Sequential, iter_modules
 from .random import default_generator
 
 # Set by the launchers: mpiexec (MPICH/Hydra: PMI_RANK, Open MPI: OMPI_COMM_WORLD_RANK), srun with
@@ -98,6 +100,22 @@ class World:
         out = np.empty_like(values)
         self.comm.Allreduce(values, out, op=getattr(MPI, op))
         return out
+
+    def allgather(self, array):
+        """Every process's `array` (float64, of any backend) stacked in rank order, (P, *shape), on
+        array's backend: staged through host memory (SyncBatchNorm's statistics, a few kB)."""
+        host = np.ascontiguousarray(to_numpy(array), dtype=np.float64)
+        if self.comm is None:
+            return asarray(host[None], device_of(array))
+        out = np.empty((self.size,) + host.shape)
+        self.comm.Allgather(host, out)
+        return asarray(out, device_of(array))
+
+    def duplicate(self):
+        """A World of the same processes on a communicator of its own (MPI_Comm_dup): its
+        collectives never have to be ordered against the gradient buckets' (collective: every
+        process calls it)."""
+        return self if self.comm is None else World(self.comm.Dup())
 
     def broadcast(self, value):
         """Rank 0's `value` (any picklable object), on every process."""
@@ -189,7 +207,8 @@ def broadcast_state(module, world):
     counter: every process must draw the same dropout masks); staged through host memory, once."""
     if world.comm is None:
         return
-    state = {k: np.ascontiguousarray(v) for k, v in module.state_dict().items()}
+    # np.array, not np.ascontiguousarray: that makes a 0-d buffer (num_batches_tracked) 1-d
+    state = {k: np.array(v, order="C") for k, v in module.state_dict().items()}
     for key in sorted(state):
         world.comm.Bcast(state[key], root=0)
     module.load_state_dict(state)
@@ -239,6 +258,14 @@ class DataParallel:
     def __init__(self, model, world, bucket_bytes=allreduce.BUCKET_BYTES, log=print):
         self.model, self.world = model, world
         broadcast_state(model, world)
+        # the model's SyncBatchNorm layers without a world of their own gather over this one, on
+        # a duplicate communicator, so their blocking allgathers need no order against the buckets'
+        self.sync_bn = [m for m in iter_modules(model) if isinstance(m, SyncBatchNorm)]
+        if world.comm is not None and any(m.process_group is None for m in self.sync_bn):
+            bn_world = world.duplicate()
+            for m in self.sync_bn:
+                if m.process_group is None:
+                    m.process_group = bn_world
         self.averager = None
         if world.comm is not None:
             params = [p for m in backward_order(model) for p in m.parameters() if p.requires_grad]
@@ -251,6 +278,10 @@ class DataParallel:
         n = int(x.shape[0])
         counts = [n] if self.world.comm is None else self.world.comm.allgather(n)
         total, first = sum(counts), sum(counts[:self.world.rank])
+        if 0 in counts and self.sync_bn and self.model.training:  # every process raises, none waits
+            raise ValueError(f"SyncBatchNorm needs at least one image on every process, but this global batch of "
+                             f"{total} gives {counts.count(0)} of {len(counts)} processes none: choose a batch "
+                             "size and process count that leave every process a share of the last batch")
         self.model.zero_grad()
         loss, correct = 0.0, 0
         if self.averager is not None:

@@ -484,6 +484,40 @@ def bn_dx(x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, batch_stats):
     return g * (np.float64(dy) - (sum_dy + bn_xhat(x, mean, invstd) * sum_dy_xhat) / count)
 
 
+@register_jitable
+def bn_combine_stats(stats, c):
+    """(count, mean, sum of squared deviations) of channel c over the processes' (P,C,3) float64
+    triples stats[q, c] = (count, mean, sum of squared deviations), combined in rank order by Chan,
+    Golub and LeVeque's pairwise rule: every process gets the same bits from the same triples."""
+    n, m, m2 = 0.0, 0.0, 0.0
+    for q in range(stats.shape[0]):
+        nb = stats[q, c, 0]
+        if nb > 0:
+            total = n + nb
+            delta = stats[q, c, 1] - m
+            m = m + delta * (nb / total)
+            m2 = m2 + stats[q, c, 2] + delta * delta * (n * nb / total)
+            n = total
+    return n, m, m2
+
+
+@register_jitable
+def bn_combine_grad_sums(stats, sums, c):
+    """(sum dy, sum dy*xhat) of channel c as the GLOBAL batch's loss sees them: sum over q of
+    (count_q / count) * sums[q, c], in rank order; counts from stats (P,C,3), sums (P,C,2) float64.
+    Each process's dy is the gradient of its own shard's mean loss, and the global loss is the
+    shards' weighted by count_q / count (DataParallel's weighting)."""
+    total = 0.0
+    for q in range(stats.shape[0]):
+        total += stats[q, c, 0]
+    a, b = 0.0, 0.0
+    for q in range(stats.shape[0]):
+        w = stats[q, c, 0] / total
+        a += w * sums[q, c, 0]
+        b += w * sums[q, c, 1]
+    return a, b
+
+
 # -- Winograd F(2x2, 3x3) (Lavin & Gray 2016): the 1-D transforms and their adjoints ------------
 # A 2-D transform is the 1-D one down every column, then along every row: U = G w G^T,
 # V = B^T d B, y = A^T M A. The backward runs the adjoints (transposes) of the same steps in

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .kernel_math import CUMULATIVE
-from .module import Module
+from .module import Module, iter_modules
 from .random import default_generator
 
 
@@ -452,14 +452,21 @@ class _BatchNorm(Module):
         y = be.empty(x3.shape, x.dtype)
         self.mean, self.invstd = be.empty((c,), x.dtype), be.empty((c,), x.dtype)  # for backward
         if self.batch_stats:
-            momentum = CUMULATIVE if self.momentum is None else self.momentum
-            be.batchnorm_forward_train(x3, self.gamma, beta, self.eps, momentum, self.running_mean, self.running_var,
-                                       self.num_batches_tracked, y, self.mean, self.invstd, self.ws)
+            self._forward_batch_stats(x3, beta, y)
         else:
             be.batchnorm_forward_eval(x3, self.gamma, beta, self.running_mean, self.running_var, self.eps,
                                       y, self.mean, self.invstd)
         self.x = x3
         return self.expect_grad_like(be.reshape(y, x.shape))
+
+    def _forward_batch_stats(self, x3, beta, y):
+        """y, mean, invstd (and the running statistics) from the batch's statistics."""
+        self.backend.batchnorm_forward_train(x3, self.gamma, beta, self.eps, self._momentum(), self.running_mean,
+                                             self.running_var, self.num_batches_tracked, y, self.mean, self.invstd,
+                                             self.ws)
+
+    def _momentum(self):
+        return CUMULATIVE if self.momentum is None else self.momentum
 
     def backward(self, dy, input_grad=True):
         dy = self.check_grad(dy)
@@ -470,9 +477,13 @@ class _BatchNorm(Module):
             dgamma = self.ws.get("dgamma", (self.num_features,), dy.dtype, be.empty)
             dbeta = self.ws.get("dbeta", (self.num_features,), dy.dtype, be.empty)
         dx = be.empty(self.x.shape, self.x.dtype) if input_grad else None
-        be.batchnorm_backward(self.x, self.gamma, self.mean, self.invstd, be.reshape(dy, self.x.shape), self.batch_stats,
-                              dx, dgamma, dbeta, self.ws)
+        self._backward_kernels(be.reshape(dy, self.x.shape), dx, dgamma, dbeta)
         return be.reshape(dx, dy.shape) if input_grad else None
+
+    def _backward_kernels(self, dy3, dx, dgamma, dbeta):
+        """dgamma, dbeta += this batch's sums; dx (None: not wanted)."""
+        self.backend.batchnorm_backward(self.x, self.gamma, self.mean, self.invstd, dy3, self.batch_stats, dx, dgamma,
+                                        dbeta, self.ws)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -489,3 +500,72 @@ class BatchNorm2d(_BatchNorm):
     """Batch normalisation of (N, C, H, W) maps, per channel C."""
 
     rank = (4,)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalisation with the statistics of the GLOBAL batch of data-parallel processes
+    (PyTorch's nn.SyncBatchNorm: its constructor, semantics and state_dict keys, so checkpoints
+    interchange with BatchNorm2d's). N processes at batch B then normalise as one process at N*B.
+
+    Training, in a World of several processes (process_group): each process computes its shard's
+    per-channel (count, mean, sum of squared deviations) in float64, the processes' triples are
+    gathered (one MPI allgather of C*3 numbers) and combined in rank order (Chan et al.), so
+    every process normalises with the same bits; the running statistics get the global batch's.
+    Backward gathers each process's (sum dy, sum dy*xhat) (C*2 numbers) and gives each process
+    the gradient of the global batch's loss for its shard, scaled for DataParallel's weighting
+    (backend.batchnorm_backward_gathered); weight and bias gradients stay local (DataParallel
+    averages them). Eval, or without a world (process_group None) or with one process: BatchNorm2d
+    exactly, no communication.
+
+    nbcnn.distributed.DataParallel hands its World to every SyncBatchNorm of the model whose
+    process_group is None (as PyTorch defaults to the whole world). Every process must hold at
+    least one sample of each batch (DataParallel refuses a step that would give one none).
+    """
+
+    rank = (2, 3, 4)
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.process_group = process_group
+        self.gathered = None  # the processes' forward statistics (P,C,3) float64, for backward
+
+    def _syncing(self):
+        world = self.process_group
+        return self.training and world is not None and world.size > 1
+
+    def _forward_batch_stats(self, x3, beta, y):
+        self.gathered = None
+        if not self._syncing():
+            return super()._forward_batch_stats(x3, beta, y)
+        be = self.backend
+        local = self.ws.get("local_stats", (x3.shape[1], 3), np.float64, be.empty)
+        be.batchnorm_local_stats(x3, local)
+        self.gathered = self.process_group.allgather(local)
+        be.batchnorm_forward_gathered(x3, self.gamma, beta, self.eps, self._momentum(), self.gathered,
+                                      self.running_mean, self.running_var, self.num_batches_tracked, y, self.mean,
+                                      self.invstd, self.ws)
+
+    def _backward_kernels(self, dy3, dx, dgamma, dbeta):
+        if self.gathered is None:
+            return super()._backward_kernels(dy3, dx, dgamma, dbeta)
+        be = self.backend
+        sums = self.ws.get("grad_sums", (dy3.shape[1], 2), np.float64, be.empty)
+        be.batchnorm_grad_sums(self.x, dy3, self.mean, self.invstd, sums, dgamma, dbeta)
+        if dx is not None:  # every process's first layer alike: all skip the gather together
+            be.batchnorm_backward_gathered(self.x, dy3, self.gamma, self.mean, self.invstd, self.gathered,
+                                           self.process_group.allgather(sums), dx, self.ws)
+
+    @staticmethod
+    def convert_sync_batchnorm(module, process_group=None):
+        """Every BatchNorm1d and BatchNorm2d in `module` (itself included) made a SyncBatchNorm,
+        IN PLACE: the same objects, their parameters (an optimiser already holding them goes on
+        working), buffers, names and state_dict keys. Returns `module`, so that PyTorch's
+        `model = SyncBatchNorm.convert_sync_batchnorm(model)` reads the same."""
+        for m in iter_modules(module):
+            if type(m) in (BatchNorm1d, BatchNorm2d):
+                # changing the class rather than building new layers: no container (Sequential,
+                # Residual, a user's Module) needs a way to replace its children
+                m.__class__ = SyncBatchNorm
+                m.process_group, m.gathered = process_group, None
+        return module

@@ -253,6 +253,14 @@ class Module:
 _TAKEN = frozenset({"modules", "names", "parts", "body", "shortcut", "after", "training", "backend", "dtype", "ws"})
 
 
+def iter_modules(module):
+    """`module` and every module below it, depth first (PyTorch's Module.modules(): Sequential's
+    `modules` attribute takes that name here)."""
+    yield module
+    for child in module.children():
+        yield from iter_modules(child)
+
+
 def _check_names(owner, named):
     """A TypeError or ValueError for a child that is not a module or a name PyTorch would refuse."""
     for name, m in named:

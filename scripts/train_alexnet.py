@@ -36,6 +36,7 @@ from nbcnn.checkpoint import (CheckpointError, atomic_write, read_checkpoint,  #
 from nbcnn.data import (DataError, Loader, Transform, cached_channel_stats, class_subset,  # noqa: E402
                         dataset_summary, embedded_mnist, open_dataset, stratified_subset, summary_difference)
 from nbcnn.layers import AdaptiveAvgPool2d, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d  # noqa: E402
+from nbcnn.module import iter_modules  # noqa: E402
 from nbcnn.train import (POLICIES, Interrupted, OutputError, TrainConfig, Trainer, TrainingError,  # noqa: E402
                          best_row, is_legacy_schedule_state, legacy_schedule_state, make_schedule, plural,
                          repair_best, writing)
@@ -90,9 +91,9 @@ OPTIMISERS = {
 # Arguments that define the run; --resume takes them from the checkpoint.
 RECIPE = ("data", "arch", "batch_size", "opt", "lr", "momentum", "weight_decay", "lr_policy", "lr_step",
           "lr_patience", "warmup_epochs", "seed", "crop", "image_size", "pad", "flip", "init", "lighting",
-          "subset", "val_subset", "classes", "stats_sample", "ten_crop", "finetune", "freeze")
+          "subset", "val_subset", "classes", "stats_sample", "ten_crop", "finetune", "freeze", "sync_bn")
 # The values of recipe flags added after checkpoints were first written, for those checkpoints.
-RECIPE_BEFORE = {"opt": "sgd", "warmup_epochs": 0, "classes": None, "finetune": None, "freeze": []}
+RECIPE_BEFORE = {"opt": "sgd", "warmup_epochs": 0, "classes": None, "finetune": None, "freeze": [], "sync_bn": False}
 # Recipe flags whose None means "chosen from the data" (resolve_recipe).
 AUTOMATIC = ("arch", "crop", "image_size", "pad", "flip", "init")
 CSV_FIELDS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err",
@@ -195,6 +196,9 @@ def build_parser():
     p.add_argument("--freeze", action="append", metavar="NAME_PREFIX",
                    help="do not train the parameters under this name (0 for 0.weight and 0.bias, layer1 "
                         "for layer1.0.conv1.weight, ...); repeatable")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under several processes, batch norms normalise with the global batch's statistics "
+                        "(SyncBatchNorm, as torchvision's --sync-bn); one process is unchanged by it")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop and checkpoint after this many steps in all")
     p.add_argument("--save-every", type=int, metavar="N",
                    help="also write last.ckpt every N steps, not only at epoch ends (for long epochs)")
@@ -913,6 +917,26 @@ def print_data_and_model(args, train, val, params):
           f"{params:,} parameters, device {args.device}", flush=True)
 
 
+def sync_batchnorm(net, world, samples, batch_size):
+    """--sync-bn: the network's batch norms made SyncBatchNorm (in place) where several processes
+    train it (DataParallel hands them the world); the log line saying what it did. A UsageError,
+    before any training, where the epoch's last batch of the `samples` would leave a process
+    without an image (SyncBatchNorm needs every process in each batch)."""
+    norms = [m for m in iter_modules(net) if isinstance(m, (nbcnn.BatchNorm1d, nbcnn.BatchNorm2d))]
+    if world.size == 1:
+        return "--sync-bn: one process, whose batch is the global batch: its batch norms are unchanged"
+    if not norms:
+        return "--sync-bn: the network has no batch norm"
+    last = samples % (batch_size * world.size)
+    if 0 < last < world.size:
+        raise UsageError(f"--sync-bn: the last batch of each epoch ({last} of {samples:,} images) leaves "
+                         f"{world.size - last} of {world.size} processes without an image, and SyncBatchNorm "
+                         "needs every process in every batch: choose another --batch-size or number of processes")
+    nbcnn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return (f"--sync-bn: {plural(len(norms), 'batch norm')} normalise with the statistics of the global batch "
+            f"of {world.size} processes (one allgather each, forward and backward)")
+
+
 def optimiser_line(args, opt):
     """The optimiser, its lr now (set by the schedule: a warm-up starts low, a plateau lowers it)
     and its settings."""
@@ -1019,6 +1043,8 @@ def run(args):
     freeze(net, frozen)
     if frozen:
         print(freeze_line(net, args.freeze, frozen))
+    if args.sync_bn:
+        print(sync_batchnorm(net, world, len(train), args.batch_size))
     cls, defaults = OPTIMISERS[args.opt]
     opt = cls(net.parameters(), **{name: getattr(args, name) for name in defaults})
     timeout = LOADER_TIMEOUT if world.size > 1 else None

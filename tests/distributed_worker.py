@@ -2,8 +2,8 @@
 plain python; every rank saves the parameters it ends with (OUT.rank<r>.npz) and a report
 of its place in the world and each step's global loss and accuracy (OUT.rank<r>.txt).
 
-    python tests/distributed_worker.py OUT.npz --net small|tiny --device cpu|cuda --dtype float64
-        --batch B --steps K [--no-dropout] [--no-augment] [--fail-rank R]
+    python tests/distributed_worker.py OUT.npz --net small|tiny|bn --device cpu|cuda --dtype float64
+        --batch B --steps K [--no-dropout] [--no-augment] [--fail-rank R] [--sync-bn [--plant BUG]]
         [--save CKPT] (rank 0 writes a checkpoint after the K steps) [--resume CKPT] (all ranks read it)
 
 Each rank seeds its initialisation differently (seed 1 + rank): only rank 0's broadcast state
@@ -22,7 +22,8 @@ import nbcnn  # noqa: E402
 from nbcnn import distributed, models  # noqa: E402
 from nbcnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from nbcnn.data import ArrayDataset, Loader, Transform  # noqa: E402
-from nbcnn.layers import Conv2d, Dropout, Flatten, Linear, ReLU  # noqa: E402
+from nbcnn.backend import get_backend  # noqa: E402
+from nbcnn.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, ReLU, SyncBatchNorm  # noqa: E402
 from nbcnn.module import Sequential  # noqa: E402
 
 # Images of 27 samples: with a global batch of 2 * 6 = 12 the third step has 3, split 1 and 2,
@@ -35,10 +36,34 @@ def tiny_net(dropout):
     return Sequential(Conv2d(1, 2, 3), ReLU(), Flatten(), Dropout(0.5 if dropout else 0.0), Linear(2 * 4 * 4, 3))
 
 
+def bn_net():
+    """Conv -> BatchNorm -> ReLU, twice, -> Linear on 1x6x6 crops: batch norm's statistics over 4x4
+    and 2x2 maps (the CUDA simulator's budget)."""
+    return Sequential(Conv2d(1, 3, 3), BatchNorm2d(3), ReLU(), Conv2d(3, 4, 3), BatchNorm2d(4), ReLU(), Flatten(),
+                      Linear(4 * 2 * 2, 3))
+
+
+def plant(bug, rank):
+    """Break SyncBatchNorm the way a wrong implementation would, by wrapping a backend op (CPU arrays):
+    unreduced-sums: the backward uses this shard's gradient sums as if every process had them;
+    equal-weights: the backward weighs every process's sums alike (wrong for unequal shards)."""
+    be = get_backend("cpu")
+    backward = be.batchnorm_backward_gathered
+    if bug == "unreduced-sums":
+        be.batchnorm_backward_gathered = lambda x, dy, g, m, inv, stats, sums, dx, ws: backward(
+            x, dy, g, m, inv, stats, np.ascontiguousarray(np.repeat(sums[rank:rank + 1], len(sums), 0)), dx, ws)
+    elif bug == "equal-weights":
+        def equal(x, dy, g, m, inv, stats, sums, dx, ws):
+            stats = stats.copy()
+            stats[:, :, 0] = stats[rank, :, 0]
+            return backward(x, dy, g, m, inv, stats, sums, dx, ws)
+        be.batchnorm_backward_gathered = equal
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
-    ap.add_argument("--net", choices=("small", "tiny"), default="small")
+    ap.add_argument("--net", choices=("small", "tiny", "bn"), default="small")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float64")
     ap.add_argument("--batch", type=int, required=True)
@@ -47,6 +72,8 @@ def main():
     ap.add_argument("--no-augment", action="store_true")
     ap.add_argument("--fail-rank", type=int, default=-1, help="this rank raises at step 1")
     ap.add_argument("--exit-rank", type=int, default=-1, help="this rank calls sys.exit(3) at step 1")
+    ap.add_argument("--sync-bn", action="store_true", help="the batch norms made SyncBatchNorm")
+    ap.add_argument("--plant", choices=("unreduced-sums", "equal-weights"))
     ap.add_argument("--save")
     ap.add_argument("--resume")
     args = ap.parse_args()
@@ -65,8 +92,14 @@ def main():
         for m in model.modules:
             if isinstance(m, Dropout) and args.no_dropout:
                 m.p = 0.0
-    else:
+    elif args.net == "tiny":
         model = tiny_net(not args.no_dropout)
+    else:
+        model = bn_net()
+    if args.sync_bn:
+        model = SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.plant:
+        plant(args.plant, world.rank)
     model.to(args.device, getattr(np, args.dtype))
     # augmented: random crops (of the image padded by 1) and flips; else the images are already crop-sized
     side = size if augment else crop

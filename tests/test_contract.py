@@ -415,6 +415,88 @@ def _(be):
                 assert np.isclose(np.vdot(be.to_numpy(dx), v), (up - down) / (2 * eps), rtol=1e-6)
 
 
+# SyncBatchNorm's ops: x (3,2,4) as the shards of two processes, x[:1] and x[1:] (counts 4 and 8)
+SHARDS = (slice(0, 1), slice(1, 3))
+
+
+def shard_stats(x):
+    """The (P,C,3) float64 triples (count, mean, sum of squared deviations) of x's SHARDS, by NumPy."""
+    return np.stack([np.stack([np.full(x.shape[1], float(x[s].shape[0] * x.shape[2])), x[s].mean(axis=(0, 2)),
+                               ((x[s] - x[s].mean(axis=(0, 2))[None, :, None]) ** 2).sum(axis=(0, 2))], axis=1)
+                     for s in SHARDS])
+
+
+@case("batchnorm_local_stats")
+def _(be):
+    (x, *_), (xd, *_) = bn_args(be)
+    stats = be.empty((2, 3), np.float64)
+    be.batchnorm_local_stats(xd, stats)
+    assert_close(stats, np.stack([np.full(2, 12.0), x.mean(axis=(0, 2)), x.var(axis=(0, 2)) * 12], axis=1))
+
+
+@case("batchnorm_forward_gathered")
+def _(be):
+    """Each shard normalised with the statistics of all of x, the running statistics updated with them."""
+    (x, gamma, beta, rm0, rv0), (_, gd, bd, _, _) = bn_args(be)
+    stats = be.from_numpy(shard_stats(x))
+    for momentum, factor in ((0.1, 0.1), (CUMULATIVE, 1 / 5), (None, None)):
+        for s in SHARDS:
+            xs = x[s]
+            y, mean, invstd = be.empty(xs.shape, np.float64), be.empty((2,), np.float64), be.empty((2,), np.float64)
+            rm, rv, count = be.from_numpy(rm0), be.from_numpy(rv0), be.from_numpy(np.array(4, np.int64))
+            running = (None, None, None) if momentum is None else (rm, rv, count)
+            be.batchnorm_forward_gathered(be.from_numpy(xs), gd, bd, 1e-5, momentum or 0.0, stats, *running, y, mean,
+                                          invstd, Workspace())
+            assert_close(y, ref.batchnorm(x, gamma, beta, 1e-5)[s])
+            assert_close(mean, x.mean(axis=(0, 2)))
+            assert_close(invstd, 1 / np.sqrt(x.var(axis=(0, 2)) + 1e-5))
+            if momentum is not None:  # the unbiased variance of all 12 values a channel
+                for got, want in zip((rm, rv), ref.batchnorm_running(rm0, rv0, x, factor)):
+                    assert_close(got, want)
+                assert be.to_numpy(count) == 5
+
+
+@case("batchnorm_grad_sums")
+def _(be):
+    (x, gamma, beta, _, _), (xd, gd, bd, _, _) = bn_args(be)
+    dy = data(x.shape, np.float64, 7)
+    m, v = data((2,), np.float64, 8), 1 + data((2,), np.float64, 9) ** 2
+    dgamma0, dbeta0 = data((2,), np.float64, 10), data((2,), np.float64, 11)
+    sums, dgamma, dbeta = be.empty((2, 2), np.float64), be.from_numpy(dgamma0), be.from_numpy(dbeta0)
+    be.batchnorm_grad_sums(xd, be.from_numpy(dy), be.from_numpy(m), be.from_numpy(v), sums, dgamma, dbeta)
+    xhat = (x - m[None, :, None]) * v[None, :, None]
+    assert_close(sums, np.stack([dy.sum(axis=(0, 2)), (dy * xhat).sum(axis=(0, 2))], axis=1))
+    assert_close(be.to_numpy(dgamma) - dgamma0, (dy * xhat).sum(axis=(0, 2)))  # accumulated
+    assert_close(be.to_numpy(dbeta) - dbeta0, dy.sum(axis=(0, 2)))
+
+
+@case("batchnorm_backward_gathered")
+def _(be):
+    """Shard p's dx is the gradient of the global loss L = sum_q (M_q/M) <dy_q, y_q> (y normalised
+    with all of x's statistics) with respect to x_p, divided by M_p/M: by central differences."""
+    (x, gamma, beta, _, _), (_, gd, _, _, _) = bn_args(be)
+    dy = data(x.shape, np.float64, 7)
+    stats = shard_stats(x)
+    weights = np.concatenate([np.full(x[s].shape[0], stats[p, 0, 0] / 12) for p, s in enumerate(SHARDS)])
+
+    def loss(z):
+        return np.vdot(dy * weights[:, None, None], ref.batchnorm(z, gamma, beta, 1e-5))
+
+    m, invstd = x.mean(axis=(0, 2)), 1 / np.sqrt(x.var(axis=(0, 2)) + 1e-5)
+    xhat = (x - m[None, :, None]) * invstd[None, :, None]
+    sums = be.from_numpy(np.stack([np.stack([dy[s].sum(axis=(0, 2)), (dy[s] * xhat[s]).sum(axis=(0, 2))], axis=1)
+                                   for s in SHARDS]))
+    eps = 1e-6
+    for p, s in enumerate(SHARDS):
+        dx = be.empty(x[s].shape, np.float64)
+        be.batchnorm_backward_gathered(be.from_numpy(x[s]), be.from_numpy(dy[s]), gd, be.from_numpy(m),
+                                       be.from_numpy(invstd), be.from_numpy(stats), sums, dx, Workspace())
+        v = np.zeros_like(x)
+        v[s] = data(x[s].shape, np.float64, 12 + p)
+        slope = (loss(x + eps * v) - loss(x - eps * v)) / (2 * eps)
+        assert np.isclose(np.vdot(be.to_numpy(dx), v[s]), slope / (stats[p, 0, 0] / 12), rtol=1e-6)
+
+
 @case("linear_forward")
 def _(be):
     x, w, b = data((4, 3), np.float64), data((2, 3), np.float64, 1), data((2,), np.float64, 2)

@@ -382,6 +382,37 @@ def test_resume_takes_recipe_flags_equal_to_the_checkpoints(script, tmp_path):
                         "--arch", "alexnet-small", "--workers", "0", "--max-steps", "2"]) == 0
 
 
+class TwoProcesses:
+    size = 2
+
+
+def test_sync_bn_converts_the_batch_norms_only_under_several_processes(script):
+    """--sync-bn (torchvision's flag) makes ResNet-20's 19 batch norms SyncBatchNorm under 2 processes
+    and says so; one process, or a network without batch norm, is left as it is, said too. Its
+    agreement with one process at the global batch is tests/test_distributed.py's (the layer's)."""
+    from nbcnn.distributed import World
+    from nbcnn.module import iter_modules
+    net = nbcnn.models.resnet20(10)
+    assert "unchanged" in script.sync_batchnorm(net, World(), 29, 6)
+    assert not any(isinstance(m, nbcnn.SyncBatchNorm) for m in iter_modules(net))
+    assert script.sync_batchnorm(net, TwoProcesses(), 29, 6).startswith(
+        "--sync-bn: 19 batch norms normalise with the statistics of the global batch of 2 processes")
+    assert not any(type(m) is nbcnn.BatchNorm2d for m in iter_modules(net))
+    assert "no batch norm" in script.sync_batchnorm(nbcnn.models.alexnet_small(10), TwoProcesses(), 29, 6)
+
+
+def test_sync_bn_refuses_up_front_an_epoch_whose_last_batch_leaves_a_process_nothing(script):
+    """25 images at 2 x 6: the last batch is 1 image, none for process 1, whose absence would leave
+    the other waiting in SyncBatchNorm's allgather (DataParallel would refuse the step, an epoch in)."""
+    with pytest.raises(script.UsageError, match=r"last batch of each epoch \(1 of 25 images\) leaves 1 of 2"):
+        script.sync_batchnorm(nbcnn.models.resnet20(10), TwoProcesses(), 25, 6)
+
+
+def test_sync_bn_is_part_of_the_recipe_and_off_in_older_checkpoints(script):
+    """--resume takes it from the checkpoint (it changes what several processes compute) and refuses a different one."""
+    assert "sync_bn" in script.RECIPE and script.RECIPE_BEFORE["sync_bn"] is False
+
+
 # -- crash safety: a SIGKILL at any moment, then --resume ---------------------------------------------
 class Killed(BaseException):
     """Stands in for a SIGKILL: nothing in the script catches it, no file is written after it."""

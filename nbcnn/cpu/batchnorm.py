@@ -8,7 +8,8 @@ nbcnn.kernel_math's (bn_*), shared with CUDA.
 import numpy as np
 from numba import njit, prange
 
-from ..kernel_math import bn_dx, bn_invstd, bn_normalise, bn_update_running, bn_xhat
+from ..kernel_math import (bn_combine_grad_sums, bn_combine_stats, bn_dx, bn_invstd, bn_normalise, bn_update_running,
+                           bn_xhat)
 from .array import empty
 
 
@@ -107,6 +108,73 @@ def batchnorm_backward_kernel(x, gamma, mean, invstd, dy, batch_stats, dx, dgamm
                     dx[n, c, s] = bn_dx(x[n, c, s], dy[n, c, s], m, inv, g, sum_dy, sum_dy_xhat, N * S, batch_stats)
 
 
+@njit(parallel=True, cache=True)
+def batchnorm_local_stats_kernel(x, stats):
+    """Per channel c of x (N,C,S): stats[c] = (N*S, mean, sum of squared deviations), two passes in float64."""
+    N, C, S = x.shape
+    for c in prange(C):
+        acc = 0.0
+        for n in range(N):
+            acc += row_sum(x[n, c])
+        m = acc / (N * S)
+        acc = 0.0
+        for n in range(N):
+            acc += row_squared_deviations(x[n, c], m)
+        stats[c, 0] = N * S
+        stats[c, 1] = m
+        stats[c, 2] = acc
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_forward_gathered_kernel(x, gamma, beta, eps, momentum, stats, running_mean, running_var,
+                                      num_batches_tracked, track, y, mean, invstd):
+    """Per channel c: the processes' stats (P,C,3) combined (bn_combine_stats); mean, invstd, y = bn_normalise; running statistics if track."""
+    N, C, S = x.shape
+    batches = num_batches_tracked[()] + 1 if track else 1
+    for c in prange(C):
+        count, m, ssd = bn_combine_stats(stats, c)
+        var = ssd / count
+        mean[c] = m
+        invstd[c] = bn_invstd(var, eps)
+        if track:
+            bn_update_running(running_mean, running_var, c, m, var, count, momentum, batches)
+        m, inv, g, b = mean[c], invstd[c], gamma[c], beta[c]
+        for n in range(N):
+            for s in range(S):
+                y[n, c, s] = bn_normalise(x[n, c, s], m, inv, g, b)
+    if track:
+        num_batches_tracked[()] = batches
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_grad_sums_kernel(x, dy, mean, invstd, sums, dgamma, dbeta):
+    """Per channel c: sums[c] = (sum dy, sum dy*xhat) over x, dy (N,C,S) in float64; dbeta[c], dgamma[c] += them."""
+    N, C, S = x.shape
+    for c in prange(C):
+        sum_dy = 0.0
+        sum_dy_xhat = 0.0
+        for n in range(N):
+            a, b = row_grad_sums(x[n, c], dy[n, c], mean[c], invstd[c])
+            sum_dy += a
+            sum_dy_xhat += b
+        sums[c, 0] = sum_dy
+        sums[c, 1] = sum_dy_xhat
+        dbeta[c] += sum_dy
+        dgamma[c] += sum_dy_xhat
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_dx_gathered_kernel(x, dy, gamma, mean, invstd, stats, sums, dx):
+    """Per channel c: the processes' sums combined (bn_combine_grad_sums); dx = bn_dx with this shard's count N*S."""
+    N, C, S = x.shape
+    for c in prange(C):
+        a, b = bn_combine_grad_sums(stats, sums, c)
+        m, inv, g = mean[c], invstd[c], gamma[c]
+        for n in range(N):
+            for s in range(S):
+                dx[n, c, s] = bn_dx(x[n, c, s], dy[n, c, s], m, inv, g, a, b, N * S, True)
+
+
 def batchnorm_forward_train(x, gamma, beta, eps, momentum, running_mean, running_var, num_batches_tracked,
                             y, mean, invstd, ws):
     track = running_mean is not None
@@ -125,3 +193,24 @@ def batchnorm_backward(x, gamma, mean, invstd, dy, batch_stats, dx, dgamma, dbet
     # numba compiles for an array in dx's place either way; x is one, and unwritten without want_dx
     batchnorm_backward_kernel(x, gamma, mean, invstd, dy, bool(batch_stats), dx if want_dx else x,
                               dgamma, dbeta, want_dx)
+
+
+def batchnorm_local_stats(x, stats):
+    batchnorm_local_stats_kernel(x, stats)
+
+
+def batchnorm_forward_gathered(x, gamma, beta, eps, momentum, stats, running_mean, running_var, num_batches_tracked,
+                               y, mean, invstd, ws):
+    track = running_mean is not None
+    if not track:  # as batchnorm_forward_train
+        running_mean, running_var, num_batches_tracked = mean, invstd, ws.get("batches", (), np.int64, empty)
+    batchnorm_forward_gathered_kernel(x, gamma, beta, float(eps), float(momentum), stats, running_mean, running_var,
+                                      num_batches_tracked, track, y, mean, invstd)
+
+
+def batchnorm_grad_sums(x, dy, mean, invstd, sums, dgamma, dbeta):
+    batchnorm_grad_sums_kernel(x, dy, mean, invstd, sums, dgamma, dbeta)
+
+
+def batchnorm_backward_gathered(x, dy, gamma, mean, invstd, stats, sums, dx, ws):
+    batchnorm_dx_gathered_kernel(x, dy, gamma, mean, invstd, stats, sums, dx)

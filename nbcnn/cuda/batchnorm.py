@@ -13,7 +13,8 @@ per-element rules are nbcnn.kernel_math's (bn_*), shared with the CPU.
 import numpy as np
 from numba import cuda
 
-from ..kernel_math import bn_dx, bn_invstd, bn_normalise, bn_update_running, bn_xhat
+from ..kernel_math import (bn_combine_grad_sums, bn_combine_stats, bn_dx, bn_invstd, bn_normalise, bn_update_running,
+                           bn_xhat)
 from .array import check_int32, divmod32, empty, launch, unravel3
 from .gemm import REDUCE_THREADS, block_sum
 
@@ -99,6 +100,53 @@ def batchnorm_dx_kernel(x, dy, gamma, mean, invstd, sums, batch_stats, dx):
                             N * S, batch_stats)
 
 
+@cuda.jit(cache=True)
+def batchnorm_local_stats_kernel(x, stats):
+    """Block c: stats[c] = (N*S, mean, sum of squared deviations) of channel c of x (N,C,S), two passes in float64."""
+    N, _, S = x.shape
+    c = cuda.blockIdx.x
+    count = N * S
+    acc = 0.0
+    for i in range(cuda.threadIdx.x, count, REDUCE_THREADS):
+        n, s = divmod32(i, S)
+        acc += np.float64(x[n, c, s])
+    m = block_sum(acc) / count
+    acc = 0.0
+    for i in range(cuda.threadIdx.x, count, REDUCE_THREADS):
+        n, s = divmod32(i, S)
+        d = np.float64(x[n, c, s]) - m
+        acc += d * d
+    acc = block_sum(acc)
+    if cuda.threadIdx.x == 0:
+        stats[c, 0] = count
+        stats[c, 1] = m
+        stats[c, 2] = acc
+
+
+@cuda.jit(cache=True)
+def batchnorm_combine_stats_kernel(stats, eps, momentum, running_mean, running_var, num_batches_tracked, track,
+                                   mean, invstd):
+    """Per channel c: the processes' stats (P,C,3) combined (bn_combine_stats); mean, invstd; running statistics if track."""
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for c in range(start, stats.shape[1], step):
+        count, m, ssd = bn_combine_stats(stats, c)
+        var = ssd / count
+        mean[c] = m
+        invstd[c] = bn_invstd(var, eps)
+        if track:  # the counter is incremented by the normalise kernel, after every thread has read it
+            bn_update_running(running_mean, running_var, c, m, var, count, momentum, num_batches_tracked[()] + 1)
+
+
+@cuda.jit(cache=True)
+def batchnorm_combine_grad_sums_kernel(stats, sums, combined):
+    """Per channel c: combined[c] = bn_combine_grad_sums of the processes' stats (P,C,3) and sums (P,C,2)."""
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for c in range(start, stats.shape[1], step):
+        a, b = bn_combine_grad_sums(stats, sums, c)
+        combined[c, 0] = a
+        combined[c, 1] = b
+
+
 def batchnorm_forward_train(x, gamma, beta, eps, momentum, running_mean, running_var, num_batches_tracked,
                             y, mean, invstd, ws):
     check_int32(x)
@@ -126,3 +174,31 @@ def batchnorm_backward(x, gamma, mean, invstd, dy, batch_stats, dx, dgamma, dbet
     batchnorm_grad_sums_kernel[x.shape[1], REDUCE_THREADS](x, dy, mean, invstd, sums, dgamma, dbeta)
     if dx is not None:
         batchnorm_dx_kernel[launch(x.size)](x, dy, gamma, mean, invstd, sums, bool(batch_stats), dx)
+
+
+def batchnorm_local_stats(x, stats):
+    check_int32(x)
+    batchnorm_local_stats_kernel[x.shape[1], REDUCE_THREADS](x, stats)
+
+
+def batchnorm_forward_gathered(x, gamma, beta, eps, momentum, stats, running_mean, running_var, num_batches_tracked,
+                               y, mean, invstd, ws):
+    check_int32(x)
+    track = running_mean is not None
+    if not track:  # as batchnorm_forward_train
+        running_mean, running_var, num_batches_tracked = mean, invstd, ws.get("batches", (), np.int64, empty)
+    batchnorm_combine_stats_kernel[launch(x.shape[1])](stats, float(eps), float(momentum), running_mean, running_var,
+                                                       num_batches_tracked, track, mean, invstd)
+    batchnorm_normalise_kernel[launch(x.size)](x, gamma, beta, mean, invstd, num_batches_tracked, track, y)
+
+
+def batchnorm_grad_sums(x, dy, mean, invstd, sums, dgamma, dbeta):
+    check_int32(x)
+    batchnorm_grad_sums_kernel[x.shape[1], REDUCE_THREADS](x, dy, mean, invstd, sums, dgamma, dbeta)
+
+
+def batchnorm_backward_gathered(x, dy, gamma, mean, invstd, stats, sums, dx, ws):
+    check_int32(x)
+    combined = ws.get("sums", (x.shape[1], 2), np.float64, empty)
+    batchnorm_combine_grad_sums_kernel[launch(x.shape[1])](stats, sums, combined)
+    batchnorm_dx_kernel[launch(x.size)](x, dy, gamma, mean, invstd, combined, True, dx)
