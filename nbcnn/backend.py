@@ -323,6 +323,12 @@ def is_winograd_shape(w, stride, pad, groups):
     return w.shape[2] == 3 and w.shape[3] == 3 and stride == 1 and pad == 1 and groups == 1
 
 
+def is_winograd5_shape(w, stride, pad, groups):
+    """Whether a convolution is one the backends' 5x5 Winograd path computes (four F(2x2, 3x3) sub-kernels on
+    one input transform): 5x5, stride 1, padding 2, one group (the rules then decide whether it pays)."""
+    return w.shape[2] == 5 and w.shape[3] == 5 and stride == 1 and pad == 2 and groups == 1
+
+
 def is_depthwise(in_channels, groups):
     """Whether a convolution with `groups` is depthwise (one input channel per group, groups > 1):
     the backends run it with direct kernels instead of im2col + GEMM.
