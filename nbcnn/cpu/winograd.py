@@ -18,8 +18,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..backend import is_winograd5_shape, is_winograd_shape
-from ..kernel_math import (wino_input, wino_input_adjoint, wino_output, wino_output_adjoint, wino_weight,
-                           wino_weight_adjoint)
+from ..kernel_math import (wino5_tap, wino_input, wino_input_adjoint, wino_output, wino_output_adjoint,
+                           wino_weight, wino_weight_adjoint)
 from .array import empty
 from .gemm import gemm_rm, sum_batched_rows_into
 
@@ -36,12 +36,15 @@ MIN_WINOGRAD_CHANNELS = 16
 MIN_WINOGRAD_SIZE = 8
 MIN_WINOGRAD_BACKWARD_CHANNELS = 16  # the backward's rule, for dx and dw together
 MIN_WINOGRAD_BACKWARD_SIZE = 8
-# 5x5, stride 1, padding 2 (the four-sub-kernel path below): measured by dev/winograd.py --shapes alexnet5
-# (docs/performance.md, "Winograd 5x5").
+# 5x5, stride 1, padding 2 (the four-sub-kernel path below), by dev/winograd.py --shapes alexnet5 --serial
+# (docs/performance.md, "Winograd 5x5"): the forward 1.06-1.62x on C = 32-96 at 13x13 and 27x27, 0.79-0.86x
+# on 7x7; dx+dw 1.09-1.28x on C = 64-96 at 27x27 (AlexNet's conv2) but 0.90-1.15x at 13x13 (alexnet-small's
+# conv2, C = 32): the dx GEMM saves little there (the extended grid's 31% extra tiles), hence the backward's
+# higher floors. Map sides 14-26 are not measured.
 MIN_WINOGRAD5_CHANNELS = 32
 MIN_WINOGRAD5_SIZE = 13
-MIN_WINOGRAD5_BACKWARD_CHANNELS = 32
-MIN_WINOGRAD5_BACKWARD_SIZE = 13
+MIN_WINOGRAD5_BACKWARD_CHANNELS = 64
+MIN_WINOGRAD5_BACKWARD_SIZE = 14
 
 
 def _fits(x, channels, size):
@@ -295,31 +298,31 @@ def _offsets(gw):
 
 @njit(parallel=True, cache=True)
 def split_weight(w, w4):
-    """w4[o, (2s+t)*C + c, p, q] = w[o, c, 2s+p, 2t+q], 0 where s = 1 and p = 0 or t = 1 and q = 0 (those
-    taps belong to s = 0 / t = 0): the four 3x3 sub-kernels of the 5x5 w."""
+    """w4[o, st*C + c, p, q] = w[o, c, kernel_math.wino5_tap(st, p, q)], 0 for its structural zeros: the four 3x3
+    sub-kernels of the 5x5 w."""
     O, C = w.shape[0], w.shape[1]
     for oc in prange(O * C):
         o, c = oc // C, oc % C
         for st in range(4):
-            s, t = st // 2, st % 2
             for p in range(3):
                 for q in range(3):
-                    overlap = (s == 1 and p == 0) or (t == 1 and q == 0)
-                    w4[o, st * C + c, p, q] = 0 if overlap else w[o, c, 2 * s + p, 2 * t + q]
+                    r, s = wino5_tap(st, p, q)
+                    w4[o, st * C + c, p, q] = w[o, c, r, s] if r >= 0 else 0
 
 
 @njit(parallel=True, cache=True)
 def merge_weight_gradient(dw4, dw):
-    """dw[o, c, 2s+p, 2t+q] += dw4[o, (2s+t)*C + c, p, q] over the sub-kernels' taps that are not structural
-    zeros: the adjoint of split_weight, accumulated."""
+    """dw[o, c, kernel_math.wino5_tap(st, p, q)] += dw4[o, st*C + c, p, q], the structural zeros' gradients
+    dropped: the adjoint of split_weight, accumulated."""
     O, C = dw.shape[0], dw.shape[1]
     for oc in prange(O * C):
         o, c = oc // C, oc % C
         for st in range(4):
-            s, t = st // 2, st % 2
-            for p in range(s, 3):
-                for q in range(t, 3):
-                    dw[o, c, 2 * s + p, 2 * t + q] += dw4[o, st * C + c, p, q]
+            for p in range(3):
+                for q in range(3):
+                    r, s = wino5_tap(st, p, q)
+                    if r >= 0:
+                        dw[o, c, r, s] += dw4[o, st * C + c, p, q]
 
 
 @njit(parallel=True, cache=True)
