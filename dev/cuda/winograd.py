@@ -42,8 +42,8 @@ GPU_SHAPES = [("alexnet conv2", 128, 96, 256, 27, 5), ("alexnet conv3", 128, 256
               ("alexnet conv5", 128, 384, 256, 13), ("resnet18 layer1", 128, 64, 64, 56),
               ("resnet18 layer2", 128, 128, 128, 28), ("resnet18 layer3", 128, 256, 256, 14),
               ("resnet18 layer4", 128, 512, 512, 7)]
-GPU_CHECK_SHAPES = [("check 13x13", 2, 64, 48, 13), ("check 7x8", 3, 33, 17, 7), ("check 5x5 k", 2, 40, 24, 9, 5)]
-TINY_SHAPES = [("tiny 5x5", 2, 3, 2, 5), ("tiny 3x3 k5", 1, 2, 2, 3, 5)]  # the simulator: ~1.4 s per Winograd GEMM launch
+GPU_CHECK_SHAPES = [("check 13x13", 2, 64, 48, 13), ("check 7x8", 3, 33, 17, 7), ("check 5x5 kernel", 2, 40, 24, 9, 5)]
+TINY_SHAPES = [("tiny 5x5", 2, 3, 2, 5), ("tiny 5x5 kernel", 1, 2, 2, 3, 5)]  # the simulator: ~1.4 s per Winograd GEMM launch
 
 
 def reference(x, w, b, dy):
