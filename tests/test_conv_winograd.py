@@ -324,3 +324,16 @@ def test_winograd5_backward_is_chosen_by_its_rule(c, hw, k, stride, pad, groups,
     """use_winograd_backward on 5x5, with the backward's thresholds."""
     x, w = np.empty((1, c) + hw), np.empty((16, c // groups, k, k))
     assert winograd.use_winograd_backward(x, w, stride, pad, groups) == want
+
+
+def test_winograd5_spanning_several_column_blocks_gives_the_float64_reference(monkeypatch):
+    """The shifted GEMMs run COLUMN_BLOCK tiles at a time (dx's blocks overlap in dV): 6 images of 13x12 make
+    N * 8 * 7 = 336 tiles, two blocks and a partial one's edge."""
+    on_winograd5(monkeypatch)
+    x, w, b, dy = layer5(8, 6, 2, 3, (13, 12))
+    assert 6 * 8 * 7 - 8 > winograd.COLUMN_BLOCK
+    y, got = conv5(x, w, b, dy)
+    want = reference5(x, w, b, dy)
+    assert_close(y, want[0], rtol=1e-12, what="y")
+    for name, ref in zip(("dx", "dw", "db"), want[1:]):
+        assert_close(got[name], ref, rtol=1e-12, what=name)
