@@ -36,15 +36,15 @@ MIN_WINOGRAD_CHANNELS = 16
 MIN_WINOGRAD_SIZE = 8
 MIN_WINOGRAD_BACKWARD_CHANNELS = 16  # the backward's rule, for dx and dw together
 MIN_WINOGRAD_BACKWARD_SIZE = 8
-# 5x5, stride 1, padding 2 (the four-sub-kernel path below), by dev/winograd.py --shapes alexnet5 --serial
-# (docs/performance.md, "Winograd 5x5"): the forward 1.06-1.62x on C = 32-96 at 13x13 and 27x27, 0.79-0.86x
-# on 7x7; dx+dw 1.09-1.28x on C = 64-96 at 27x27 (AlexNet's conv2) but 0.90-1.15x at 13x13 (alexnet-small's
-# conv2, C = 32): the dx GEMM saves little there (the extended grid's 31% extra tiles), hence the backward's
-# higher floors. Map sides 14-26 are not measured.
+# 5x5, stride 1, padding 2 (the four-sub-kernel path below), by dev/winograd.py --shapes alexnet5 (docs/performance.md,
+# "Winograd 5x5"; idle machine, after COLUMN_BLOCK): forward 1.20-1.61x (one thread, work) and 1.38-1.98x (two
+# threads) on C = 16-96 at 13x13 and 27x27; dx+dw 1.09-1.24x and 1.16-1.26x; 7x7 maps lose everything
+# (0.58-0.85x). C = 16 (not in any of nbcnn's models) was mixed on the loaded machine, hence C >= 32; map
+# sides 8-12 and 14-26 are not measured.
 MIN_WINOGRAD5_CHANNELS = 32
 MIN_WINOGRAD5_SIZE = 13
-MIN_WINOGRAD5_BACKWARD_CHANNELS = 64
-MIN_WINOGRAD5_BACKWARD_SIZE = 14
+MIN_WINOGRAD5_BACKWARD_CHANNELS = 32
+MIN_WINOGRAD5_BACKWARD_SIZE = 13
 
 
 def _fits(x, channels, size):
