@@ -2,9 +2,10 @@
 two versions, a check, a table. It sets the rules of nbcnn/cpu/winograd.py (use_winograd for the
 forward, use_winograd_backward for the backward); docs/performance.md has its figures.
 
-    python dev/winograd.py [--repeat 5] [--shapes alexnet,resnet18,resnet20] [--serial] [--f43]
+    python dev/winograd.py [--repeat 5] [--shapes alexnet,resnet18,resnet20,alexnet5] [--serial] [--f43]
 
-3x3 convolution, stride 1, padding 1, NCHW float32, per layer shape and per product:
+3x3 convolution, stride 1, padding 1 (alexnet5: 5x5, stride 1, padding 2), NCHW float32, per layer shape
+and per product:
   forward  y = conv(x, w) + b
   dx       the input gradient (conv2d_backward with dw = db = None)
   dw       the weight gradient (conv2d_backward with dx = db = None), accumulated into zeros
@@ -13,9 +14,10 @@ Versions:
   1  im2col: nbcnn's conv2d_forward / conv2d_backward with the Winograd rules switched off.
   2  Winograd F(2x2, 3x3): the same calls with the rules' thresholds at 1 (nbcnn/cpu/winograd.py):
      forward U = G w G^T, V = B^T d B, M[k] = U[k] V[k], y = A^T M A; backward the adjoints in
-     reverse, dM = A dy A^T, dV[k] = U[k]^T dM[k] -> dx, dU[k] = dM[k] V[k]^T -> dw.
+     reverse, dM = A dy A^T, dV[k] = U[k]^T dM[k] -> dx, dU[k] = dM[k] V[k]^T -> dw. 5x5: four 3x3
+     sub-kernels on one input transform of an extended tile grid (winograd5_forward / _backward).
 Each product of both versions is checked against a float64 reference computed here (sums of the
-9 shifted planes, independent of both), as max |err| / max |ref|; times are medians of --repeat
+k*k shifted planes, independent of both), as max |err| / max |ref|; times are medians of --repeat
 calls, the two versions alternating (a shared machine's load drifts). Speedup = im2col / Winograd.
 --serial times one numba thread by process CPU time (minimum of --repeat): the work each path does,
 without the scheduler slices a loaded machine charges every parallel region (Winograd's backward
@@ -49,7 +51,11 @@ SHAPES = {  # (name, N, C, O, H = W)
     "resnet18": [("resnet18 layer1", 8, 64, 64, 56), ("resnet18 layer2", 8, 128, 128, 28),
                  ("resnet18 layer3", 8, 256, 256, 14), ("resnet18 layer4", 8, 512, 512, 7)],
     "resnet20": [("resnet20 layer1", 128, 16, 16, 32), ("resnet20 layer3", 128, 64, 64, 8)],
-}
+    "alexnet5": [("alexnet conv2", 16, 96, 256, 27, 5), ("alexnet conv2", 32, 96, 256, 27, 5),
+                 ("a-small conv2", 128, 32, 64, 13, 5), ("a-small conv2", 32, 32, 64, 13, 5),
+                 ("tv-alexnet conv2", 16, 64, 192, 27, 5), ("5x5 C16", 128, 16, 32, 13, 5),
+                 ("5x5 7x7", 32, 96, 256, 7, 5)],
+}  # a sixth entry is the kernel size (3 where absent)
 
 
 # -- the float64 reference -------------------------------------------------------------------
@@ -60,27 +66,31 @@ def shifted(a, p, q, h, w):
 
 @single_threaded_blas  # numpy's BLAS on one thread: its spinning threads would slow the timed kernels after it
 def reference(x, w, b, dy):
-    """float64 (y, dx, dw) of the 3x3, stride 1, padding 1 convolution, as sums over the 9 taps."""
+    """float64 (y, dx, dw) of the kxk, stride 1, padding k // 2 convolution, as sums over the k*k taps."""
     x, w, dy = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
     N, C, H, W = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    k, r = w.shape[2], w.shape[2] // 2
+    xp = np.pad(x, ((0, 0), (0, 0), (r, r), (r, r)))
     y = np.zeros((N, w.shape[0], H, W)) + b.astype(np.float64)[None, :, None, None]
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(w)
-    for p in range(3):
-        for q in range(3):
+    for p in range(k):
+        for q in range(k):
             y += np.einsum("nchw,oc->nohw", shifted(xp, p, q, H, W), w[:, :, p, q], optimize=True)
             shifted(dxp, p, q, H, W)[:] += np.einsum("nohw,oc->nchw", dy, w[:, :, p, q], optimize=True)
             dw[:, :, p, q] = np.einsum("nohw,nchw->oc", dy, shifted(xp, p, q, H, W), optimize=True)
-    return y, dxp[:, :, 1:-1, 1:-1], dw
+    return y, dxp[:, :, r:-r, r:-r], dw
 
 
 # -- the two versions, through the backend's own entry points --------------------------------
 def choose(wino):
-    """Every 3x3/1 pad 1 convolution on Winograd (both rules' thresholds 1) or on im2col (thresholds out of reach)."""
+    """Every 3x3/1 pad 1 and 5x5/1 pad 2 convolution on Winograd (the rules' thresholds 1) or on im2col
+    (thresholds out of reach)."""
     t = 1 if wino else 10**9
     winograd.MIN_WINOGRAD_CHANNELS = winograd.MIN_WINOGRAD_SIZE = t
     winograd.MIN_WINOGRAD_BACKWARD_CHANNELS = winograd.MIN_WINOGRAD_BACKWARD_SIZE = t
+    winograd.MIN_WINOGRAD5_CHANNELS = winograd.MIN_WINOGRAD5_SIZE = t
+    winograd.MIN_WINOGRAD5_BACKWARD_CHANNELS = winograd.MIN_WINOGRAD5_BACKWARD_SIZE = t
 
 
 def products(be, x, w, b, dy, ws):
@@ -88,13 +98,14 @@ def products(be, x, w, b, dy, ws):
     y, dx, dw = be.empty(dy.shape, x.dtype), be.empty(x.shape, x.dtype), be.empty(w.shape, x.dtype)
 
     db = be.empty(b.shape, x.dtype)
+    pad = w.shape[2] // 2
 
     def dw_call(want_dx):
         dw[:] = 0
         db[:] = 0
-        be.conv2d_backward(x, w, dy, 1, 1, dx if want_dx else None, dw, db if want_dx else None, ws)
-    return {"forward": (lambda: be.conv2d_forward(x, w, b, 1, 1, y, ws), y),
-            "dx": (lambda: be.conv2d_backward(x, w, dy, 1, 1, dx, None, None, ws), dx),
+        be.conv2d_backward(x, w, dy, 1, pad, dx if want_dx else None, dw, db if want_dx else None, ws)
+    return {"forward": (lambda: be.conv2d_forward(x, w, b, 1, pad, y, ws), y),
+            "dx": (lambda: be.conv2d_backward(x, w, dy, 1, pad, dx, None, None, ws), dx),
             "dw": (lambda: dw_call(False), dw),
             "dx+dw": (lambda: dw_call(True), dw)}
 
@@ -123,16 +134,17 @@ def bench(shapes, repeat, serial):
     rng = np.random.default_rng(0)
     print(f"{'shape':<17}{'N':>4}{'C':>5}{'O':>5}{'HxW':>7} | {'product':<8}{'im2col ms':>10}{'wino ms':>9}"
           f"{'speedup':>8}{'err im2col':>11}{'err wino':>10}")
-    for name, n, c, o, h in shapes:
+    for name, n, c, o, h, *k in shapes:
+        k = k[0] if k else 3
         x = rng.standard_normal((n, c, h, h)).astype(np.float32)
-        w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+        w = (rng.standard_normal((o, c, k, k)) / np.sqrt(k * k * c)).astype(np.float32)
         b = rng.standard_normal(o).astype(np.float32)
         dy = rng.standard_normal((n, o, h, h)).astype(np.float32)
         want = dict(zip(["forward", "dx", "dw"], reference(x, w, b, dy)))
         ws = {True: Workspace(), False: Workspace()}
         calls = {path: products(be, x, w, b, dy, ws[path]) for path in (False, True)}
         want["dx+dw"] = want["dw"]
-        for k, product in enumerate(["forward", "dx", "dw", "dx+dw"]):
+        for product in ["forward", "dx", "dw", "dx+dw"]:
             errs = []
             for path in (False, True):
                 choose(path)
@@ -144,7 +156,7 @@ def bench(shapes, repeat, serial):
                 return lambda: (choose(path), fn())
             t_im2col, t_wino = time_ms([timed(False, calls[False][product][0]),
                                         timed(True, calls[True][product][0])], repeat, serial)
-            head = f"{name:<17}{n:>4}{c:>5}{o:>5}{f'{h}x{h}':>7}" if k == 0 else " " * 38
+            head = f"{name:<17}{n:>4}{c:>5}{o:>5}{f'{h}x{h}':>7}" if product == "forward" else " " * 38
             print(f"{head} | {product:<8}{t_im2col:>10.1f}{t_wino:>9.1f}{t_im2col / t_wino:>8.2f}"
                   f"{errs[0]:>11.1e}{errs[1]:>10.1e}", flush=True)
 
@@ -186,7 +198,9 @@ def f43_error(shapes):
     rng = np.random.default_rng(1)
     print(f"\nfloat32 forward error, max |y - y64| / max |y64| (NumPy):\n{'shape':<17}{'C':>5}{'HxW':>7}"
           f"{'F(2,3)':>10}{'F(4,3)':>10}{'F(4,3) f64':>12}")
-    for name, n, c, o, h in shapes:
+    for name, n, c, o, h, *k in shapes:
+        if k and k[0] != 3:
+            continue
         n = min(n, 4)
         x = rng.standard_normal((n, c, h, h)).astype(np.float32)
         w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)

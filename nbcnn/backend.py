@@ -115,10 +115,10 @@ class Backend:
         channel multiplier M) by a direct kernel instead, summing each output's KH*KW
         products in float64. The CPU computes 3x3, stride 1, padding 1, one-group convolutions
         of the shapes its rule picks (use_winograd: C >= 16 on maps >= 8x8) by Winograd
-        F(2x2, 3x3) instead (nbcnn/cpu/winograd.py): the same result up to float32 rounding.
-        The CUDA backend has the same path, forward and backward, for every 3x3, stride 1,
-        padding 1, one-group convolution, taken only when nbcnn.cuda.winograd.MODE asks (off by
-        default).
+        F(2x2, 3x3) instead (nbcnn/cpu/winograd.py): the same result up to float32 rounding;
+        likewise 5x5, stride 1, padding 2 (C >= 32 on maps >= 13x13), as four 3x3 sub-kernels.
+        The CUDA backend has the same paths, forward and backward, for every such one-group
+        convolution, taken only when nbcnn.cuda.winograd.MODE asks (off by default).
         """
         raise NotImplementedError
 
@@ -130,7 +130,7 @@ class Backend:
         skips the weight-gradient GEMM and its im2col: a frozen weight; db None: a frozen or
         absent bias). Depthwise (G = C > 1): direct kernels; dw[o,0,p,q] is a sum over
         N*OH*OW products, in float64 and in a fixed order (deterministic, no atomics).
-        The CPU's backward takes Winograd F(2x2, 3x3) where use_winograd_backward says so.
+        The CPU's backward takes Winograd F(2x2, 3x3) (3x3 or 5x5) where use_winograd_backward says so.
         """
         raise NotImplementedError
 
@@ -369,6 +369,12 @@ def is_winograd_shape(w, stride, pad, groups):
     """Whether a convolution is one Winograd F(2x2, 3x3) computes: 3x3, stride 1, padding 1, one
     group (each backend's rule then decides whether it pays for the layer's channels and maps)."""
     return w.shape[2] == 3 and w.shape[3] == 3 and stride == 1 and pad == 1 and groups == 1
+
+
+def is_winograd5_shape(w, stride, pad, groups):
+    """Whether a convolution is one the backends' 5x5 Winograd path computes (four F(2x2, 3x3) sub-kernels on
+    one input transform): 5x5, stride 1, padding 2, one group (the rules then decide whether it pays)."""
+    return w.shape[2] == 5 and w.shape[3] == 5 and stride == 1 and pad == 2 and groups == 1
 
 
 def is_depthwise(in_channels, groups):

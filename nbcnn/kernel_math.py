@@ -558,3 +558,14 @@ def wino_output(m0, m1, m2, m3):
 def wino_output_adjoint(s0, s1):
     """A (s0, s1)."""
     return s0, s0 + s1, s0 - s1, -s1
+
+
+@register_jitable
+def wino5_tap(st, p, q):
+    """The 5x5 kernel's (row, column) that tap (p, q) of 3x3 sub-kernel st = 2s+t holds when a 5x5 stride-1
+    convolution runs as four F(2x2, 3x3) ones: (2s+p, 2t+q), or (-1, -1) for a structural zero (row 0 of
+    s = 1 and column 0 of t = 1: row / column 2 belongs to s = 0 / t = 0, so each 5x5 tap is held once)."""
+    s, t = st // 2, st % 2
+    if (s == 1 and p == 0) or (t == 1 and q == 0):
+        return -1, -1
+    return 2 * s + p, 2 * t + q

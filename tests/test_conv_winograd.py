@@ -193,3 +193,147 @@ def test_winograd_backward_is_chosen_by_its_rule(monkeypatch, c, hw, k, stride, 
     nbcnn.get_backend("cpu").conv2d_backward(x, w, dy, stride, pad, None, None, np.zeros(16, np.float32), Workspace(),
                                              groups)
     assert calls == ([1] if want else [])
+
+
+# -- 5x5, stride 1, padding 2: four F(2x2, 3x3) sub-kernels on one extended input transform ----------
+# The reference is scipy.signal's correlation of the zero-padded planes (independent of the sliding
+# windows above, of im2col and of the sub-kernel split); its adjoints are the textbook ones: dx the full
+# convolution of dy with w, cropped by the padding; dw the valid correlation of the padded x with dy.
+
+def reference5(x, w, b, dy):
+    """float64 (y, dx, dw, db) of the 5x5, stride 1, padding 2 convolution, plane by plane with scipy.signal."""
+    from scipy.signal import convolve2d, correlate2d
+    x, w, dy = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    xp = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    y = np.zeros((N, O, H, W)) + (0 if b is None else b.astype(np.float64)[None, :, None, None])
+    dx, dw = np.zeros_like(x), np.zeros_like(w)
+    for n in range(N):
+        for o in range(O):
+            for c in range(C):
+                y[n, o] += correlate2d(xp[n, c], w[o, c], mode="valid")
+                dx[n, c] += convolve2d(dy[n, o], w[o, c], mode="full")[2:-2, 2:-2]
+                dw[o, c] += correlate2d(xp[n, c], dy[n, o], mode="valid")
+    return y, dx, dw, dy.sum(axis=(0, 2, 3))
+
+
+def on_winograd5(monkeypatch):
+    """Every 5x5/1 pad 2 convolution, forward and backward, through the Winograd path, whatever its size."""
+    for name in ("MIN_WINOGRAD5_CHANNELS", "MIN_WINOGRAD5_SIZE", "MIN_WINOGRAD5_BACKWARD_CHANNELS",
+                 "MIN_WINOGRAD5_BACKWARD_SIZE"):
+        monkeypatch.setattr(winograd, name, 1)
+
+
+def conv5(x, w, b, dy, want=("dx", "dw", "db"), dw0=None, db0=None):
+    """(y, {name: gradient}) of the CPU backend's 5x5/1 pad 2 conv2d_forward and conv2d_backward (dw and db
+    starting from dw0 and db0, zeros by default)."""
+    be = nbcnn.get_backend("cpu")
+    y = be.empty(dy.shape, x.dtype)
+    be.conv2d_forward(nbcnn.asarray(x), nbcnn.asarray(w), None if b is None else nbcnn.asarray(b), 1, 2, y,
+                      Workspace())
+    dx = be.empty(x.shape, x.dtype) if "dx" in want else None
+    dw = nbcnn.asarray(np.zeros_like(w) if dw0 is None else dw0.copy()) if "dw" in want else None
+    db = nbcnn.asarray(np.zeros(w.shape[0], w.dtype) if db0 is None else db0.copy()) if "db" in want else None
+    be.conv2d_backward(nbcnn.asarray(x), nbcnn.asarray(w), nbcnn.asarray(dy), 1, 2, dx, dw, db, Workspace())
+    return nbcnn.to_numpy(y), {k: nbcnn.to_numpy(v) for k, v in (("dx", dx), ("dw", dw), ("db", db)) if v is not None}
+
+
+def layer5(seed, n, c, o, hw, dtype=np.float64):
+    """x, w (scaled for O(1) outputs), b and dy of a 5x5/1 pad 2 layer."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c) + hw).astype(dtype)
+    w = (rng.standard_normal((o, c, 5, 5)) / np.sqrt(25 * c)).astype(dtype)
+    return x, w, rng.standard_normal(o).astype(dtype), rng.standard_normal((n, o) + hw).astype(dtype)
+
+
+@pytest.mark.parametrize("hw", [(6, 6), (7, 5), (1, 1), (2, 3), (4, 9)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_winograd5_forward_gives_the_float64_reference(monkeypatch, hw, bias):
+    """Odd sizes and maps smaller than the kernel (every tap of w reaches the output somewhere)."""
+    on_winograd5(monkeypatch)
+    x, w, b, dy = layer5(hw[0] * 10 + hw[1], 3, 4, 5, hw)
+    b = b if bias else None
+    assert winograd.use_winograd(x, w, 1, 2, 1)
+    y, _ = conv5(x, w, b, dy, want=())
+    assert_close(y, reference5(x, w, b, dy)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("hw", [(6, 6), (7, 5), (1, 1), (2, 3)])
+@pytest.mark.parametrize("want", [("dx", "dw", "db"), ("dw", "db"), ("dx", "db"), ("dx", "dw")])
+def test_winograd5_backward_gives_the_float64_reference(monkeypatch, hw, want):
+    """Each wanted gradient matches; the others (None) are skipped."""
+    on_winograd5(monkeypatch)
+    x, w, b, dy = layer5(hw[0] * 10 + hw[1], 3, 4, 5, hw)
+    assert winograd.use_winograd_backward(x, w, 1, 2, 1)
+    _, got = conv5(x, w, b, dy, want)
+    assert sorted(got) == sorted(want)
+    for name, ref in zip(("dx", "dw", "db"), reference5(x, w, b, dy)[1:]):
+        if name in want:
+            assert_close(got[name], ref, rtol=1e-12, what=name)
+
+
+def test_winograd5_backward_accumulates_dw_and_db(monkeypatch):
+    """dw += and db += (the contract), every one of the 25 taps of dw included."""
+    on_winograd5(monkeypatch)
+    x, w, b, dy = layer5(5, 2, 3, 4, (5, 6))
+    rng = np.random.default_rng(6)
+    dw0, db0 = rng.standard_normal(w.shape), rng.standard_normal(4)
+    _, got = conv5(x, w, b, dy, dw0=dw0, db0=db0)
+    _, _, dw, db = reference5(x, w, b, dy)
+    assert_close(got["dw"], dw0 + dw, rtol=1e-12)
+    assert_close(got["db"], db0 + db, rtol=1e-12)
+
+
+def test_winograd5_float32_agrees_with_im2col_and_the_reference(monkeypatch):
+    """At the rules' smallest channels and sides (odd height), float32 by the rules: y, dx, dw and db within
+    float32 rounding of the float64 reference and of the same layer's im2col path (the rules switched off)."""
+    c, s = max(winograd.MIN_WINOGRAD5_CHANNELS, winograd.MIN_WINOGRAD5_BACKWARD_CHANNELS), \
+        max(winograd.MIN_WINOGRAD5_SIZE, winograd.MIN_WINOGRAD5_BACKWARD_SIZE)
+    x, w, b, dy = layer5(7, 2, c, 8, (s + 1, s), np.float32)
+    assert winograd.use_winograd(x, w, 1, 2, 1) and winograd.use_winograd_backward(x, w, 1, 2, 1)
+    wino_y, wino = conv5(x, w, b, dy)
+    for name in ("MIN_WINOGRAD5_CHANNELS", "MIN_WINOGRAD5_BACKWARD_CHANNELS"):
+        monkeypatch.setattr(winograd, name, 10**9)
+    im2col_y, im2col = conv5(x, w, b, dy)
+    wino["y"], im2col["y"] = wino_y, im2col_y
+    for name, ref in zip(("y", "dx", "dw", "db"), reference5(x, w, b, dy)):
+        assert_close(wino[name], ref, rtol=1e-5, what=name)
+        assert_close(im2col[name], ref, rtol=1e-5, what=name)
+        assert_close(wino[name], im2col[name], rtol=1e-5, what=name)
+
+
+def rule5_cases(c, s):
+    """(C, (H, W), k, stride, pad, groups, chosen) around the 5x5 rules' thresholds c (channels) and s (map side)."""
+    return [(c, (s, s), 5, 1, 2, 1, True), (c - 1, (s, s), 5, 1, 2, 1, False), (c, (s - 1, s), 5, 1, 2, 1, False),
+            (c, (s, s - 1), 5, 1, 2, 1, False), (c, (s, s), 5, 2, 2, 1, False), (c, (s, s), 5, 1, 1, 1, False),
+            (c, (s, s), 5, 1, 2, 2, False), (c, (s, s), 3, 1, 2, 1, False)]
+
+
+@pytest.mark.parametrize("c, hw, k, stride, pad, groups, want",
+                         rule5_cases(winograd.MIN_WINOGRAD5_CHANNELS, winograd.MIN_WINOGRAD5_SIZE))
+def test_winograd5_forward_is_chosen_by_its_rule(c, hw, k, stride, pad, groups, want):
+    """use_winograd on 5x5: stride 1, padding 2, one group, C and the map's sides at least the 5x5 thresholds."""
+    x, w = np.empty((1, c) + hw), np.empty((16, c // groups, k, k))
+    assert winograd.use_winograd(x, w, stride, pad, groups) == want
+
+
+@pytest.mark.parametrize("c, hw, k, stride, pad, groups, want",
+                         rule5_cases(winograd.MIN_WINOGRAD5_BACKWARD_CHANNELS, winograd.MIN_WINOGRAD5_BACKWARD_SIZE))
+def test_winograd5_backward_is_chosen_by_its_rule(c, hw, k, stride, pad, groups, want):
+    """use_winograd_backward on 5x5, with the backward's thresholds."""
+    x, w = np.empty((1, c) + hw), np.empty((16, c // groups, k, k))
+    assert winograd.use_winograd_backward(x, w, stride, pad, groups) == want
+
+
+def test_winograd5_spanning_several_column_blocks_gives_the_float64_reference(monkeypatch):
+    """The shifted GEMMs run COLUMN_BLOCK tiles at a time (dx's blocks overlap in dV): 6 images of 13x12 make
+    N * 8 * 7 = 336 tiles, two blocks and a partial one's edge."""
+    on_winograd5(monkeypatch)
+    x, w, b, dy = layer5(8, 6, 2, 3, (13, 12))
+    assert 6 * 8 * 7 - 8 > winograd.COLUMN_BLOCK
+    y, got = conv5(x, w, b, dy)
+    want = reference5(x, w, b, dy)
+    assert_close(y, want[0], rtol=1e-12, what="y")
+    for name, ref in zip(("dx", "dw", "db"), want[1:]):
+        assert_close(got[name], ref, rtol=1e-12, what=name)

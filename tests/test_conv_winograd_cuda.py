@@ -198,3 +198,97 @@ def test_an_unknown_mode_is_refused_and_changes_nothing():
     with pytest.raises(ValueError, match="NBCNN_CUDA_WINOGRAD"):
         winograd._checked("yes", "NBCNN_CUDA_WINOGRAD")
     assert winograd.MODE == before
+
+
+# -- 5x5, stride 1, padding 2: the four sub-kernels stacked along the GEMMs' depth ---------------------
+
+def reference5(x, w, b, dy):
+    """float64 (y, dx, dw, db) of the 5x5, stride 1, padding 2 convolution: einsums over the 5x5 windows of the
+    zero-padded x and dy (dx: dy's windows against the flipped weight)."""
+    x, w, dy = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
+
+    def win(a):
+        ap = np.pad(a, ((0, 0), (0, 0), (2, 2), (2, 2)))
+        return np.lib.stride_tricks.sliding_window_view(ap, (5, 5), axis=(2, 3))
+    y = np.einsum("nchwpq,ocpq->nohw", win(x), w) + (0 if b is None else b.astype(np.float64)[None, :, None, None])
+    return (y, np.einsum("nohwpq,ocpq->nchw", win(dy), w[:, :, ::-1, ::-1]), np.einsum("nchwpq,nohw->ocpq", win(x), dy),
+            dy.sum(axis=(0, 2, 3)))
+
+
+def data5(hw, dtype=np.float64, seed=0, n=1):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, C) + hw).astype(dtype)
+    w = (rng.standard_normal((O, C, 5, 5)) / np.sqrt(C * 25)).astype(dtype)
+    return x, w, rng.standard_normal(O).astype(dtype), rng.standard_normal((n, O) + hw).astype(dtype)
+
+
+def conv5(x, w, b, dy, dw0, db0, want=("dx", "dw", "db"), mode="always"):
+    """(y, dx, dw, db) of the CUDA 5x5/1 pad 2 conv2d_forward and conv2d_backward (dw, db onto dw0, db0; None
+    where not wanted)."""
+    be = nbcnn.get_backend("cuda")
+    y = be.empty(dy.shape, x.dtype)
+    dx = be.empty(x.shape, x.dtype) if "dx" in want else None
+    dw = be.from_numpy(dw0) if "dw" in want else None
+    db = be.from_numpy(db0) if "db" in want else None
+    xa, wa = be.from_numpy(x), be.from_numpy(w)
+    with winograd.flags(mode):
+        be.conv2d_forward(xa, wa, None if b is None else be.from_numpy(b), 1, 2, y, Workspace())
+        be.conv2d_backward(xa, wa, be.from_numpy(dy), 1, 2, dx, dw, db, Workspace())
+    return tuple(None if a is None else be.to_numpy(a) for a in (y, dx, dw, db))
+
+
+@pytest.mark.parametrize("hw, want", [((3, 5), ("dx", "dw", "db")), ((1, 1), ("dw",)), ((2, 4), ("dx", "db"))])
+def test_5x5_gives_the_float64_reference_and_accumulates(hw, want):
+    """Odd sizes and maps smaller than the kernel; gradients passed as None are skipped; dw and db accumulate."""
+    x, w, b, dy = data5(hw, seed=hw[0] * 10 + hw[1])
+    rng = np.random.default_rng(1)
+    dw0, db0 = rng.standard_normal(w.shape), rng.standard_normal(O)
+    got = conv5(x, w, b if "db" in want else None, dy, dw0, db0, want)
+    y, dx, dw, db = reference5(x, w, b if "db" in want else None, dy)
+    for name, g, e in zip(("y", "dx", "dw", "db"), got, (y, dx, dw0 + dw, db0 + db)):
+        if name == "y" or name in want:
+            assert_close(g, e, rtol=1e-12, what=name)
+        else:
+            assert g is None
+
+
+def test_5x5_float32_is_the_reference_within_rounding_and_agrees_with_im2col():
+    x, w, b, dy = data5((5, 4), np.float32)
+    dw0, db0 = np.zeros(w.shape, np.float32), np.zeros(O, np.float32)
+    wino, im2col = conv5(x, w, b, dy, dw0, db0), conv5(x, w, b, dy, dw0, db0, mode="off")
+    for name, got, ref, other in zip(("y", "dx", "dw", "db"), wino, reference5(x, w, b, dy), im2col):
+        assert got.dtype == np.float32
+        assert_close(got, ref, rtol=1e-5, what=name)
+        assert_close(got, other, rtol=1e-5, what=name + " against im2col")
+
+
+def test_cpu_and_cuda_5x5_winograd_agree(monkeypatch):
+    """Both backends on their 5x5 Winograd paths (the CPU's by the shifted extended grid, CUDA's by the stacked
+    depth; the CPU's thresholds lowered to take this tiny shape), float32."""
+    from nbcnn.cpu import winograd as cpu_winograd
+    for name in ("MIN_WINOGRAD5_CHANNELS", "MIN_WINOGRAD5_SIZE", "MIN_WINOGRAD5_BACKWARD_CHANNELS",
+                 "MIN_WINOGRAD5_BACKWARD_SIZE"):
+        monkeypatch.setattr(cpu_winograd, name, 1)
+    x, w, b, dy = data5((3, 3), np.float32)
+    dw0, db0 = np.ones(w.shape, np.float32), np.ones(O, np.float32)
+
+    def op(be, x, w, b, dy, dw, db):
+        ws, y, dx = Workspace(), be.empty(dy.shape, dy.dtype), be.empty(x.shape, x.dtype)
+        with winograd.flags("always"):
+            be.conv2d_forward(x, w, b, 1, 2, y, ws)
+            be.conv2d_backward(x, w, dy, 1, 2, dx, dw, db, ws)
+        return y, dx, dw, db
+
+    assert cpu_winograd.use_winograd(x, w, 1, 2, 1) and cpu_winograd.use_winograd_backward(x, w, 1, 2, 1)
+    assert_backends_agree(op, x, w, b, dy, dw0, db0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k, stride, pad, groups, want", [
+    (5, 1, 2, 1, True), (5, 1, 1, 1, False), (5, 2, 2, 1, False), (5, 1, 2, 2, False), (3, 1, 2, 1, False)])
+def test_always_takes_every_5x5_stride_1_pad_2_single_group_convolution(k, stride, pad, groups, want):
+    x, w = np.empty((2, 4, 5, 5)), np.empty((4, 4 // groups, k, k))
+    with winograd.flags("always"):
+        assert winograd.use_winograd(x, w, stride, pad, groups) == want
+        assert winograd.use_winograd_backward(x, w, stride, pad, groups) == want
+    with winograd.flags("off"):
+        assert not winograd.use_winograd(x, w, stride, pad, groups)

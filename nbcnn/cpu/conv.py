@@ -5,7 +5,8 @@ buffer; depthwise convolution (groups == in_channels > 1) goes to the direct ker
 nbcnn/cpu/depthwise.py instead, as its GEMMs would be one input channel deep.
 The forward and the backward of a 3x3, stride 1, padding 1 convolution with >= 16 input channels
 on maps >= 8x8 go to Winograd F(2x2, 3x3) instead (nbcnn/cpu/winograd.py: 2.25x fewer
-multiplications; its rules use_winograd and use_winograd_backward).
+multiplications; its rules use_winograd and use_winograd_backward), and so do 5x5, stride 1,
+padding 2 convolutions by those rules' 5x5 thresholds (as four 3x3 sub-kernels).
 
 Each of numba's T threads takes G images at a time with its own column buffer
 (C*KH*KW, G*OH*OW), their columns side by side, and single-threaded BLAS

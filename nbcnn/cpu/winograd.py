@@ -17,9 +17,9 @@ from x, dU[k] = dM[k] V[k]^T, dw += G^T dU G (float64, as U).
 import numpy as np
 from numba import njit, prange
 
-from ..backend import is_winograd_shape
-from ..kernel_math import (wino_input, wino_input_adjoint, wino_output, wino_output_adjoint, wino_weight,
-                           wino_weight_adjoint)
+from ..backend import is_winograd5_shape, is_winograd_shape
+from ..kernel_math import (wino5_tap, wino_input, wino_input_adjoint, wino_output, wino_output_adjoint,
+                           wino_weight, wino_weight_adjoint)
 from .array import empty
 from .gemm import gemm_rm, sum_batched_rows_into
 
@@ -36,20 +36,37 @@ MIN_WINOGRAD_CHANNELS = 16
 MIN_WINOGRAD_SIZE = 8
 MIN_WINOGRAD_BACKWARD_CHANNELS = 16  # the backward's rule, for dx and dw together
 MIN_WINOGRAD_BACKWARD_SIZE = 8
+# 5x5, stride 1, padding 2 (the four-sub-kernel path below), by dev/winograd.py --shapes alexnet5 (docs/performance.md,
+# "Winograd 5x5"; idle machine, after COLUMN_BLOCK): forward 1.20-1.61x (one thread, work) and 1.38-1.98x (two
+# threads) on C = 16-96 at 13x13 and 27x27; dx+dw 1.09-1.24x and 1.16-1.26x; 7x7 maps lose everything
+# (0.58-0.85x). C = 16 (not in any of nbcnn's models) was mixed on the loaded machine, hence C >= 32; map
+# sides 8-12 and 14-26 are not measured.
+MIN_WINOGRAD5_CHANNELS = 32
+MIN_WINOGRAD5_SIZE = 13
+MIN_WINOGRAD5_BACKWARD_CHANNELS = 32
+MIN_WINOGRAD5_BACKWARD_SIZE = 13
+
+
+def _fits(x, channels, size):
+    return x.shape[1] >= channels and min(x.shape[2], x.shape[3]) >= size
 
 
 def use_winograd(x, w, stride, pad, groups):
     """True when conv2d_forward takes the Winograd path: 3x3, stride 1, padding 1, one group,
-    C >= MIN_WINOGRAD_CHANNELS, H and W >= MIN_WINOGRAD_SIZE."""
-    return (is_winograd_shape(w, stride, pad, groups)
-            and x.shape[1] >= MIN_WINOGRAD_CHANNELS and min(x.shape[2], x.shape[3]) >= MIN_WINOGRAD_SIZE)
+    C >= MIN_WINOGRAD_CHANNELS, H and W >= MIN_WINOGRAD_SIZE; or 5x5, stride 1, padding 2, one group,
+    C >= MIN_WINOGRAD5_CHANNELS, H and W >= MIN_WINOGRAD5_SIZE."""
+    return ((is_winograd_shape(w, stride, pad, groups) and _fits(x, MIN_WINOGRAD_CHANNELS, MIN_WINOGRAD_SIZE))
+            or (is_winograd5_shape(w, stride, pad, groups) and _fits(x, MIN_WINOGRAD5_CHANNELS, MIN_WINOGRAD5_SIZE)))
 
 
 def use_winograd_backward(x, w, stride, pad, groups):
     """True when conv2d_backward takes the Winograd path: 3x3, stride 1, padding 1, one group,
-    C >= MIN_WINOGRAD_BACKWARD_CHANNELS, H and W >= MIN_WINOGRAD_BACKWARD_SIZE."""
-    return (is_winograd_shape(w, stride, pad, groups) and x.shape[1] >= MIN_WINOGRAD_BACKWARD_CHANNELS
-            and min(x.shape[2], x.shape[3]) >= MIN_WINOGRAD_BACKWARD_SIZE)
+    C >= MIN_WINOGRAD_BACKWARD_CHANNELS, H and W >= MIN_WINOGRAD_BACKWARD_SIZE; or the 5x5 shape
+    with C >= MIN_WINOGRAD5_BACKWARD_CHANNELS, H and W >= MIN_WINOGRAD5_BACKWARD_SIZE."""
+    return ((is_winograd_shape(w, stride, pad, groups)
+             and _fits(x, MIN_WINOGRAD_BACKWARD_CHANNELS, MIN_WINOGRAD_BACKWARD_SIZE))
+            or (is_winograd5_shape(w, stride, pad, groups)
+                and _fits(x, MIN_WINOGRAD5_BACKWARD_CHANNELS, MIN_WINOGRAD5_BACKWARD_SIZE)))
 
 
 @njit(parallel=True, cache=True)
@@ -68,15 +85,16 @@ def weight_transform(w, u):
 
 
 @njit(parallel=True, cache=True)
-def input_transform(x, v, th, tw):
+def input_transform(x, v, th, tw, pad):
     """v[4*i+j, c, (n*th + a)*tw + b] = (B^T d B)[i, j] (kernel_math.wino_input), d the 4x4 patch of x[n, c] at
-    (2a-1, 2b-1), zero outside. A row of tiles at a time: the column transform along the padded rows, then the
-    row transform of every tile in the row, so the loops run over contiguous pixels and tiles."""
+    (2a-pad, 2b-pad), zero outside (pad 1: F(2x2, 3x3); pad 2: the 5x5 path's extended grid). A row of tiles at
+    a time: the column transform along the padded rows, then the row transform of every tile in the row, so the
+    loops run over contiguous pixels and tiles."""
     N, C, H, W = x.shape
     for nc in prange(N * C):
         n, c = nc // C, nc % C
-        xp = np.zeros((2 * th + 2, 2 * tw + 2), x.dtype)  # x[n, c] with a zero border: xp[h + 1, w + 1]
-        xp[1:H + 1, 1:W + 1] = x[n, c]
+        xp = np.zeros((2 * th + 2, 2 * tw + 2), x.dtype)  # x[n, c] with a zero border: xp[h + pad, w + pad]
+        xp[pad:H + pad, pad:W + pad] = x[n, c]
         r = np.empty((4, 2 * tw + 2), x.dtype)
         for a in range(th):
             t0 = (n * th + a) * tw
@@ -140,10 +158,13 @@ def _buffers(x, w, ws):
 
 
 def winograd_forward(x, w, b, y, ws):
-    """y = conv2d(x, w, b), 3x3, stride 1, padding 1 (use_winograd's shapes); BLAS must be single-threaded."""
+    """y = conv2d(x, w, b) on use_winograd's shapes (3x3 here, 5x5 by winograd5_forward); BLAS must be
+    single-threaded."""
+    if w.shape[2] == 5:
+        return winograd5_forward(x, w, b, y, ws)
     th, tw, u, v, m = _buffers(x, w, ws)
     weight_transform(w, u)
-    input_transform(x, v, th, tw)
+    input_transform(x, v, th, tw, 1)
     gemm16(False, False, u, v, m)
     output_transform(m, y, th, tw, b if b is not None else w[0, 0, 0], b is not None)
 
@@ -176,14 +197,14 @@ def output_transform_adjoint(dy, dm, th, tw):
 
 
 @njit(parallel=True, cache=True)
-def input_transform_adjoint(dv, dx, th, tw):
+def input_transform_adjoint(dv, dx, th, tw, pad):
     """dx[n, c] = sum over tiles (a, b) of B dV B^T (kernel_math.wino_input_adjoint), dV[4*i+j] = dv[4*i+j, c,
-    (n*th + a)*tw + b], added at the tile's 4x4 patch (2a-1, 2b-1); what falls outside dx is dropped. The adjoint
-    of input_transform; each (n, c) plane by one thread, overlapping patches summed in a zero-padded plane."""
+    (n*th + a)*tw + b], added at the tile's 4x4 patch (2a-pad, 2b-pad); what falls outside dx is dropped. The
+    adjoint of input_transform; each (n, c) plane by one thread, overlapping patches summed in a zero-padded plane."""
     N, C, H, W = dx.shape
     for nc in prange(N * C):
         n, c = nc // C, nc % C
-        acc = np.zeros((2 * th + 2, 2 * tw + 2), dv.dtype)  # dx[n, c] with a border of 1: acc[h + 1, w + 1]
+        acc = np.zeros((2 * th + 2, 2 * tw + 2), dv.dtype)  # dx[n, c] with a border of pad: acc[h + pad, w + pad]
         e = np.empty((4, tw), dv.dtype)
         r = np.empty((4, 2 * tw + 2), dv.dtype)
         for a in range(th):
@@ -208,7 +229,7 @@ def input_transform_adjoint(dv, dx, th, tw):
                 a1[q] += d1
                 a2[q] += d2
                 a3[q] += d3
-        dx[n, c] = acc[1:H + 1, 1:W + 1]
+        dx[n, c] = acc[pad:H + pad, pad:W + pad]
 
 
 @njit(parallel=True, cache=True)
@@ -232,11 +253,13 @@ def weight_transform_adjoint(du, dw):
 
 def winograd_backward(x, w, dy, dx, dw, db, ws):
     """conv2d_backward on use_winograd_backward's shapes: dx overwritten, dw and db accumulated, each skipped
-    where None; BLAS must be single-threaded.
+    where None (5x5 by winograd5_backward); BLAS must be single-threaded.
 
     dM = A dy A^T per tile (into M's buffer); dx: dV[k] = U[k]^T dM[k] (into V's buffer), dx = the sum of
     the tiles' B dV B^T; dw: V recomputed from x (the buffer holds dV, or another call's V),
     dU[k] = dM[k] V[k]^T (into U's buffer, U being used up), dw += G^T dU G. CUDA's order."""
+    if w.shape[2] == 5:
+        return winograd5_backward(x, w, dy, dx, dw, db, ws)
     N, O = dy.shape[0], dy.shape[1]
     if db is not None:
         sum_batched_rows_into(dy.reshape(N, O, dy.shape[2] * dy.shape[3]), db)
@@ -247,8 +270,152 @@ def winograd_backward(x, w, dy, dx, dw, db, ws):
     if dx is not None:
         weight_transform(w, u)
         gemm16(True, False, u, m, v)
-        input_transform_adjoint(v, dx, th, tw)
+        input_transform_adjoint(v, dx, th, tw, 1)
     if dw is not None:  # None: a frozen weight; V's transform and the GEMMs are skipped
-        input_transform(x, v, th, tw)
+        input_transform(x, v, th, tw, 1)
         gemm16(False, True, m, v, u)
         weight_transform_adjoint(u, dw)
+
+
+# -- 5x5, stride 1, padding 2: four F(2x2, 3x3) convolutions on one extended input transform --------
+#
+# w (5x5) is split into four 3x3 sub-kernels w_st (s, t in {0, 1}) at row and column offsets 2s, 2t:
+# w_st[p, q] = w[2s+p, 2t+q], the overlapping row / column 2 counted once (in s = 0 / t = 0: w_1t's row 0
+# and w_s1's column 0 are structural zeros). y = sum_st conv3x3(w_st, x shifted by (2s, 2t)); the shifts
+# are whole tiles, so sub-kernel (s, t)'s F(2x2, 3x3) input tile for output tile (a, b) is tile (a+s, b+t)
+# of ONE input transform over an extended grid: (th+1) x (tw+1) tiles per image with patches at
+# (2a-2, 2b-2) (input_transform with pad 2). M, dM and V all use that grid's tile numbering, so the
+# tile (a+s, b+t) sits a constant s*(tw+1) + t columns after (a, b): each sub-kernel's GEMM reads V at
+# that offset, with no gather and no 4x larger V (the grid's extra row and column of tiles are computed
+# and dropped: 15% more GEMM on 27x27 maps, 31% on 13x13). 64 multiplications per 2x2 tile and (o, c)
+# against im2col's 100, at F(2x2, 3x3)'s float32 accuracy (F(2x2, 5x5) and F(4x4, 3x3) were rejected
+# on theirs: docs/performance.md).
+
+def _offsets(gw):
+    """The column offset of tile (a+s, b+t) from (a, b) on the extended grid (gw tiles across), for st = 2s+t."""
+    return np.array([0, 1, gw, gw + 1], np.int64)
+
+
+@njit(parallel=True, cache=True)
+def split_weight(w, w4):
+    """w4[o, st*C + c, p, q] = w[o, c, kernel_math.wino5_tap(st, p, q)], 0 for its structural zeros: the four 3x3
+    sub-kernels of the 5x5 w."""
+    O, C = w.shape[0], w.shape[1]
+    for oc in prange(O * C):
+        o, c = oc // C, oc % C
+        for st in range(4):
+            for p in range(3):
+                for q in range(3):
+                    r, s = wino5_tap(st, p, q)
+                    w4[o, st * C + c, p, q] = w[o, c, r, s] if r >= 0 else 0
+
+
+@njit(parallel=True, cache=True)
+def merge_weight_gradient(dw4, dw):
+    """dw[o, c, kernel_math.wino5_tap(st, p, q)] += dw4[o, st*C + c, p, q], the structural zeros' gradients
+    dropped: the adjoint of split_weight, accumulated."""
+    O, C = dw.shape[0], dw.shape[1]
+    for oc in prange(O * C):
+        o, c = oc // C, oc % C
+        for st in range(4):
+            for p in range(3):
+                for q in range(3):
+                    r, s = wino5_tap(st, p, q)
+                    if r >= 0:
+                        dw[o, c, r, s] += dw4[o, st * C + c, p, q]
+
+
+# The forward's and dx's four shifted GEMMs per position k run a block of COLUMN_BLOCK tiles at a time, all four
+# sub-kernels on one block before the next, so the block of V (forward) or dM (dx) the four read stays in cache:
+# measured (the GEMM kernels alone, blocks of 256 / 512 / 1024 against none, idle machine, 2026-12-03): on
+# alexnet-small's conv2 (13x13, C = 32, b128) 256 made them 1.2-1.5x faster, on AlexNet's conv2 all were within
+# noise; blocking the dw GEMMs gained nothing, so they run whole.
+COLUMN_BLOCK = 256
+
+
+@njit(parallel=True, cache=True)
+def gemm16_shifted(u, v, m, offs, L):
+    """m[k][:, :L] = sum over st of u[k][:, st*C:(st+1)*C] @ v[k][:, offs[st]:offs[st]+L]: each sub-kernel's U
+    against V's tiles (a+s, b+t); u (16, O, 4C), v (16, C, tiles), m (16, O, tiles). COLUMN_BLOCK columns at a time."""
+    O, C = m.shape[1], v.shape[1]
+    for k in prange(16):
+        for j0 in range(0, L, COLUMN_BLOCK):
+            n = min(COLUMN_BLOCK, L - j0)
+            for st in range(4):
+                gemm_rm(False, False, O, n, C, 1.0, u[k, :, st * C:], 4 * C, v[k, :, offs[st] + j0:], v.shape[2],
+                        1.0 if st > 0 else 0.0, m[k, :, j0:], m.shape[2])
+
+
+@njit(parallel=True, cache=True)
+def gemm16_shifted_adjoint_v(u, dm, dv, offs, L):
+    """dv[k][:, offs[st]:offs[st]+L] += u[k][:, st*C:(st+1)*C]^T @ dm[k][:, :L] over st, dv zeroed first: the
+    adjoint of gemm16_shifted in v. COLUMN_BLOCK columns of dm at a time (the blocks' outputs overlap: all add)."""
+    O, C = dm.shape[1], dv.shape[1]
+    for k in prange(16):
+        dv[k] = 0
+        for j0 in range(0, L, COLUMN_BLOCK):
+            n = min(COLUMN_BLOCK, L - j0)
+            for st in range(4):
+                gemm_rm(True, False, C, n, O, 1.0, u[k, :, st * C:], 4 * C, dm[k, :, j0:], dm.shape[2],
+                        1.0, dv[k, :, offs[st] + j0:], dv.shape[2])
+
+
+@njit(parallel=True, cache=True)
+def gemm16_shifted_adjoint_u(dm, v, du, offs, L):
+    """du[k][:, st*C:(st+1)*C] = dm[k][:, :L] @ v[k][:, offs[st]:offs[st]+L]^T: the adjoint of gemm16_shifted
+    in u (dm zero on the extended grid's extra tiles)."""
+    O, C = dm.shape[1], v.shape[1]
+    for k in prange(16):
+        for st in range(4):
+            gemm_rm(False, True, O, C, L, 1.0, dm[k], dm.shape[2], v[k, :, offs[st]:], v.shape[2],
+                    0.0, du[k, :, st * C:], 4 * C)
+
+
+def _buffers5(x, w, ws):
+    """(gh, gw, L, u, v, m, w4): the extended grid's tiles down and across an image, the GEMMs' column count L
+    (through the last real tile), U (16, O, 4C), V (16, C, N*gh*gw), M (16, O, N*gh*gw) and the sub-kernels
+    w4 (O, 4C, 3, 3) in the layer's workspace (the backward's dM in M's buffer, dV in V's, dU in U's)."""
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    gh, gw = (H + 1) // 2 + 1, (W + 1) // 2 + 1
+    tiles = N * gh * gw
+    u = ws.get("wino5_u", (16, O, 4 * C), x.dtype, empty)
+    v = ws.get("wino5_v", (16, C, tiles), x.dtype, empty)
+    m = ws.get("wino5_m", (16, O, tiles), x.dtype, empty)
+    w4 = ws.get("wino5_w4", (O, 4 * C, 3, 3), x.dtype, empty)
+    return gh, gw, tiles - gw - 1, u, v, m, w4
+
+
+def winograd5_forward(x, w, b, y, ws):
+    """y = conv2d(x, w, b), 5x5, stride 1, padding 2 (use_winograd's shapes); BLAS must be single-threaded."""
+    gh, gw, L, u, v, m, w4 = _buffers5(x, w, ws)
+    split_weight(w, w4)
+    weight_transform(w4, u)
+    input_transform(x, v, gh, gw, 2)
+    gemm16_shifted(u, v, m, _offsets(gw), L)
+    output_transform(m, y, gh, gw, b if b is not None else w[0, 0, 0], b is not None)
+
+
+def winograd5_backward(x, w, dy, dx, dw, db, ws):
+    """conv2d_backward on the 5x5 shapes of use_winograd_backward, as winograd_backward: the adjoints of
+    winograd5_forward's steps in reverse; dW of the sub-kernels merged into dw (float64, as U)."""
+    N, O = dy.shape[0], dy.shape[1]
+    if db is not None:
+        sum_batched_rows_into(dy.reshape(N, O, dy.shape[2] * dy.shape[3]), db)
+    if dx is None and dw is None:
+        return
+    gh, gw, L, u, v, m, w4 = _buffers5(x, w, ws)
+    offs = _offsets(gw)
+    output_transform_adjoint(dy, m, gh, gw)  # dM, zero on the extended grid's extra tiles
+    if dx is not None:
+        split_weight(w, w4)
+        weight_transform(w4, u)
+        gemm16_shifted_adjoint_v(u, m, v, offs, L)
+        input_transform_adjoint(v, dx, gh, gw, 2)
+    if dw is not None:
+        input_transform(x, v, gh, gw, 2)
+        gemm16_shifted_adjoint_u(m, v, u, offs, L)
+        dw4 = ws.get("wino5_dw4", w4.shape, np.float64, empty)
+        dw4[:] = 0
+        weight_transform_adjoint(u, dw4)
+        merge_weight_gradient(dw4, dw)

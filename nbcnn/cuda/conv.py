@@ -7,7 +7,7 @@ memory (AlexNet conv2 at batch 128: 224M floats). The chunk is the largest numbe
 whose columns fit in COL_BUDGET elements, so both stay bounded: conv1/conv2 of AlexNet at
 batch 128 take 2-3 chunks, the later layers one.
 
-3x3, stride 1, padding 1 convolutions of one group take Winograd F(2x2, 3x3) instead
+3x3, stride 1, padding 1 (and 5x5, stride 1, padding 2) convolutions of one group take Winograd F(2x2, 3x3) instead
 (nbcnn/cuda/winograd.py) when asked: nbcnn.cuda.winograd.MODE, "off" by default until a GPU
 has timed the two paths.
 """

@@ -20,6 +20,14 @@ S is the fewest segments giving that GEMM gemm.TARGET_BLOCKS blocks, as gemm_bat
 splits the im2col path's dw. Forward and backward share the layer's three buffers; the whole
 batch is transformed at once (each buffer holds about 4 values per input or output pixel).
 
+5x5, stride 1, padding 2: four 3x3 sub-kernels w_st (s, t in {0, 1}) at offsets (2s, 2t) (the overlapping
+row and column 2 held once: kernel_math.wino5_tap), y = sum_st conv3x3(w_st, x shifted by (2s, 2t)), the
+four stacked along the GEMMs' depth: U (16, S, O, 4C) from the split kernel, V (16, S, 4C, Ts) with
+V[k, (st, c), tile (a, b)] = the F(2x2, 3x3) transform of the patch at (2(a+s)-2, 2(b+t)-2), written by
+input_transform directly (the CPU instead transforms an extended tile grid once and shifts its GEMMs'
+windows: here the segments' plain batch strides would not hold such shifts); then the same GEMMs, output
+transform and adjoints with depth 4C. 64 multiplications per tile and (o, c) against im2col's 100.
+
 Selection. No GPU has timed this path yet, so the CUDA convolution keeps im2col unless asked
 (MODE, below); the rule for when Winograd pays on a GPU is owed until dev/cuda/winograd.py
 has run there (`bash scripts/gpu_check.sh winograd`).
@@ -32,15 +40,16 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ..backend import is_winograd_shape
-from ..kernel_math import (wino_input, wino_input_adjoint, wino_output, wino_output_adjoint, wino_weight,
-                           wino_weight_adjoint)
+from ..backend import is_winograd5_shape, is_winograd_shape
+from ..kernel_math import (wino5_tap, wino_input, wino_input_adjoint, wino_output, wino_output_adjoint,
+                           wino_weight, wino_weight_adjoint)
+from .elementwise import fill
 from .array import check_int32, divmod32, empty, flat, launch, unravel3, unravel4
 from .gemm import TARGET_BLOCKS, GemmPlan, default_tiles, gemm, sum_batched_rows_into
 
 # When conv2d_forward/backward take Winograd on CUDA, like torch.backends.cudnn's flags: "off"
 # (the default: im2col for every shape), "rule" (the shapes nbcnn/cpu/winograd.py's measured
-# CPU rule takes), "always" (every 3x3, stride 1, padding 1, one-group convolution). Set it
+# CPU rule takes), "always" (every 3x3, stride 1, padding 1, and 5x5, stride 1, padding 2, one-group convolution). Set it
 # for a run with NBCNN_CUDA_WINOGRAD=always, in code with set_mode("always") or, for a block,
 # `with nbcnn.cuda.winograd.flags("always"):`.
 MODES = ("off", "rule", "always")
@@ -74,7 +83,8 @@ def flags(mode):
 
 def use_winograd(x, w, stride, pad, groups):
     """True when the CUDA conv2d_forward takes the Winograd path, by MODE: "always" for every
-    3x3, stride 1, padding 1, one-group convolution, "rule" where the CPU's use_winograd says so."""
+    3x3, stride 1, padding 1 and 5x5, stride 1, padding 2, one-group convolution, "rule" where the CPU's
+    use_winograd says so."""
     return _chosen("use_winograd", x, w, stride, pad, groups)
 
 
@@ -86,7 +96,7 @@ def use_winograd_backward(x, w, stride, pad, groups):
 
 def _chosen(cpu_rule, x, w, stride, pad, groups):
     if MODE == "always":
-        return is_winograd_shape(w, stride, pad, groups)
+        return is_winograd_shape(w, stride, pad, groups) or is_winograd5_shape(w, stride, pad, groups)
     if MODE == "rule":
         from ..cpu import winograd as cpu  # here: the CUDA backend needs no CPU code otherwise
         return getattr(cpu, cpu_rule)(x, w, stride, pad, groups)
@@ -111,21 +121,24 @@ def weight_transform(w, u):
 
 
 @cuda.jit(cache=True)
-def input_transform(x, th, tw, v):
-    """v[4i+j, s, c, l] = (B^T d B)[i, j], d the 4x4 patch of x[n, c] at (2a-1, 2b-1) (zero outside), tile
-    s*Ts + l = (n*th + a)*tw + b; the padding tiles past N*th*tw are zero. x (N, C, H, W), v (16, S, C, Ts);
-    a thread per (s, c, l), in x's dtype."""
+def input_transform(x, th, tw, pad, v):
+    """v[4i+j, s, st*C + c, l] = (B^T d B)[i, j], d the 4x4 patch of x[n, c] at (2(a+i0)-pad, 2(b+j0)-pad) (zero
+    outside), (i0, j0) = divmod(st, 2) the sub-kernel's shift (st = 0 only, pad 1, for 3x3; st < 4, pad 2 for
+    5x5), tile s*Ts + l = (n*th + a)*tw + b; the padding tiles past N*th*tw are zero. x (N, C, H, W),
+    v (16, S, K*C, Ts) (K = 1 or 4); a thread per (s, st*C + c, l), in x's dtype."""
     N, C, H, W = x.shape
-    _, S, _, Ts = v.shape
+    _, S, KC, Ts = v.shape
     d = cuda.local.array(16, x.dtype)
-    for e in range(cuda.grid(1), S * C * Ts, cuda.gridsize(1)):
-        s, c, l = unravel3(e, C, Ts)
+    for e in range(cuda.grid(1), S * KC * Ts, cuda.gridsize(1)):
+        s, kc, l = unravel3(e, KC, Ts)
+        st, c = divmod32(kc, C)
+        i0, j0 = divmod32(st, 2)
         n, ab = divmod32(s * Ts + l, th * tw)
         a, b = divmod32(ab, tw)
         for p in range(4):
-            h = 2 * a - 1 + p
+            h = 2 * (a + i0) - pad + p
             for q in range(4):
-                ww = 2 * b - 1 + q
+                ww = 2 * (b + j0) - pad + q
                 if n < N and 0 <= h < H and 0 <= ww < W:
                     d[4 * p + q] = x[n, c, h, ww]
                 else:
@@ -135,7 +148,7 @@ def input_transform(x, th, tw, v):
         for p in range(4):  # (B^T d) B along each row
             r = wino_input(d[4 * p], d[4 * p + 1], d[4 * p + 2], d[4 * p + 3])
             for q in range(4):
-                v[4 * p + q, s, c, l] = r[q]
+                v[4 * p + q, s, kc, l] = r[q]
 
 
 @cuda.jit(cache=True)
@@ -193,29 +206,35 @@ def output_transform_adjoint(dy, th, tw, dm):
 
 
 @cuda.jit(cache=True)
-def input_transform_adjoint(dv, th, tw, dx):
-    """dx[n, c, h, w] = sum over the tiles (a, b) whose patch at (2a-1, 2b-1) holds (h, w) of (B dV B^T)[h-2a+1, w-2b+1],
-    dV[k] = dv[k, s, c, l] for tile s*Ts + l = (n*th + a)*tw + b. dv (16, S, C, Ts), dx (N, C, H, W) overwritten;
-    a thread per pixel, its <= 4 tiles a, b ascending (no atomics), summed in float64."""
+def input_transform_adjoint(dv, th, tw, pad, dx):
+    """dx[n, c, h, w] = sum over the sub-kernels st (shift (i0, j0) = divmod(st, 2)) and tiles (a, b) whose patch at
+    (2(a+i0)-pad, 2(b+j0)-pad) holds (h, w) of (B dV B^T)[h - that row, w - that column], dV[k] = dv[k, s, st*C + c, l]
+    for tile s*Ts + l = (n*th + a)*tw + b: the adjoint of input_transform. dv (16, S, K*C, Ts), dx (N, C, H, W)
+    overwritten; a thread per pixel, its <= 4 tiles per sub-kernel in a fixed order (no atomics), summed in float64."""
     N, C, H, W = dx.shape
-    Ts = dv.shape[3]
+    KC, Ts = dv.shape[2], dv.shape[3]
     col = cuda.local.array(4, numba.float64)  # column q of dV B^T
     for e in range(cuda.grid(1), N * C * H * W, cuda.gridsize(1)):
         n, c, h, ww = unravel4(e, C, H, W)
-        a1 = divmod32(h + 1, 2)[0]  # the pixel is row h+1-2a of tile a's patch: rows 2, 3 of a1-1, rows 0, 1 of a1
-        b1 = divmod32(ww + 1, 2)[0]
+        a1 = divmod32(h + pad, 2)[0]  # the pixel is row h+pad-2a' of patch a' = a+i0: rows 2, 3 of a1-1, 0, 1 of a1
+        b1 = divmod32(ww + pad, 2)[0]
         acc = 0.0
-        for a in range(a1 - 1, a1 + 1):
-            if 0 <= a < th:
-                p = h + 1 - 2 * a
-                for b in range(b1 - 1, b1 + 1):
-                    if 0 <= b < tw:
-                        q = ww + 1 - 2 * b
-                        s, l = divmod32((n * th + a) * tw + b, Ts)
-                        for i in range(4):  # (dV B^T)[i, q] = (B dV[i, :])[q]
-                            col[i] = np.float64(wino_input_adjoint(dv[4 * i, s, c, l], dv[4 * i + 1, s, c, l],
-                                                                   dv[4 * i + 2, s, c, l], dv[4 * i + 3, s, c, l])[q])
-                        acc += wino_input_adjoint(col[0], col[1], col[2], col[3])[p]
+        for kc in range(c, KC, C):
+            i0, j0 = divmod32(divmod32(kc, C)[0], 2)
+            for ap in range(a1 - 1, a1 + 1):
+                a = ap - i0
+                if 0 <= a < th:
+                    p = h + pad - 2 * ap
+                    for bp in range(b1 - 1, b1 + 1):
+                        b = bp - j0
+                        if 0 <= b < tw:
+                            q = ww + pad - 2 * bp
+                            s, l = divmod32((n * th + a) * tw + b, Ts)
+                            for i in range(4):  # (dV B^T)[i, q] = (B dV[i, :])[q]
+                                col[i] = np.float64(wino_input_adjoint(dv[4 * i, s, kc, l], dv[4 * i + 1, s, kc, l],
+                                                                       dv[4 * i + 2, s, kc, l],
+                                                                       dv[4 * i + 3, s, kc, l])[q])
+                            acc += wino_input_adjoint(col[0], col[1], col[2], col[3])[p]
         dx[n, c, h, ww] = acc
 
 
@@ -241,6 +260,35 @@ def weight_transform_adjoint(du, dw):
                 dw[o, c, p, q] += row[q]
 
 
+@cuda.jit(cache=True)
+def split_weight(w, w4):
+    """w4[o, st*C + c, p, q] = w[o, c, kernel_math.wino5_tap(st, p, q)], 0 for its structural zeros: the four 3x3
+    sub-kernels of the 5x5 w (O, C, 5, 5); w4 (O, 4C, 3, 3); a thread per element of w4."""
+    O, KC = w4.shape[0], w4.shape[1]
+    C = w.shape[1]
+    for e in range(cuda.grid(1), O * KC * 9, cuda.gridsize(1)):
+        o, kc, pq = unravel3(e, KC, 9)
+        st, c = divmod32(kc, C)
+        p, q = divmod32(pq, 3)
+        r, t = wino5_tap(st, p, q)
+        w4[o, kc, p, q] = w[o, c, r, t] if r >= 0 else 0
+
+
+@cuda.jit(cache=True)
+def merge_weight_gradient(dw4, dw):
+    """dw[o, c, kernel_math.wino5_tap(st, p, q)] += dw4[o, st*C + c, p, q], the structural zeros' gradients dropped:
+    the adjoint of split_weight, accumulated. dw4 (O, 4C, 3, 3), dw (O, C, 5, 5); a thread per (o, c)."""
+    O, C = dw.shape[0], dw.shape[1]
+    for e in range(cuda.grid(1), O * C, cuda.gridsize(1)):
+        o, c = divmod32(e, C)
+        for st in range(4):
+            for p in range(3):
+                for q in range(3):
+                    r, t = wino5_tap(st, p, q)
+                    if r >= 0:
+                        dw[o, c, r, t] += dw4[o, st * C + c, p, q]
+
+
 def segments(O, C, T, dtype):
     """S: the fewest segments of the T tiles for which the weight gradient's 16*S products of O x C make
     TARGET_BLOCKS GEMM blocks, at most one per tile."""
@@ -250,17 +298,24 @@ def segments(O, C, T, dtype):
 
 
 def _buffers(x, w, ws):
-    """(th, tw, u, v, m): the tiles down and across an image, and U, V, M in the layer's workspace."""
+    """(th, tw, pad, w3, u, v, m): the tiles down and across an image, the input's padding, the 3x3 kernel(s)
+    (w itself, or for a 5x5 w its four sub-kernels (O, 4C, 3, 3), split here into the workspace), and U, V, M
+    in the layer's workspace with the GEMMs' depth K*C (K = 1 for 3x3, 4 for 5x5)."""
     N, C, H, W = x.shape
     O = w.shape[0]
     th, tw = (H + 1) // 2, (W + 1) // 2
-    S = segments(O, C, N * th * tw, x.dtype)
+    pad, w3 = 1, w
+    if w.shape[2] == 5:
+        pad, w3 = 2, ws.get("wino5_w4", (O, 4 * C, 3, 3), x.dtype, empty)
+        split_weight[launch(w3.size)](w, w3)
+    KC = w3.shape[1]
+    S = segments(O, KC, N * th * tw, x.dtype)
     Ts = -(-N * th * tw // S)
-    u = ws.get("wino_u", (16, S, O, C), x.dtype, empty)
-    v = ws.get("wino_v", (16, S, C, Ts), x.dtype, empty)
+    u = ws.get("wino_u", (16, S, O, KC), x.dtype, empty)
+    v = ws.get("wino_v", (16, S, KC, Ts), x.dtype, empty)
     m = ws.get("wino_m", (16, S, O, Ts), x.dtype, empty)
     check_int32(x, u, v, m)
-    return th, tw, u, v, m
+    return th, tw, pad, w3, u, v, m
 
 
 def gemm16(u, v, m):
@@ -271,11 +326,11 @@ def gemm16(u, v, m):
 
 
 def winograd_forward(x, w, b, y, ws):
-    """y = conv2d(x, w, b), 3x3, stride 1, padding 1, one group (use_winograd's shapes)."""
-    th, tw, u, v, m = _buffers(x, w, ws)
+    """y = conv2d(x, w, b), 3x3, stride 1, padding 1 or 5x5, stride 1, padding 2, one group (use_winograd's shapes)."""
+    th, tw, pad, w3, u, v, m = _buffers(x, w, ws)
     check_int32(y)
-    weight_transform[launch(w.shape[0] * w.shape[1])](w, u)
-    input_transform[launch(v.size // 16)](x, th, tw, v)
+    weight_transform[launch(w3.shape[0] * w3.shape[1])](w3, u)
+    input_transform[launch(v.size // 16)](x, th, tw, pad, v)
     gemm16(u, v, m)
     # a placeholder where there is no bias: one kernel for both, has_bias keeps it unread
     output_transform[launch(y.shape[0] * y.shape[1] * th * tw)](m, th, tw, flat(w) if b is None else b,
@@ -287,21 +342,26 @@ def winograd_backward(x, w, dy, dx, dw, db, ws):
     N, O = dy.shape[0], dy.shape[1]
     check_int32(dy)
     if dx is not None or dw is not None:
-        th, tw, u, v, m = _buffers(x, w, ws)
-        _, S, _, C = u.shape
+        th, tw, pad, w3, u, v, m = _buffers(x, w, ws)
+        _, S, _, C = u.shape  # C: the GEMMs' depth, K*C
         Ts = v.shape[3]
         output_transform_adjoint[launch(m.size // 16)](dy, th, tw, m)  # dM
         if dx is not None:
-            weight_transform[launch(O * C)](w, u)
+            weight_transform[launch(O * C)](w3, u)
             # dV[k, s] (C, Ts) = U[k, s]^T @ dM[k, s], into V's buffer
             gemm(u, m, v, GemmPlan(C, Ts, O, trans_a=True, batch=16 * S, stride_a=O * C, stride_b=O * Ts,
                                    stride_c=C * Ts))
-            input_transform_adjoint[launch(dx.size)](v, th, tw, dx)
+            input_transform_adjoint[launch(dx.size)](v, th, tw, pad, dx)
         if dw is not None:  # None: a frozen weight; V's transform and the GEMM are skipped
-            input_transform[launch(v.size // 16)](x, th, tw, v)  # recomputed: the buffer may hold dV or another call's V
+            input_transform[launch(v.size // 16)](x, th, tw, pad, v)  # recomputed: the buffer may hold dV or another call's V
             # dU[k, s] (O, C) = dM[k, s] @ V[k, s]^T, segment s's partial sum, into U's buffer (U is used up)
             gemm(m, v, u, GemmPlan(O, C, Ts, trans_b=True, batch=16 * S, stride_a=O * Ts, stride_b=C * Ts,
                                    stride_c=O * C))
-            weight_transform_adjoint[launch(O * C)](u, dw)
+            if w3 is w:
+                weight_transform_adjoint[launch(O * C)](u, dw)
+            else:  # 5x5: the sub-kernels' gradient into w3's buffer (w4 is used up), merged into dw
+                fill(w3, 0)
+                weight_transform_adjoint[launch(O * C)](u, w3)
+                merge_weight_gradient[launch(dw.shape[0] * dw.shape[1])](w3, dw)
     if db is not None:
         sum_batched_rows_into(dy.reshape((N, O, dy.shape[2] * dy.shape[3])), db)
