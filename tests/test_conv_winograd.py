@@ -79,7 +79,10 @@ def rule_cases(c, s):
     """(C, (H, W), k, stride, pad, groups, chosen) around a rule's thresholds c (channels) and s (map side)."""
     return [(c, (s, s), 3, 1, 1, 1, True), (c - 1, (s, s), 3, 1, 1, 1, False), (c, (s - 1, s), 3, 1, 1, 1, False),
             (c, (s, s - 1), 3, 1, 1, 1, False), (c, (s, s), 5, 1, 1, 1, False), (c, (s, s), 3, 2, 1, 1, False),
-            (c, (s, s), 3, 1, 0, 1, False), (c, (s, s), 3, 1, 1, 2, False)]
+            (c, (s, s), 3, 1, 0, 1, False), (c, (s, s), 3, 1, 1, 2, False),
+            # maps of even sides are whole 2x2 tiles: chosen from MIN_WINOGRAD_EVEN_SIZE up
+            (c, (6, 6), 3, 1, 1, 1, True), (c, (4, 6), 3, 1, 1, 1, True), (c - 1, (6, 6), 3, 1, 1, 1, False),
+            (c, (2, 2), 3, 1, 1, 1, False), (c, (6, 7), 3, 1, 1, 1, False)]
 
 
 @pytest.mark.parametrize("c, hw, k, stride, pad, groups, want",

@@ -4,7 +4,7 @@ Grouped convolution runs one GEMM per group on the group's rows of the same colu
 buffer; depthwise convolution (groups == in_channels > 1) goes to the direct kernels of
 nbcnn/cpu/depthwise.py instead, as its GEMMs would be one input channel deep.
 The forward and the backward of a 3x3, stride 1, padding 1 convolution with >= 16 input channels
-on maps >= 8x8 go to Winograd F(2x2, 3x3) instead (nbcnn/cpu/winograd.py: 2.25x fewer
+on maps >= 8x8 (or of even sides >= 4) go to Winograd F(2x2, 3x3) instead (nbcnn/cpu/winograd.py: 2.25x fewer
 multiplications; its rules use_winograd and use_winograd_backward), and so do 5x5, stride 1,
 padding 2 convolutions by those rules' 5x5 thresholds (as four 3x3 sub-kernels).
 

@@ -32,10 +32,14 @@ from .gemm import gemm_rm, sum_batched_rows_into
 # two threads at load 1.4-5.6 agreed for the backward (dx+dw 1.06-1.91x, 7x7 0.92-0.97x) but not
 # for the forward of ResNet's smaller maps (0.66-1.04x): each of Winograd's 4 (forward) to 8
 # (backward) parallel regions costs a scheduler slice when other processes hold the cores.
+# Maps with even sides from 4 up are whole tiles, nothing wasted: one numba thread, process CPU time
+# (dev/winograd.py --serial, load 5.3): 6x6 (alexnet-small's conv3, 64 channels, b128; 128 channels,
+# b32) forward 1.58-1.71x, dx+dw 1.46-1.59x; 4x4 (64 channels b128, 256 b32) 1.15-1.24x and 1.16-1.37x.
 MIN_WINOGRAD_CHANNELS = 16
 MIN_WINOGRAD_SIZE = 8
 MIN_WINOGRAD_BACKWARD_CHANNELS = 16  # the backward's rule, for dx and dw together
 MIN_WINOGRAD_BACKWARD_SIZE = 8
+MIN_WINOGRAD_EVEN_SIZE = 4  # both rules, for maps whose sides are even
 # 5x5, stride 1, padding 2 (the four-sub-kernel path below), by dev/winograd.py --shapes alexnet5 (docs/performance.md,
 # "Winograd 5x5"; idle machine, after COLUMN_BLOCK): forward 1.20-1.61x (one thread, work) and 1.38-1.98x (two
 # threads) on C = 16-96 at 13x13 and 27x27; dx+dw 1.09-1.24x and 1.16-1.26x; 7x7 maps lose everything
@@ -51,20 +55,27 @@ def _fits(x, channels, size):
     return x.shape[1] >= channels and min(x.shape[2], x.shape[3]) >= size
 
 
+def _fits3(x, channels, size):
+    """The 3x3 rules' test: C >= channels on maps of sides >= size, or of even sides >= MIN_WINOGRAD_EVEN_SIZE."""
+    even = x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+    return _fits(x, channels, size) or (even and _fits(x, channels, MIN_WINOGRAD_EVEN_SIZE))
+
+
 def use_winograd(x, w, stride, pad, groups):
     """True when conv2d_forward takes the Winograd path: 3x3, stride 1, padding 1, one group,
-    C >= MIN_WINOGRAD_CHANNELS, H and W >= MIN_WINOGRAD_SIZE; or 5x5, stride 1, padding 2, one group,
+    C >= MIN_WINOGRAD_CHANNELS, H and W >= MIN_WINOGRAD_SIZE (or even and >= MIN_WINOGRAD_EVEN_SIZE); or 5x5, stride 1, padding 2, one group,
     C >= MIN_WINOGRAD5_CHANNELS, H and W >= MIN_WINOGRAD5_SIZE."""
-    return ((is_winograd_shape(w, stride, pad, groups) and _fits(x, MIN_WINOGRAD_CHANNELS, MIN_WINOGRAD_SIZE))
+    return ((is_winograd_shape(w, stride, pad, groups) and _fits3(x, MIN_WINOGRAD_CHANNELS, MIN_WINOGRAD_SIZE))
             or (is_winograd5_shape(w, stride, pad, groups) and _fits(x, MIN_WINOGRAD5_CHANNELS, MIN_WINOGRAD5_SIZE)))
 
 
 def use_winograd_backward(x, w, stride, pad, groups):
     """True when conv2d_backward takes the Winograd path: 3x3, stride 1, padding 1, one group,
-    C >= MIN_WINOGRAD_BACKWARD_CHANNELS, H and W >= MIN_WINOGRAD_BACKWARD_SIZE; or the 5x5 shape
+    C >= MIN_WINOGRAD_BACKWARD_CHANNELS, H and W >= MIN_WINOGRAD_BACKWARD_SIZE (or even and >=
+    MIN_WINOGRAD_EVEN_SIZE); or the 5x5 shape
     with C >= MIN_WINOGRAD5_BACKWARD_CHANNELS, H and W >= MIN_WINOGRAD5_BACKWARD_SIZE."""
     return ((is_winograd_shape(w, stride, pad, groups)
-             and _fits(x, MIN_WINOGRAD_BACKWARD_CHANNELS, MIN_WINOGRAD_BACKWARD_SIZE))
+             and _fits3(x, MIN_WINOGRAD_BACKWARD_CHANNELS, MIN_WINOGRAD_BACKWARD_SIZE))
             or (is_winograd5_shape(w, stride, pad, groups)
                 and _fits(x, MIN_WINOGRAD5_BACKWARD_CHANNELS, MIN_WINOGRAD5_BACKWARD_SIZE)))
 
