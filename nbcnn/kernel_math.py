@@ -569,3 +569,16 @@ def wino5_tap(st, p, q):
     if (s == 1 and p == 0) or (t == 1 and q == 0):
         return -1, -1
     return 2 * s + p, 2 * t + q
+
+
+@register_jitable
+def wino5_merge_taps(dw4, dw, o, c):
+    """dw[o, c, wino5_tap(st, p, q)] += dw4[o, st*C + c, p, q] for the four sub-kernels' taps, the structural
+    zeros' gradients dropped: one (o, c) of the adjoint of splitting a 5x5 kernel. dw4 (O, 4C, 3, 3), dw (O, C, 5, 5)."""
+    C = dw.shape[1]
+    for st in range(4):
+        for p in range(3):
+            for q in range(3):
+                r, t = wino5_tap(st, p, q)
+                if r >= 0:
+                    dw[o, c, r, t] += dw4[o, st * C + c, p, q]

@@ -46,6 +46,20 @@ def row_grad_sums(x, dy, mean, invstd):
     return sum_dy, sum_dy_xhat
 
 
+@njit(cache=True)
+def channel_mean_ssd(x, c):
+    """(mean, sum of squared deviations from it) of channel c of x (N,C,S): two passes, in float64."""
+    N, _, S = x.shape
+    acc = 0.0
+    for n in range(N):
+        acc += row_sum(x[n, c])
+    m = acc / (N * S)
+    acc = 0.0
+    for n in range(N):
+        acc += row_squared_deviations(x[n, c], m)
+    return m, acc
+
+
 @njit(parallel=True, cache=True)
 def batchnorm_forward_train_kernel(x, gamma, beta, eps, momentum, running_mean, running_var, num_batches_tracked,
                                    track, y, mean, invstd):
@@ -54,14 +68,8 @@ def batchnorm_forward_train_kernel(x, gamma, beta, eps, momentum, running_mean, 
     count = N * S
     batches = num_batches_tracked[()] + 1 if track else 1
     for c in prange(C):
-        acc = 0.0
-        for n in range(N):
-            acc += row_sum(x[n, c])
-        m = acc / count
-        acc = 0.0
-        for n in range(N):
-            acc += row_squared_deviations(x[n, c], m)
-        var = acc / count
+        m, ssd = channel_mean_ssd(x, c)
+        var = ssd / count
         mean[c] = m
         invstd[c] = bn_invstd(var, eps)
         if track:
@@ -113,16 +121,8 @@ def batchnorm_local_stats_kernel(x, stats):
     """Per channel c of x (N,C,S): stats[c] = (N*S, mean, sum of squared deviations), two passes in float64."""
     N, C, S = x.shape
     for c in prange(C):
-        acc = 0.0
-        for n in range(N):
-            acc += row_sum(x[n, c])
-        m = acc / (N * S)
-        acc = 0.0
-        for n in range(N):
-            acc += row_squared_deviations(x[n, c], m)
         stats[c, 0] = N * S
-        stats[c, 1] = m
-        stats[c, 2] = acc
+        stats[c, 1], stats[c, 2] = channel_mean_ssd(x, c)
 
 
 @njit(parallel=True, cache=True)

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..backend import is_winograd5_shape, is_winograd_shape
-from ..kernel_math import (wino5_tap, wino_input, wino_input_adjoint, wino_output, wino_output_adjoint,
+from ..kernel_math import (wino5_merge_taps, wino5_tap, wino_input, wino_input_adjoint, wino_output, wino_output_adjoint,
                            wino_weight, wino_weight_adjoint)
 from .array import empty
 from .gemm import gemm_rm, sum_batched_rows_into
@@ -327,13 +327,7 @@ def merge_weight_gradient(dw4, dw):
     dropped: the adjoint of split_weight, accumulated."""
     O, C = dw.shape[0], dw.shape[1]
     for oc in prange(O * C):
-        o, c = oc // C, oc % C
-        for st in range(4):
-            for p in range(3):
-                for q in range(3):
-                    r, s = wino5_tap(st, p, q)
-                    if r >= 0:
-                        dw[o, c, r, s] += dw4[o, st * C + c, p, q]
+        wino5_merge_taps(dw4, dw, oc // C, oc % C)
 
 
 # The forward's and dx's four shifted GEMMs per position k run a block of COLUMN_BLOCK tiles at a time, all four

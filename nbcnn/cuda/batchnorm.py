@@ -19,11 +19,11 @@ from .array import check_int32, divmod32, empty, launch, unravel3
 from .gemm import REDUCE_THREADS, block_sum
 
 
-@cuda.jit(cache=True)
-def batchnorm_stats_kernel(x, eps, momentum, running_mean, running_var, num_batches_tracked, track, mean, invstd):
-    """Block c: mean and biased variance of channel c of x (N,C,S) (two passes, float64); mean, invstd; running statistics if track."""
+@cuda.jit(device=True)
+def channel_mean_ssd(x, c):
+    """(mean, sum of squared deviations from it) of channel c of x (N,C,S), two passes in float64, summed by
+    the block's REDUCE_THREADS threads in a fixed tree; every thread of the block must call it."""
     N, _, S = x.shape
-    c = cuda.blockIdx.x
     count = N * S
     acc = 0.0
     for i in range(cuda.threadIdx.x, count, REDUCE_THREADS):
@@ -35,7 +35,17 @@ def batchnorm_stats_kernel(x, eps, momentum, running_mean, running_var, num_batc
         n, s = divmod32(i, S)
         d = np.float64(x[n, c, s]) - m
         acc += d * d
-    var = block_sum(acc) / count
+    return m, block_sum(acc)
+
+
+@cuda.jit(cache=True)
+def batchnorm_stats_kernel(x, eps, momentum, running_mean, running_var, num_batches_tracked, track, mean, invstd):
+    """Block c: mean and biased variance of channel c of x (N,C,S) (two passes, float64); mean, invstd; running statistics if track."""
+    N, _, S = x.shape
+    c = cuda.blockIdx.x
+    count = N * S
+    m, ssd = channel_mean_ssd(x, c)
+    var = ssd / count
     if cuda.threadIdx.x == 0:
         mean[c] = m
         invstd[c] = bn_invstd(var, eps)
@@ -105,22 +115,11 @@ def batchnorm_local_stats_kernel(x, stats):
     """Block c: stats[c] = (N*S, mean, sum of squared deviations) of channel c of x (N,C,S), two passes in float64."""
     N, _, S = x.shape
     c = cuda.blockIdx.x
-    count = N * S
-    acc = 0.0
-    for i in range(cuda.threadIdx.x, count, REDUCE_THREADS):
-        n, s = divmod32(i, S)
-        acc += np.float64(x[n, c, s])
-    m = block_sum(acc) / count
-    acc = 0.0
-    for i in range(cuda.threadIdx.x, count, REDUCE_THREADS):
-        n, s = divmod32(i, S)
-        d = np.float64(x[n, c, s]) - m
-        acc += d * d
-    acc = block_sum(acc)
+    m, ssd = channel_mean_ssd(x, c)
     if cuda.threadIdx.x == 0:
-        stats[c, 0] = count
+        stats[c, 0] = N * S
         stats[c, 1] = m
-        stats[c, 2] = acc
+        stats[c, 2] = ssd
 
 
 @cuda.jit(cache=True)

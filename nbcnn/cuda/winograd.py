@@ -41,7 +41,7 @@ import numpy as np
 from numba import cuda
 
 from ..backend import is_winograd5_shape, is_winograd_shape
-from ..kernel_math import (wino5_tap, wino_input, wino_input_adjoint, wino_output, wino_output_adjoint,
+from ..kernel_math import (wino5_merge_taps, wino5_tap, wino_input, wino_input_adjoint, wino_output, wino_output_adjoint,
                            wino_weight, wino_weight_adjoint)
 from .elementwise import fill
 from .array import check_int32, divmod32, empty, flat, launch, unravel3, unravel4
@@ -281,12 +281,7 @@ def merge_weight_gradient(dw4, dw):
     O, C = dw.shape[0], dw.shape[1]
     for e in range(cuda.grid(1), O * C, cuda.gridsize(1)):
         o, c = divmod32(e, C)
-        for st in range(4):
-            for p in range(3):
-                for q in range(3):
-                    r, t = wino5_tap(st, p, q)
-                    if r >= 0:
-                        dw[o, c, r, t] += dw4[o, st * C + c, p, q]
+        wino5_merge_taps(dw4, dw, o, c)
 
 
 def segments(O, C, T, dtype):
