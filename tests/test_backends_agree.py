@@ -275,6 +275,52 @@ def test_batchnorm_forward_and_backward_agree_in_both_modes(case):
     assert count == (3 if momentum is None else 4)
 
 
+@cases(EXAMPLES // 2)  # six kernels per example under the simulator
+@given(case=batchnorm_cases(), split=st.integers(1, 4))
+def test_sync_batchnorm_ops_agree_over_two_shards(case, split):
+    """SyncBatchNorm's four ops (batchnorm_local_stats, _forward_gathered, _grad_sums,
+    _backward_gathered) on two shards of one batch, cut after image min(split, n - 1) (a shard may be
+    as small as one image), the gathers done by stacking the shards' figures as the allgather does."""
+    n, c, s, dt, momentum = (case[key] for key in ("n", "c", "s", "dtype", "momentum"))
+    n = max(n, 2)
+    x = data(case["seed"], (n, c, s), dt) * 2 + dt(case["shift"])
+    gamma, beta, dy = data(case["seed"] + 1, (c,), dt), data(case["seed"] + 2, (c,), dt), data(case["seed"] + 3, x.shape, dt)
+    rm, rv = data(case["seed"] + 4, (c,), dt), (1 + data(case["seed"] + 5, (c,), dt) ** 2).astype(dt)
+    cut = min(split, n - 1)
+
+    def op(be, x, gamma, beta, dy, rm, rv, count):
+        ws = Workspace()
+        xs, dys = (x[:cut], x[cut:]), (dy[:cut], dy[cut:])
+        local = []
+        for shard in xs:
+            shard_stats = be.empty((c, 3), np.float64)
+            be.batchnorm_local_stats(be.from_numpy(be.to_numpy(shard)), shard_stats)
+            local.append(be.to_numpy(shard_stats))
+        stats = be.from_numpy(np.stack(local))
+        running = (None, None, None) if momentum is None else (rm, rv, count)
+        outs, sums = [], []
+        for shard, dshard in zip(xs, dys):
+            xp, dyp = be.from_numpy(be.to_numpy(shard)), be.from_numpy(be.to_numpy(dshard))
+            y, mean, invstd = be.empty(xp.shape, x.dtype), be.empty((c,), x.dtype), be.empty((c,), x.dtype)
+            be.batchnorm_forward_gathered(xp, gamma, beta, 1e-5, momentum or 0.0, stats, *running, y, mean, invstd, ws)
+            running = (None, None, None)  # the running statistics once, as one process's layer does
+            g = be.empty((c, 2), np.float64)
+            dgamma, dbeta = be.from_numpy(np.zeros(c, dt)), be.from_numpy(np.zeros(c, dt))
+            be.batchnorm_grad_sums(xp, dyp, mean, invstd, g, dgamma, dbeta)
+            sums.append(be.to_numpy(g))
+            outs += [y, mean, invstd, be.to_numpy(dgamma), be.to_numpy(dbeta), (xp, dyp, mean, invstd)]
+        gathered = be.from_numpy(np.stack(sums))
+        result = []
+        for i in range(2):
+            y, mean, invstd, dgamma, dbeta, (xp, dyp, m, inv) = outs[6 * i:6 * i + 6]
+            dx = be.empty(xp.shape, x.dtype)
+            be.batchnorm_backward_gathered(xp, dyp, gamma, m, inv, stats, gathered, dx, ws)
+            result += [y, mean, invstd, dgamma, dbeta, dx]
+        return result + [stats, gathered, rm, rv, count]
+
+    assert_backends_agree(op, x, gamma, beta, dy, rm, rv, np.array(3, np.int64), rtol=CHAIN[dt] / 10)
+
+
 # -- fully connected, loss, optimiser ----------------------------------------------------
 
 @cases()
